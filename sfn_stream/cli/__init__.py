@@ -1,0 +1,7 @@
+"""The ``sfn-stream`` command."""
+
+
+def main(argv=None):
+    from ._main import main as _main
+
+    return _main(argv)
