@@ -1,0 +1,322 @@
+"""Readers for spectrum files: XDI, column text/CSV with a header, and two-column .xy.
+
+XDI follows the XAS Data Interchange specification 1.0/1.1 (https://github.com/XraySpectroscopy/XAS-Data-Interchange):
+``# XDI/1.0`` version line, ``# Family.member: value`` fields, ``# Column.N: name units``,
+an optional ``# ///`` line opening free comments, a ``#----`` separator, then an optional
+comment line naming the columns, then whitespace-separated numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SpectrumFile",
+    "SpectrumFileError",
+    "absorber_from_filename",
+    "preprocess_xanes_file",
+    "read_spectrum",
+    "read_xy",
+    "xanes_channels",
+]
+
+
+class SpectrumFileError(ValueError):
+    """A spectrum file cannot be read or lacks what the caller needs."""
+
+
+@dataclass
+class SpectrumFile:
+    """Columns (name -> array), header metadata and free comments of one file."""
+
+    columns: dict[str, np.ndarray]
+    metadata: dict[str, str] = field(default_factory=dict)
+    format: str = "columns"
+    path: str = ""
+    comments: list[str] = field(default_factory=list)
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        """Case-insensitive metadata lookup (XDI field names are case-insensitive)."""
+        wanted = key.lower()
+        for name, value in self.metadata.items():
+            if name.lower() == wanted:
+                return value
+        return default
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "columns": list(self.columns),
+            "n_points": len(next(iter(self.columns.values()))) if self.columns else 0,
+            "metadata": dict(self.metadata),
+        }
+
+
+_FIELD = re.compile(r"^([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)\s*:\s*(.*)$")
+_FORTRAN_EXPONENT = re.compile(r"(?<=[0-9.])[dD](?=[+-]?[0-9])")
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise SpectrumFileError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+
+
+def _parse_rows(path: Path, lines: list[tuple[int, str]], delimiter: str | None) -> np.ndarray:
+    rows: list[list[float]] = []
+    for number, text in lines:
+        parts = [p for p in (text.split(delimiter) if delimiter else text.split()) if p.strip() != ""]
+        try:
+            rows.append([float(_FORTRAN_EXPONENT.sub("e", p.strip())) for p in parts])
+        except ValueError:
+            raise SpectrumFileError(f"{path}: line {number} is not numeric: {text.strip()[:80]!r}") from None
+        if rows and len(rows[-1]) != len(rows[0]):
+            raise SpectrumFileError(
+                f"{path}: line {number} has {len(rows[-1])} values, the first data line has {len(rows[0])}"
+            )
+    if not rows:
+        raise SpectrumFileError(f"{path}: no data lines")
+    return np.asarray(rows, dtype=float)
+
+
+def _split_names(text: str) -> list[str]:
+    text = text.strip().lstrip("#").strip()
+    parts = text.split(",") if "," in text else text.split()
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _unique_names(names: list[str], n_columns: int) -> list[str]:
+    names = list(names[:n_columns]) + [f"col{i + 1}" for i in range(len(names), n_columns)]
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        out.append(name if count == 0 else f"{name}_{count + 1}")
+    return out
+
+
+def _read_xdi(path: Path, lines: list[str]) -> SpectrumFile:
+    metadata: dict[str, str] = {"XDI.version": lines[0].strip().lstrip("#").strip()}
+    declared: dict[int, str] = {}
+    comments: list[str] = []
+    label_line: str | None = None
+    data: list[tuple[int, str]] = []
+    in_comments = after_separator = False
+    for number, line in enumerate(lines[1:], start=2):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("#"):
+            data.append((number, stripped))
+            continue
+        body = stripped.lstrip("#").strip()
+        if body.startswith("---"):
+            after_separator = True
+            continue
+        if body.startswith("///"):
+            in_comments = True
+            continue
+        if after_separator:
+            label_line = body or label_line
+            continue
+        match = None if in_comments else _FIELD.match(body)
+        if match is None:
+            if body:
+                comments.append(body)
+            continue
+        family, member, value = match.groups()
+        metadata[f"{family}.{member}"] = value.strip()
+        if family.lower() == "column" and member.isdigit():
+            # "energy eV || PV name": the column name is the first word
+            declared[int(member)] = value.split("||")[0].split()[0] if value.split() else f"col{member}"
+    table = _parse_rows(path, data, None)
+    n_columns = table.shape[1]
+    if declared:
+        names = [declared.get(i + 1, f"col{i + 1}") for i in range(n_columns)]
+    elif label_line:
+        names = _split_names(label_line)
+    else:
+        names = []
+    names = _unique_names(names, n_columns)
+    return SpectrumFile(
+        columns={name: table[:, i] for i, name in enumerate(names)},
+        metadata=metadata, format="xdi", path=str(path), comments=comments,
+    )
+
+
+def _looks_numeric(text: str) -> bool:
+    parts = re.split(r"[,\s]+", text.strip())
+    try:
+        [float(_FORTRAN_EXPONENT.sub("e", p)) for p in parts if p]
+    except ValueError:
+        return False
+    return bool(parts)
+
+
+def _read_columns(path: Path, lines: list[str]) -> SpectrumFile:
+    header: list[str] = []
+    data: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if data or (not stripped.startswith("#") and _looks_numeric(stripped)):
+            if stripped.startswith("#"):
+                continue
+            data.append((number, stripped))
+        else:
+            header.append(stripped)
+    if not data:
+        raise SpectrumFileError(f"{path}: no numeric data lines found")
+    delimiter = "," if "," in data[0][1] else None
+    table = _parse_rows(path, data, delimiter)
+    n_columns = table.shape[1]
+    names: list[str] = []
+    comments: list[str] = []
+    metadata: dict[str, str] = {}
+    for text in header:
+        candidate = _split_names(text)
+        if len(candidate) == n_columns and not _looks_numeric(text.lstrip("#")) and "=" not in text:
+            names = candidate  # the last header line with one name per column wins
+        else:
+            body = text.lstrip("#").strip()
+            comments.append(body)
+            for key, value in re.findall(r"(\w+)=(\S+)", body):
+                metadata[key] = value
+    if not names and n_columns == 2:
+        names, fmt = ["x", "y"], "xy"
+    else:
+        fmt = "csv" if delimiter == "," else "columns"
+    names = _unique_names(names, n_columns)
+    return SpectrumFile(
+        columns={name: table[:, i] for i, name in enumerate(names)},
+        metadata=metadata, format=fmt, path=str(path), comments=comments,
+    )
+
+
+def read_spectrum(path: str | Path) -> SpectrumFile:
+    """Read an XDI file (recognised by its ``# XDI/`` first line, whatever the extension),
+    a CSV/whitespace column file with an optional header line naming the columns, or a
+    headerless two-column .xy file (columns ``x`` and ``y``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpectrumFileError(f"{path}: no such file")
+    lines = _read_lines(path)
+    first = next((line for line in lines if line.strip()), "")
+    if not first:
+        raise SpectrumFileError(f"{path}: file is empty")
+    if first.strip().lstrip("#").strip().upper().startswith("XDI/"):
+        return _read_xdi(path, lines)
+    return _read_columns(path, lines)
+
+
+def read_xy(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """First two numeric columns of a column file (x, y), e.g. a PXRD pattern (2theta, intensity)."""
+    spectrum = read_spectrum(path)
+    columns = list(spectrum.columns.values())
+    if len(columns) < 2:
+        raise SpectrumFileError(f"{path}: needs two columns (x, y), found {len(columns)}")
+    return columns[0], columns[1]
+
+
+# Column names (lower case) for each preprocess_xanes argument, most specific first.
+_CHANNEL_NAMES: dict[str, tuple[str, ...]] = {
+    "energy": ("energy", "energy_ev", "e", "energy_readback"),
+    "mu": ("mu", "xmu", "mutrans", "mu_trans", "normtrans", "mufluor", "mu_fluor"),
+    "i0": ("i0", "io"),
+    "it": ("it", "itrans", "i1"),
+    "ifluor": ("if", "ifluor", "ifl"),
+    "iref": ("iref", "irefer", "i2"),
+}
+
+
+def xanes_channels(spectrum: SpectrumFile) -> dict[str, Any]:
+    """Map a file's columns to ``preprocess_xanes`` keyword arguments.
+
+    Returns ``energy`` plus ``mu`` or raw channels (``i0``, ``it``, ``ifluor``, ``iref``) and,
+    when the XDI header names them, ``absorber`` and ``edge``. When a file has both mu and raw
+    channels the raw channels are used (the reference channel needs ``it`` anyway).
+    """
+    by_name = {name.lower(): name for name in spectrum.columns}
+    found: dict[str, np.ndarray] = {}
+    for argument, aliases in _CHANNEL_NAMES.items():
+        for alias in aliases:
+            if alias in by_name:
+                found[argument] = spectrum.columns[by_name[alias]]
+                break
+    columns = ", ".join(spectrum.columns) or "(none)"
+    if "energy" not in found:
+        raise SpectrumFileError(f"{spectrum.path}: no energy column; columns are: {columns}")
+    raw = "i0" in found and ("it" in found or "ifluor" in found)
+    if not raw and "mu" not in found:
+        raise SpectrumFileError(
+            f"{spectrum.path}: no mu column and no raw channels (i0 with it or ifluor); columns are: {columns}"
+        )
+    out: dict[str, Any] = {"energy": found["energy"]}
+    if raw:
+        for name in ("i0", "it", "ifluor", "iref"):
+            if name in found:
+                out[name] = found[name]
+    else:
+        out["mu"] = found["mu"]
+        if "iref" in found and "it" in found:
+            out["it"], out["iref"] = found["it"], found["iref"]
+    symbol = spectrum.meta("Element.symbol")
+    if symbol:
+        out["absorber"] = symbol.strip()
+    edge = spectrum.meta("Element.edge")
+    if edge:
+        out["edge"] = edge.strip()
+    return out
+
+
+def absorber_from_filename(name: str | Path) -> str | None:
+    """The 3d transition metal a file name points to, e.g. 'Fe-K-ALS__Chromite.csv' -> 'Fe',
+    'athena2__mn2s_003.csv' -> 'Mn', 'eutio3__Ti300.csv' -> 'Ti'; None when none is named.
+
+    A token matches when it is the symbol itself (any case), or starts with the symbol followed
+    by a digit, an upper-case letter or nothing else (CuHERFD, Fe3O4, mn2s).
+    """
+    from ._edges import TRANSITION_METALS_3D
+
+    stem = Path(name).name.rsplit(".", 1)[0]
+    for token in re.split(r"[^A-Za-z0-9]+", stem):
+        for symbol in TRANSITION_METALS_3D:
+            if token.lower() == symbol.lower():
+                return symbol
+        for symbol in TRANSITION_METALS_3D:
+            for form in (symbol, symbol.lower()):
+                rest = token[len(form):]
+                if token.startswith(form) and rest and (rest[0].isdigit() or (form == symbol and rest[0].isupper())):
+                    return symbol
+    return None
+
+
+def preprocess_xanes_file(path: str | Path, absorber: str | None = None, **options: Any):
+    """Read a spectrum file and run :func:`preprocess_xanes` on it.
+
+    The absorber is ``absorber`` if given, else the XDI ``Element.symbol``, else the one the
+    file name names (:func:`absorber_from_filename`). Raises :class:`SpectrumFileError` for an
+    unreadable file or when no absorber can be determined.
+    """
+    from ._xanes import preprocess_xanes
+
+    spectrum = read_spectrum(path)
+    arguments = xanes_channels(spectrum)
+    arguments.pop("edge", None)
+    named = arguments.pop("absorber", None)
+    chosen = absorber or named or absorber_from_filename(path)
+    if not chosen:
+        raise SpectrumFileError(
+            f"{path}: no absorber given, none in the header (Element.symbol) and none in the file name"
+        )
+    energy = arguments.pop("energy")
+    return preprocess_xanes(energy, absorber=chosen, **arguments, **options)
