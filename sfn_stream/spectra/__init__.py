@@ -26,4 +26,14 @@ from ._xanes import (
     find_first_inflection,
     preprocess_xanes,
 )
-
+from ._pdcif import PdCifError, PdCifProfile, parse_cif_blocks, read_pdcif
+from ._xrd import (
+    XRD_Q_GRID,
+    XrdInputError,
+    XrdPattern,
+    finish_on_grid,
+    preprocess_xrd,
+    rebin_to_grid,
+    snip_background,
+    two_theta_to_q,
+)

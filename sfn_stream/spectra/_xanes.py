@@ -213,17 +213,16 @@ def _energy_step(energy: np.ndarray) -> float:
 
 
 def _lorentzian_smooth(x: np.ndarray, y: np.ndarray, step: float) -> np.ndarray:
-    """Convolve y(x) with a unit-area Lorentzian of half width ``step`` on a uniform grid."""
-    pad = 5 * step
-    n_grid = min(int((x[-1] - x[0] + 2 * pad) / step) + 1, 50 * len(x))
-    grid = np.linspace(x[0] - pad, x[-1] + pad, max(n_grid, 3))
+    """Convolve y(x) with a unit-area Lorentzian of half width ``step`` on a uniform grid
+    (mirror-padded ends, kernel as wide as the data, as Larch ``smooth``, but centred)."""
+    n_grid = max(3, min(int((x[-1] - x[0]) / step) + 11, 50 * len(x)))
+    grid = np.linspace(x[0] - 5 * step, x[-1] + 5 * step, n_grid)
     values = np.interp(grid, x, y)
     dx = grid[1] - grid[0]
-    half = min(len(grid) - 1, int(50 * step / dx))
-    offsets = np.arange(-half, half + 1) * dx
+    offsets = np.arange(-(n_grid - 1), n_grid) * dx
     kernel = step / (offsets**2 + step**2)
     kernel /= kernel.sum()
-    padded = np.concatenate([np.full(half, values[0]), values, np.full(half, values[-1])])
+    padded = np.concatenate([values[n_grid - 1 : 0 : -1], values, values[-2 :: -1]])
     smoothed = np.convolve(padded, kernel, mode="valid")
     return np.interp(x, grid, smoothed)
 
