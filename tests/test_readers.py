@@ -1,0 +1,120 @@
+"""Spectrum file readers on small synthetic fixtures (tests/data, made by make_fixtures.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sfn_stream.spectra import (
+    SpectrumFileError,
+    absorber_from_filename,
+    preprocess_xanes_file,
+    read_spectrum,
+    read_xy,
+    xanes_channels,
+)
+from sfn_stream.training._shared import have_shared, shared_dir
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_xdi_header_columns_and_metadata():
+    spectrum = read_spectrum(DATA / "cu_synthetic.xdi")
+    assert spectrum.format == "xdi"
+    assert list(spectrum.columns) == ["energy", "i0", "itrans"]
+    assert spectrum.meta("element.symbol") == "Cu"
+    assert spectrum.meta("Element.edge") == "K"
+    assert spectrum.meta("Mono.d_spacing") == "3.13555"
+    assert spectrum.metadata["XDI.version"].startswith("XDI/1.0")
+    assert any("arctan" in c for c in spectrum.comments)
+    assert spectrum.columns["energy"][0] == 8829.0
+    assert len(spectrum.columns["energy"]) == len(spectrum.columns["itrans"])
+    assert np.all(np.diff(spectrum.columns["energy"]) > 0)
+
+
+def test_xanes_channels_maps_raw_columns_and_absorber():
+    channels = xanes_channels(read_spectrum(DATA / "cu_synthetic.xdi"))
+    assert set(channels) == {"energy", "i0", "it", "absorber", "edge"}
+    assert channels["absorber"] == "Cu" and channels["edge"] == "K"
+    result = preprocess_xanes_file(DATA / "cu_synthetic.xdi")
+    assert result.usable and result.mode == "transmission"
+    assert result.e0 == pytest.approx(8980.5, abs=1.0)
+
+
+def test_csv_with_named_columns():
+    spectrum = read_spectrum(DATA / "fe_synthetic.csv")
+    assert spectrum.format == "csv"
+    assert list(spectrum.columns) == ["energy_eV", "mu"]
+    assert spectrum.metadata.get("source") == "synthetic"
+    channels = xanes_channels(spectrum)
+    assert set(channels) == {"energy", "mu"}
+    result = preprocess_xanes_file(DATA / "fe_synthetic.csv", absorber="Fe")
+    assert result.usable and result.mode == "mu"
+    assert result.e0 == pytest.approx(7114.5, abs=1.0)
+
+
+def test_xy_two_columns_without_header():
+    spectrum = read_spectrum(DATA / "pattern.xy")
+    assert spectrum.format == "xy" and list(spectrum.columns) == ["x", "y"]
+    x, y = read_xy(DATA / "pattern.xy")
+    assert len(x) == len(y) == 50
+    assert x[0] == 10.0 and y.max() == pytest.approx(1000.0, rel=1e-3)
+
+
+def test_malformed_files_raise_with_file_and_problem(tmp_path):
+    with pytest.raises(SpectrumFileError, match=r"malformed\.xdi: line 9 is not numeric"):
+        read_spectrum(DATA / "malformed.xdi")
+    with pytest.raises(SpectrumFileError, match="line 3 has 3 values"):
+        read_spectrum(DATA / "ragged.txt")
+    with pytest.raises(SpectrumFileError, match="no energy column; columns are: angle, intensity"):
+        xanes_channels(read_spectrum(DATA / "no_energy.csv"))
+    with pytest.raises(SpectrumFileError, match="no such file"):
+        read_spectrum(tmp_path / "missing.xdi")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("\n\n")
+    with pytest.raises(SpectrumFileError, match="empty"):
+        read_spectrum(empty)
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("# energy,mu\n")
+    with pytest.raises(SpectrumFileError, match="no numeric data"):
+        read_spectrum(header_only)
+    no_mu = tmp_path / "no_mu.csv"
+    no_mu.write_text("# energy,i0\n1,2\n3,4\n")
+    with pytest.raises(SpectrumFileError, match="no mu column"):
+        xanes_channels(read_spectrum(no_mu))
+    anonymous = tmp_path / "synthetic.csv"
+    anonymous.write_text((DATA / "fe_synthetic.csv").read_text())
+    with pytest.raises(SpectrumFileError, match="no absorber"):
+        preprocess_xanes_file(anonymous)
+
+
+def test_fortran_exponents_and_whitespace_columns(tmp_path):
+    path = tmp_path / "scan.dat"
+    path.write_text("# energy  xmu\n  .8786204E+04 .1013661D+01\n .8796258E+04 .9949864E+00\n")
+    spectrum = read_spectrum(path)
+    assert spectrum.format == "columns"
+    np.testing.assert_allclose(spectrum.columns["xmu"], [1.013661, 0.9949864])
+
+
+def test_absorber_from_filename():
+    assert absorber_from_filename("Fe-K-ALS-10.3.2__Chromite.csv") == "Fe"
+    assert absorber_from_filename("athena2__mn2s_003.csv") == "Mn"
+    assert absorber_from_filename("eutio3__Ti300.csv") == "Ti"
+    assert absorber_from_filename("CuHERFD_standards__CuHERFD_Cu2S_001.csv") == "Cu"
+    assert absorber_from_filename("Hansel2001_goethite_xanes_003.xdi") is None
+    assert absorber_from_filename("copper_scan.csv") is None
+
+
+@pytest.mark.skipif(not have_shared(), reason="../shared not available")
+@pytest.mark.shared
+def test_every_shared_measured_file_reads():
+    folder = shared_dir() / "data" / "xanes_experimental_dev"
+    paths = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(("LICENSE", "labels"))]
+    assert len(paths) >= 100
+    for path in paths:
+        channels = xanes_channels(read_spectrum(path))
+        assert "energy" in channels and ("mu" in channels or "i0" in channels), path
+        if path.suffix.startswith(".xd"):
+            assert channels.get("absorber"), path
