@@ -95,10 +95,32 @@ def compare(path: Path, absorber: str) -> dict | None:
     }
 
 
+def compare_feff(every: int) -> None:
+    """E0 of OmniXAS FEFF site spectra (no offset applied): ours vs Larch find_e0.
+
+    (Larch's find_e0_calc is not compared: in xraylarch 2026.3.1 with numpy 2 it raises
+    TypeError, float() of a 1-element array.)
+    """
+    from sfn_stream.spectra import find_e0 as our_find_e0
+    from sfn_stream.training._shared import omnixas_site_spectra
+
+    spectra = omnixas_site_spectra()
+    keys = sorted(spectra)[::every]
+    diffs = []
+    for key in keys:
+        energy, mu = np.asarray(spectra[key]["energy"]), np.asarray(spectra[key]["mu"])
+        diffs.append(float(find_e0(energy, mu)) - our_find_e0(energy, mu))
+    diffs = np.abs(np.array(diffs))
+    print(f"FEFF site spectra (every {every}th, n={len(keys)}): |Larch find_e0 - ours| exact in "
+          f"{(diffs < 1e-6).sum()}, within 0.5 eV in {(diffs <= 0.5).sum()}, 95th percentile {np.percentile(diffs, 95):.2f} eV, "
+          f"max {diffs.max():.2f} eV")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="compare with xraylarch pre_edge")
     parser.add_argument("--shared")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--feff-every", type=int, default=0, help="also compare E0 on every Nth FEFF site spectrum")
     args = parser.parse_args(argv)
     folder = dev_folder(args.shared)
     labels = load_labels(folder)
@@ -140,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
           f"max |flat diff|: median {np.median(pts_flat):.1e}, max {pts_flat.max():.1e}")
     print(f"Larch's own defaults vs ours, max |flat diff| over the window: median {np.median(auto_flat):.3f}, "
           f"max {auto_flat.max():.3f}")
+    if args.feff_every:
+        compare_feff(args.feff_every)
     return 0
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from sfn_stream.spectra import (
+    K_EDGE_ENERGIES,
     SpectrumFileError,
     absorber_from_filename,
+    find_e0,
     preprocess_xanes,
     read_spectrum,
     xanes_channels,
@@ -51,6 +53,21 @@ def is_foil(relative: str, label: dict[str, str] | None, absorber: str | None) -
     return bool(FOIL_NAME.search(Path(relative).name)) and absorber is not None
 
 
+def edge_hint(arguments: dict) -> str:
+    """Where the data's steepest rise is and which tabulated K edge is nearest (not used to process)."""
+    energy = np.asarray(arguments["energy"], dtype=float)
+    if "mu" in arguments:
+        mu = np.asarray(arguments["mu"], dtype=float)
+    elif "ifluor" in arguments:
+        mu = arguments["ifluor"] / arguments["i0"]
+    else:
+        mu = np.log(arguments["i0"] / arguments["it"])
+    order = np.argsort(energy)
+    e0 = find_e0(energy[order], mu[order])
+    symbol = min(K_EDGE_ENERGIES, key=lambda s: abs(K_EDGE_ENERGIES[s] - e0))
+    return f"steepest rise at {e0:.1f} eV, nearest tabulated edge {symbol} K {K_EDGE_ENERGIES[symbol]:.1f} eV"
+
+
 def process_file(folder: Path, path: Path, labels: dict[str, dict[str, str]]) -> dict:
     relative = str(path.relative_to(folder))
     label = labels.get(relative)
@@ -74,7 +91,8 @@ def process_file(folder: Path, path: Path, labels: dict[str, dict[str, str]]) ->
     row.update(absorber=absorber, absorber_source=source if absorber else None, format=spectrum.format)
     row["foil"] = is_foil(relative, label, absorber)
     if not absorber:
-        row.update(status="rejected", reason="no absorber: not in labels.csv, no XDI Element.symbol, none in file name")
+        row.update(status="rejected", reason="no absorber: not in labels.csv, no XDI Element.symbol, none in file name"
+                   f" (for information: {edge_hint(arguments)})")
         return row
     energy = arguments.pop("energy")
     start = time.perf_counter()
@@ -95,6 +113,8 @@ def process_file(folder: Path, path: Path, labels: dict[str, dict[str, str]]) ->
 
 def run(folder: Path) -> tuple[list[dict], list[str]]:
     labels = load_labels(folder)
+    warm = np.linspace(8800.0, 9300.0, 400)  # first call pays one-off import/allocation costs
+    preprocess_xanes(warm, np.arctan(warm - 8980.0), absorber="Cu")
     rows, skipped = [], []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if NOT_SPECTRA.match(path.name):
