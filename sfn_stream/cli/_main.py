@@ -1,6 +1,39 @@
+"""``sfn-stream``: demo, serve, predict, bench, train."""
+
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
 
+from ._common import EXIT_USAGE, CliError
 
-def main(argv=None):
-    print("sfn-stream: not yet implemented", file=sys.stderr)
-    return 2
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sfn-stream", description=__doc__.splitlines()[0].strip("`: "))
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and warnings")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from . import _bench, _demo, _predict, _serve, _train
+
+    for module in (_demo, _serve, _predict, _bench, _train):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except CliError as err:
+        print(f"sfn-stream: {err}", file=sys.stderr)
+        return err.status
+    except KeyboardInterrupt:
+        print("sfn-stream: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:  # bad input that reached a library call
+        print(f"sfn-stream: {err}", file=sys.stderr)
+        return EXIT_USAGE

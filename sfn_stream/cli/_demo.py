@@ -1,0 +1,157 @@
+"""``sfn-stream demo``: the whole path on a simulated beamline, with an embedded Tiled server.
+
+Measures the demo sample (one PXRD frame, one K-edge XANES scan), shows the predictions as
+they arrive, saves a figure, and runs example queries against Tiled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ._common import CliError, console
+
+MARKER = ".sfn-demo"
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("demo", help="end-to-end demo on a simulated beamline (no arguments needed)")
+    parser.add_argument("--out", type=Path, default=Path("sfn-demo"),
+                        help="folder for the figure, the summary and the demo's Tiled data (default: sfn-demo)")
+    parser.add_argument("--mono-offset", type=float, default=1.5,
+                        help="simulated monochromator miscalibration in eV, corrected by the reference foil")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run)
+
+
+def _fresh_folder(out: Path) -> Path:
+    """The demo's Tiled folder, emptied if an earlier demo made it (never anything else)."""
+    tiled_dir = out / "tiled"
+    if tiled_dir.exists():
+        if not (out / MARKER).exists():
+            raise CliError(f"{out} exists and was not made by the demo; choose another --out")
+        shutil.rmtree(tiled_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+    return tiled_dir
+
+
+def run(args) -> int:
+    from bluesky import RunEngine
+
+    from ..beamline import load_demo_sample, powder_scan, simulated_beamline, xanes_scan
+    from ..catalog import TiledService
+    from ..streaming import SfnPlugin, make_tiled_writer
+    from ._live import LiveDisplay, ScanProgress
+
+    out = console()
+    tiled_dir = _fresh_folder(args.out)
+    sample = load_demo_sample()
+    out.rule(f"[bold]sfn-stream demo[/bold]: {sample.name}")
+    out.print(f"Spectra simulated by this project: {sample.provenance.get('xanes', '')}; "
+              f"{sample.provenance.get('xrd', '')}.", style="dim")
+    with out.status("starting the embedded Tiled server and loading the models..."):
+        service = TiledService(tiled_dir)
+        client = service.client()
+        plugin = SfnPlugin(make_tiled_writer(client))
+        plugin.flush()
+    try:
+        out.print(f"Tiled: {service.uri} (data in {tiled_dir})")
+        mono, xas, powder = simulated_beamline(sample, seed=args.seed, mono_offset=args.mono_offset)
+        RE = RunEngine({}, call_returns_result=False)
+        RE.subscribe(plugin)
+        plugin.subscribe(LiveDisplay(out))
+        sample_id = "demo-" + sample.formula
+        out.rule("PXRD: one frame")
+        (xrd_uid,) = RE(powder_scan(powder, sample=sample_id, composition=sample.formula))
+        plugin.flush()
+        out.rule(f"XANES: {sample.absorber} K edge, 200 points")
+        with ScanProgress(out, total=200) as progress:
+            token = RE.subscribe(progress)
+            (xanes_uid,) = RE(xanes_scan(xas, mono, sample.absorber, composition=sample.formula, sample=sample_id))
+            RE.unsubscribe(token)
+        plugin.flush()
+        summaries = {"xrd": plugin.summaries.get(xrd_uid), "xanes": plugin.summaries.get(xanes_uid)}
+        _print_summary(out, sample, summaries)
+        figure = args.out / "demo.png"
+        _save_figure(figure, client, xanes_uid, xrd_uid, sample)
+        out.print(f"figure saved: [bold]{figure}[/bold]")
+        (args.out / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+        _run_queries(out, client, summaries)
+    finally:
+        plugin.close()
+        service.close()
+    failed = [k for k, s in summaries.items() if not s or s.get("status") not in ("ok", "flagged")]
+    if failed:
+        raise CliError(f"no usable prediction for: {', '.join(failed)} (see above)", status=1)
+    return 0
+
+
+def _print_summary(out, sample, summaries) -> None:
+    from rich.table import Table
+
+    xanes, xrd = summaries["xanes"] or {}, summaries["xrd"] or {}
+    truth = sample.truth
+    table = Table(title=f"{sample.name}: predictions vs the structure the spectra were simulated from",
+                  title_justify="left")
+    for column in ("property", "predicted", "confidence", "truth", "from"):
+        table.add_column(column)
+    rows = [
+        ("crystal system", xrd.get("crystal_system"), _pct(xrd.get("crystal_system_confidence")),
+         truth.get("crystal_system"), "PXRD"),
+        (f"{sample.absorber} oxidation state", xanes.get("oxidation_state"),
+         _pct(xanes.get("oxidation_state_confidence")), truth.get("oxidation_state"), "XANES"),
+        (f"{sample.absorber} coordination number", xanes.get("coordination_number"),
+         _pct(xanes.get("coordination_number_confidence")), truth.get("coordination_number"), "XANES"),
+        ("density (g/cm3)", _num(xanes.get("density")), f"± {_num(xanes.get('density_std'))}",
+         _num(truth.get("density")), "XANES"),
+    ]
+    for row in rows:
+        table.add_row(*(str(v) if v is not None else "-" for v in row))
+    out.print(table)
+    for kind, summary in (("XANES", xanes), ("PXRD", xrd)):
+        out.print(f"{kind}: status {summary.get('status')}, flags {summary.get('quality_flags') or 'none'}, "
+                  f"bundle {summary.get('bundle_id')}", style="dim")
+
+
+def _pct(value) -> str | None:
+    return None if value is None else f"{value:.0%}"
+
+
+def _num(value) -> str | None:
+    return None if value is None else f"{value:.2f}"
+
+
+def _run_queries(out, client, summaries) -> None:
+    from ..catalog import runs_where, samples_where
+
+    out.rule("Tiled queries over stop.sfn.*")
+    xrd, xanes = summaries["xrd"] or {}, summaries["xanes"] or {}
+    queries = []
+    if xrd.get("crystal_system"):
+        queries.append(("runs predicted " + xrd["crystal_system"], runs_where,
+                        {"crystal_system": xrd["crystal_system"]}))
+    if xanes.get("species"):
+        queries.append((f"runs predicted {xanes['species']}", runs_where, {"species": xanes["species"]}))
+        if xrd.get("crystal_system"):
+            queries.append((f"samples predicted {xrd['crystal_system']} with {xanes['species']}", samples_where,
+                            {"crystal_system": xrd["crystal_system"], "species": xanes["species"]}))
+    queries.append(("samples predicted cubic with Fe3+", samples_where, {"crystal_system": "cubic",
+                                                                          "species": "Fe3+"}))
+    for title, function, criteria in queries:
+        call = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
+        result = function(client, **criteria)
+        out.print(f"[bold]{title}[/bold]: {function.__name__}(client, {call})")
+        if not result:
+            out.print("  (none)")
+        for key, value in result.items():
+            detail = value if isinstance(value, list) else f"{value.get('kind')} run, status {value.get('status')}"
+            out.print(f"  {key}: {detail}")
+
+
+def _save_figure(path: Path, client, xanes_uid: str, xrd_uid: str, sample) -> None:
+    """Spectrum with E0 and the model window, the pattern, and the predictions with confidence."""
+    from ._figure import demo_figure
+
+    demo_figure(path, client[xanes_uid], client[xrd_uid], sample)

@@ -1,0 +1,90 @@
+"""The demo figure, drawn from what Tiled holds (raw streams and derived streams)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _column(table, suffix: str):
+    for name in table.columns if hasattr(table, "columns") else table.data_vars:
+        if name == suffix or name.endswith("_" + suffix):
+            return np.asarray(table[name])
+    raise KeyError(f"no column ending in {suffix!r}")
+
+
+def demo_figure(path: Path, xanes_run, xrd_run, sample) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..spectra import preprocess_xanes
+
+    primary = xanes_run["primary"].read()
+    window = preprocess_xanes(_column(primary, "energy"), i0=_column(primary, "i0"), it=_column(primary, "it"),
+                              iref=_column(primary, "iref"), absorber=sample.absorber)
+    xanes = xanes_run["sfn_xanes_predictions"].read()
+    xrd_primary = xrd_run["primary"]
+    pattern = np.asarray(xrd_primary.read()["powder_pattern"])[0]
+    tth = np.asarray(xrd_primary.metadata["configuration"]["powder"]["data"]["powder_tth"])
+    xrd = xrd_run["sfn_xrd_predictions"].read()
+    stop_x, stop_d = xanes_run.metadata["stop"].get("sfn", {}), xrd_run.metadata["stop"].get("sfn", {})
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    ax = axes[0, 0]
+    ax.plot(window.energy_full, window.norm_full, color="k", lw=1.2, label="normalised $\\mu(E)$")
+    ax.axvspan(window.energy[0], window.energy[-1], color="tab:blue", alpha=0.12, label="model window (56 eV)")
+    ax.axvline(window.e0, color="tab:red", ls="--", lw=1, label=f"E0 = {window.e0:.1f} eV")
+    ax.axvline(window.e_ref, color="tab:gray", ls=":", lw=1, label=f"{sample.absorber} K edge {window.e_ref:.0f} eV")
+    ax.set(xlabel="energy (eV, calibrated to the reference foil)", ylabel="normalised absorption",
+           title=f"{sample.absorber} K-edge XANES from Tiled (calibration: {window.calibration}, "
+                 f"shift {window.energy_shift:+.2f} eV)")
+    ax.set_xlim(window.e_ref - 40, window.e_ref + 110)
+    ax.legend(fontsize=8, loc="lower right")
+
+    ax = axes[0, 1]
+    ax.plot(np.asarray(xanes["energy_window"])[0] - window.e_ref, np.asarray(xanes["norm_window"])[0], color="tab:blue")
+    ax.axvline(float(np.asarray(xanes["e0_shift"])[0]), color="tab:red", ls="--", lw=1, label="E0 - E_ref")
+    ax.set(xlabel="E - E_ref (eV)", ylabel="model input", title="the 200-point window the model sees")
+    ax.legend(fontsize=8)
+
+    ax = axes[1, 0]
+    ax.plot(tth, pattern, color="k", lw=0.8)
+    ax.set(xlabel="2$\\theta$ (deg, $\\lambda$ = %.4f $\\AA$)" % sample.wavelength, ylabel="counts",
+           title=f"PXRD frame: predicted {stop_d.get('crystal_system')} "
+                 f"({(stop_d.get('crystal_system_confidence') or 0):.0%})")
+
+    ax = axes[1, 1]
+    _probability_bars(ax, xanes, xrd, stop_x, sample)
+    fig.suptitle(f"sfn-stream demo: {sample.name}", fontsize=13)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _probability_bars(ax, xanes, xrd, stop_x, sample) -> None:
+    """Horizontal bars of every class with probability >= 2 %, grouped by task."""
+    groups = [(f"{sample.absorber} oxidation state", xanes, "oxidation_state", list(range(8))),
+              (f"{sample.absorber} CN", xanes, "coordination_number", list(range(1, 13))),
+              ("crystal system", xrd, "crystal_system",
+               ["triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic"])]
+    bars = []
+    for colour, (title, table, task, names) in enumerate(groups):
+        probabilities = np.nan_to_num(np.asarray(table[f"{task}_probabilities"])[-1])
+        for name, p in zip(names, probabilities):
+            if p >= 0.02:
+                bars.append((f"{title}: {name}", float(p), f"C{colour}"))
+    positions = np.arange(len(bars))[::-1]
+    ax.barh(positions, [b[1] for b in bars], color=[b[2] for b in bars])
+    ax.set_yticks(positions, [b[0] for b in bars], fontsize=8)
+    for y, (_, p, _) in zip(positions, bars):
+        ax.text(min(p + 0.01, 0.9), y, f"{p:.0%}", va="center", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("calibrated probability")
+    density = stop_x.get("density")
+    title = "predictions with confidence"
+    if density is not None:
+        title += f"; density {density:.2f} ± {stop_x.get('density_std') or 0:.2f} g/cm$^3$"
+    ax.set_title(title)

@@ -1,0 +1,120 @@
+"""``sfn-stream predict xanes|xrd FILE``: predictions for files, with confidence and quality flags."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ._common import EXIT_USAGE, CliError, console, print_json
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("predict", help="predict from a XANES or PXRD file")
+    kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    xanes = kinds.add_parser("xanes", help="K-edge XANES: oxidation state, coordination number, density")
+    xanes.add_argument("file", type=Path, help="XDI, CSV/whitespace columns with a header, or .xy")
+    xanes.add_argument("--absorber", help="absorbing element (default: XDI Element.symbol or the file name)")
+    xanes.add_argument("--elements", help="the sample's elements (Cu,O) or formula (Cu2O)")
+    xanes.add_argument("--json", action="store_true", help="print JSON")
+    xanes.set_defaults(run=run_xanes)
+
+    xrd = kinds.add_parser("xrd", help="powder pattern: crystal system")
+    xrd.add_argument("file", type=Path, help=".xy / column file (2theta or Q, intensity) or a pdCIF")
+    xrd.add_argument("--wavelength", type=float, default=None,
+                     help="X-ray wavelength in Angstrom (default: from the file, else 1.5406, Cu K-alpha)")
+    xrd.add_argument("--axis", choices=("2theta", "q"), default="2theta", help="first column: 2theta (deg) or Q (1/A)")
+    xrd.add_argument("--json", action="store_true", help="print JSON")
+    xrd.set_defaults(run=run_xrd)
+
+
+def run_xanes(args) -> int:
+    from ..predict import PredictorError, xanes_predictor
+    from ..spectra import SpectrumFileError, absorber_from_filename, read_spectrum, xanes_channels
+
+    try:
+        channels = xanes_channels(read_spectrum(args.file))
+    except SpectrumFileError as err:
+        raise CliError(str(err)) from err
+    absorber = args.absorber or channels.pop("absorber", None) or absorber_from_filename(args.file)
+    channels.pop("absorber", None)
+    channels.pop("edge", None)
+    if not absorber:
+        raise CliError(f"{args.file}: say which element absorbs (--absorber Cu); the file does not name it")
+    composition = args.elements or absorber
+    flags = [] if args.elements else ["composition_unknown"]
+    try:
+        predictor = xanes_predictor()
+        predictor.check_request(absorber, [absorber] if not args.elements else _elements(args.elements))
+        energy = channels.pop("energy")
+        prediction, _ = predictor.predict_scan(energy, absorber=absorber, composition=composition,
+                                               extra_flags=flags, **channels)
+    except PredictorError as err:
+        raise CliError(str(err)) from err
+    return _report(args, prediction.plain(absorber), file=str(args.file))
+
+
+def run_xrd(args) -> int:
+    from ..predict import xrd_predictor
+
+    x, y, wavelength = _read_powder(args.file)
+    wavelength = args.wavelength or wavelength or 1.5406
+    prediction, _ = xrd_predictor().predict_pattern(x, y, axis=args.axis, wavelength=wavelength)
+    return _report(args, prediction.plain(), file=str(args.file))
+
+
+def _read_powder(path: Path):
+    from ..spectra import SpectrumFileError, read_xy
+
+    try:
+        if path.suffix.lower() == ".cif":
+            from ..spectra import read_pdcif
+
+            profile = read_pdcif(path)
+            return profile.two_theta, profile.intensity, profile.wavelength
+        x, y = read_xy(path)
+        return x, y, None
+    except (SpectrumFileError, ValueError) as err:
+        raise CliError(str(err)) from err
+
+
+def _elements(text: str) -> list[str]:
+    from ..predict import parse_elements
+
+    return parse_elements(text)[0]
+
+
+def _report(args, result: dict, *, file: str) -> int:
+    result = {"file": file, **result}
+    usable = result["status"] in ("ok", "flagged")
+    if args.json:
+        print_json(result)
+    else:
+        _print_table(result)
+    if not usable:
+        print(f"sfn-stream: {file}: {result['reason']}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _print_table(result: dict) -> None:
+    from rich.table import Table
+
+    out = console()
+    table = Table(title=f"{result['file']}  [{result['status']}]", title_justify="left")
+    table.add_column("prediction")
+    table.add_column("value", justify="right")
+    table.add_column("confidence", justify="right")
+    for name, value in result["predictions"].items():
+        if "std" in value:
+            table.add_row(name, f"{value['value']:.2f} {value['unit']}", f"± {value['std']:.2f}")
+        else:
+            table.add_row(name, str(value["value"]), f"{value['confidence']:.0%}")
+    out.print(table)
+    pre = result.get("preprocessing") or {}
+    if result["kind"] == "xanes" and pre.get("e0") is not None:
+        out.print(f"E0 {pre['e0']:.2f} eV (E0 - E_ref {pre['e0_shift']:+.2f} eV), edge step {pre['edge_step']:.3g}, "
+                  f"calibration: {pre.get('calibration')}")
+    if result["quality_flags"]:
+        out.print("quality flags: " + ", ".join(result["quality_flags"]))
+    out.print(f"model bundle: {result['bundle_id']}", style="dim")

@@ -1,0 +1,1 @@
+"""The versioned XANES + PXRD training corpus: structures, FEFF10 spectra, stick patterns, labels."""

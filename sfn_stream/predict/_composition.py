@@ -1,0 +1,43 @@
+"""Parse what users say about the sample: an element list ("Cu,O") or a formula ("Fe2O3")."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class CompositionError(ValueError):
+    """The element list or formula cannot be understood."""
+
+
+def parse_elements(composition: str | Sequence[str]) -> tuple[list[str], dict[str, float] | None]:
+    """Return ``(elements, fractions)``; fractions are ``None`` when only the element set is known.
+
+    >>> parse_elements("Fe2O3")
+    (['Fe', 'O'], {'Fe': 0.4, 'O': 0.6})
+    >>> parse_elements("Cu, O")
+    (['Cu', 'O'], None)
+    """
+    from pymatgen.core import Composition, Element
+
+    if isinstance(composition, str):
+        text = composition.strip()
+        if not text:
+            raise CompositionError("empty composition: give elements (Cu,O) or a formula (Cu2O)")
+        if "," in text or " " in text:
+            symbols = [s.strip() for s in text.replace(" ", ",").split(",") if s.strip()]
+        else:
+            try:
+                comp = Composition(text)
+            except Exception as err:  # pymatgen raises several types for bad formulas
+                raise CompositionError(f"cannot parse the formula {text!r}: {err}") from err
+            total = comp.num_atoms
+            fractions = {el.symbol: round(amount / total, 6) for el, amount in comp.items()}
+            return list(fractions), fractions
+    else:
+        symbols = [str(s).strip() for s in composition]
+    unknown = [s for s in symbols if not Element.is_valid_symbol(s)]
+    if unknown:
+        raise CompositionError(f"unknown element symbol(s): {', '.join(unknown)}")
+    if len(set(symbols)) != len(symbols):
+        raise CompositionError(f"repeated element in {symbols}")
+    return symbols, None

@@ -1,0 +1,45 @@
+"""The plugin in its own process: bluesky's 0MQ proxy -> RemoteDispatcher -> plugin -> TiledWriter.
+
+    bluesky-0MQ-proxy 5577 5578                      # once per beamline
+    python callbacks/sfn_service.py --zmq localhost:5578 --tiled http://host:8000/api/v1
+
+and in the RunEngine's process: ``RE.subscribe(Publisher("localhost:5577"))``. Acquisition
+then never waits for analysis or for Tiled.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+logger = logging.getLogger(__name__)
+
+
+def run_service(zmq_address: str, tiled_uri: str, api_key: str | None = None, *, prefix: bytes = b"",
+                ready=None) -> None:
+    """Serve until SIGINT/SIGTERM; ``ready`` (a callable) is called once subscribed."""
+    from bluesky.callbacks.zmq import RemoteDispatcher
+    from tiled.client import from_uri
+
+    from ._plugin import SfnPlugin
+    from ._writer import make_tiled_writer
+
+    client = from_uri(tiled_uri, api_key=api_key)
+    plugin = SfnPlugin(make_tiled_writer(client))
+    dispatcher = RemoteDispatcher(zmq_address, prefix=prefix)
+    dispatcher.subscribe(plugin)
+
+    def _stop(signum, frame):
+        logger.info("sfn-stream service: signal %s, stopping", signum)
+        dispatcher.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    logger.info("sfn-stream service: listening on %s, writing to %s", zmq_address, tiled_uri)
+    if ready is not None:
+        dispatcher.loop.call_soon(ready)
+    try:
+        dispatcher.start()
+    finally:
+        plugin.flush(timeout=60)
+        plugin.close()

@@ -1,0 +1,1 @@
+"""Structure inference from spectra-derived constraints (formulas, templates, substitution, ranking)."""

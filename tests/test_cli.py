@@ -1,0 +1,109 @@
+"""``sfn-stream predict`` on files: predictions with confidence, or a clear reason and exit status 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from sfn_stream.beamline import xanes_energies
+from sfn_stream.cli import main
+from sfn_stream.training._shared import have_shared, shared_dir
+
+
+def _measured_xanes_file(path, beamline):
+    """A transmission scan of the demo sample, as the simulated beamline measures it, saved as XDI."""
+    mono, xas, _ = beamline
+    rows = []
+    for energy in xanes_energies("Cu"):
+        mono.set(energy).wait()
+        xas.trigger()
+        rows.append((energy, xas.i0.get(), xas.it.get(), xas.iref.get()))
+    header = ["#XDI/1.0", "# Column.1: energy eV", "# Column.2: i0", "# Column.3: itrans", "# Column.4: irefer",
+              "# Element.symbol: Cu", "# Element.edge: K", "#----", "# energy i0 itrans irefer"]
+    path.write_text("\n".join(header + [" ".join(f"{v:.4f}" for v in row) for row in rows]) + "\n")
+    return path
+
+
+def _run(capsys, *argv):
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_predict_xanes_json_names_predictions_plainly(tmp_path, beamline, capsys):
+    path = _measured_xanes_file(tmp_path / "scan.xdi", beamline)
+    status, out, err = _run(capsys, "predict", "xanes", str(path), "--elements", "Cu,Fe,O", "--json")
+    assert status == 0, err
+    result = json.loads(out)
+    predictions = result["predictions"]
+    for name in ("oxidation_state", "coordination_number"):
+        assert 0.0 <= predictions[name]["confidence"] <= 1.0
+        assert sum(predictions[name]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert predictions["density"]["std"] > 0
+    assert result["bundle_id"].startswith("xanes-specfusion@")
+    assert result["preprocessing"]["calibration"] == "reference_foil"
+    assert isinstance(result["quality_flags"], list)
+
+
+def test_predict_xanes_table_output(tmp_path, beamline, capsys):
+    path = _measured_xanes_file(tmp_path / "scan.xdi", beamline)
+    status, out, _ = _run(capsys, "predict", "xanes", str(path), "--elements", "CuFeO2")
+    assert status == 0
+    assert "oxidation_state" in out and "model bundle" in out
+
+
+def test_unsupported_absorber_exits_2_with_a_message(tmp_path, capsys):
+    path = tmp_path / "fe.csv"
+    energy = np.linspace(7000, 7300, 300)
+    path.write_text("energy,mu\n" + "\n".join(f"{e},{0.5 + np.arctan((e - 7120) / 2) / np.pi}" for e in energy))
+    status, _, err = _run(capsys, "predict", "xanes", str(path), "--absorber", "Fe", "--elements", "Fe,O")
+    assert status == 2
+    assert "Fe K edge" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, words", [("", "empty"), ("energy,mu\n1,2\nx,y\n", "")])
+def test_unreadable_file_exits_2(tmp_path, capsys, content, words):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    status, _, err = _run(capsys, "predict", "xanes", str(path), "--absorber", "Cu")
+    assert status == 2
+    assert err.startswith("sfn-stream: ") and words in err
+
+
+def test_predict_xrd_json(tmp_path, beamline, capsys):
+    _, _, powder = beamline
+    powder.trigger()
+    path = tmp_path / "frame.xy"
+    np.savetxt(path, np.column_stack([powder.tth.get(), powder.pattern.get()]))
+    status, out, err = _run(capsys, "predict", "xrd", str(path), "--wavelength", "1.5406", "--json")
+    assert status == 0, err
+    result = json.loads(out)
+    cs = result["predictions"]["crystal_system"]
+    assert cs["value"] in cs["probabilities"] and 0 < cs["confidence"] <= 1
+    assert result["bundle_id"].startswith("xrd-crystal-system@")
+
+
+@pytest.mark.skipif(not have_shared(), reason="needs ../shared")
+def test_every_measured_file_gives_a_prediction_or_a_clear_reason(capsys):
+    """Measured spectra the model never saw: a prediction or a reason, never a traceback."""
+    root = shared_dir() / "data"
+    labels = {row["file"]: row for row in csv.DictReader(open(root / "xanes_experimental_dev" / "labels.csv"))}
+    files = sorted((root / "xanes_experimental_dev").glob("*/*.*"))
+    files = [f for f in files if f.suffix.lower() in (".xdi", ".csv", ".xd") and "LICENSE" not in f.name]
+    assert len(files) > 50
+    outcomes = {0: 0, 2: 0}
+    for path in files:
+        label = labels.get(f"{path.parent.name}/{path.name}")
+        argv = ["predict", "xanes", str(path), "--json"]
+        if label:
+            argv += ["--elements", label["elements"].replace('"', "")]
+        status, out, err = _run(capsys, *argv)
+        assert status in (0, 2), (path, err)
+        assert "Traceback" not in err
+        if status == 2:
+            assert err.strip(), path
+        outcomes[status] += 1
+    assert outcomes[0] > 0
