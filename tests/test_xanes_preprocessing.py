@@ -247,6 +247,13 @@ def test_edge_outside_scan_is_rejected(start, stop):
     assert "8979.0" in result.reason
 
 
+def test_energies_in_kev_are_rejected_with_hint():
+    energy = scan_grid() / 1000.0
+    result = preprocess_xanes(energy, synthetic_mu(energy * 1000.0, 8981.0), absorber="Cu")
+    assert not result.usable and result.flags == ["energy_not_in_ev"]
+    assert "keV" in result.reason
+
+
 def test_scan_ending_soon_after_edge_is_rejected():
     energy = np.arange(CU - 150.0, CU + 30.0, 0.5)
     result = preprocess_xanes(energy, synthetic_mu(energy, 8981.0), absorber="Cu")

@@ -106,7 +106,9 @@ class XanesWindow:
 
     Pre-edge line: ``pre_intercept + pre_slope * (E - e0)``; post-edge curve minus pre-edge:
     ``sum(norm_coefs[i] * (E - e0)**i)``, so ``edge_step == norm_coefs[0]``. Energies are on the
-    calibrated scale (eV). ``mu`` holds the ``normalization`` kind ("flat" or "norm").
+    calibrated scale (eV). ``mu`` holds the ``normalization`` kind ("flat" or "norm"); it is NaN
+    when processing stopped before normalisation (see ``reason``). ``energy_full``, ``norm_full``
+    and ``flat_full`` are the whole cleaned, calibrated spectrum, for plots.
     """
 
     absorber: str
@@ -510,6 +512,13 @@ def _run(
     log: _Log,
 ) -> None:
     """The pipeline; stops at the first fatal condition, leaving what was found so far."""
+    finite = energy[np.isfinite(energy)]
+    if finite.size and finite.max() < 1000.0:  # no tabulated K edge lies below 4 keV
+        log.fatal(
+            "energy_not_in_ev",
+            f"energies span {finite.min():.4g}-{finite.max():.4g}: they look like keV; give eV",
+        )
+        return
     energy, mu, reference = _clean(energy, mu, reference, d.duplicate_tolerance, log)
     result.n_points = len(energy)
     if len(energy) < d.min_points:
@@ -519,11 +528,12 @@ def _run(
     result.energy_min, result.energy_max = float(energy[0]), float(energy[-1])
     e_ref = result.e_ref
     if energy[-1] <= e_ref or energy[0] >= e_ref + d.e0_warn_shift:
+        steepest = find_e0(energy, mu)
         log.fatal(
             "edge_not_covered",
             f"the scan covers {energy[0]:.1f}-{energy[-1]:.1f} eV and does not contain the "
             f"{result.absorber} {result.edge} edge at {e_ref:.1f} eV (its steepest rise, "
-            f"{find_e0(energy, mu):.1f} eV, is nearest the {_nearest_k_edge(find_e0(energy, mu))})",
+            f"{steepest:.1f} eV, is nearest the {_nearest_k_edge(steepest)})",
         )
         return
     e0 = find_e0(energy, mu)
