@@ -32,6 +32,7 @@ from sfn_stream.training._shared import SharedDataMissing, shared_dir
 
 NOT_SPECTRA = re.compile(r"^(LICENSE.*|labels\.csv|README.*)$", re.IGNORECASE)
 FOIL_NAME = re.compile(r"foil|metal", re.IGNORECASE)
+REPEATS = 5
 
 
 def dev_folder(shared: str | None) -> Path:
@@ -95,9 +96,12 @@ def process_file(folder: Path, path: Path, labels: dict[str, dict[str, str]]) ->
                    f" (for information: {edge_hint(arguments)})")
         return row
     energy = arguments.pop("energy")
-    start = time.perf_counter()
-    result = preprocess_xanes(energy, absorber=absorber, **arguments)
-    row["ms"] = 1000 * (time.perf_counter() - start)
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        result = preprocess_xanes(energy, absorber=absorber, **arguments)
+        times.append(time.perf_counter() - start)
+    row["ms"] = 1000 * min(times)  # best of REPEATS: other jobs share the CPU
     row["mode"] = result.mode
     row.update(
         status="ok" if result.usable else "rejected",
@@ -148,7 +152,7 @@ def print_table(rows: list[dict], skipped: list[str]) -> None:
               f"max {errors.max():.2f} eV ({worst['file']}), within 3 eV: {(errors <= 3).sum()}/{len(foils)}")
     times = np.array([r["ms"] for r in rows if "ms" in r])
     if len(times):
-        print(f"preprocess_xanes time per file: median {np.median(times):.2f} ms, max {times.max():.2f} ms "
+        print(f"preprocess_xanes time per file (best of {REPEATS}): median {np.median(times):.2f} ms, max {times.max():.2f} ms "
               f"(n={len(times)}, points per file {min(r['n_points'] for r in rows if 'ms' in r)}-"
               f"{max(r['n_points'] for r in rows if 'ms' in r)})")
     for r in rows:

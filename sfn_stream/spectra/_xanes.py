@@ -89,7 +89,7 @@ class NormalizationDefaults:
     max_edge_slope: float = 3.0  # edge steps per eV; K-edge rises are broadened by >= 0.8 eV core holes
     reference_min_peak: float = 0.3  # first derivative peak of a foil, as a fraction of the largest
     max_window_missing: float = 0.25  # fraction of the window the data may leave uncovered
-    duplicate_tolerance: float = 0.005  # eV; closer energies are averaged (Larch TINY_ENERGY)
+    duplicate_tolerance: float = 0.0005  # eV; closer energies are averaged (Larch TINY_ENERGY nudges them apart)
 
 
 XANES_DEFAULTS = NormalizationDefaults()
