@@ -435,3 +435,17 @@ def test_feff_site_spectra_take_the_same_path():
         assert r.calibration == "computed_offset"
         assert r.pre_edge_method == "constant_fallback"  # FEFF starts a few eV below E0
         assert np.all(np.isfinite(r.mu))
+
+
+def test_every_raised_flag_is_documented():
+    """All flag codes in the source are listed in XANES_FLAGS (the plugin documents them from there)."""
+    import re
+
+    import sfn_stream.spectra._xanes as module
+    from sfn_stream.spectra import XANES_FLAGS
+
+    source = Path(module.__file__).read_text()
+    raised = {code: kind for kind, code in re.findall(r'log\.(warn|fatal)\(\s*"([a-z0-9_]+)"', source)}
+    assert raised and set(raised) == set(XANES_FLAGS)
+    for code, kind in raised.items():
+        assert XANES_FLAGS[code][0] == ("fatal" if kind == "fatal" else "warning"), code

@@ -17,6 +17,7 @@ from ._readers import (
 from ._xanes import (
     E0_METHOD,
     XANES_DEFAULTS,
+    XANES_FLAGS,
     XANES_WINDOW,
     NormalizationDefaults,
     WindowDefinition,

@@ -29,6 +29,7 @@ from ._edges import K_EDGE_ENERGIES, edge_energy
 __all__ = [
     "E0_METHOD",
     "XANES_DEFAULTS",
+    "XANES_FLAGS",
     "XANES_WINDOW",
     "NormalizationDefaults",
     "WindowDefinition",
@@ -93,6 +94,29 @@ class NormalizationDefaults:
 
 
 XANES_DEFAULTS = NormalizationDefaults()
+
+# Every flag preprocess_xanes can raise: code -> (severity, meaning). "fatal" makes usable False.
+XANES_FLAGS: dict[str, tuple[str, str]] = {
+    "energy_not_in_ev": ("fatal", "energies below 1000: given in keV"),
+    "non_finite_dropped": ("warning", "NaN/inf points (or non-positive counts) were dropped"),
+    "energies_unsorted": ("warning", "energies were sorted"),
+    "duplicate_energies_averaged": ("warning", "repeated energies were averaged"),
+    "too_few_points": ("fatal", "fewer than min_points usable points"),
+    "reference_calibration_failed": ("warning", "reference channel without a usable foil edge; used as measured"),
+    "edge_not_covered": ("fatal", "the scan does not contain the absorber's tabulated edge"),
+    "e0_inconsistent_with_absorber": ("fatal", "E0 beyond e0_max_shift from the tabulated edge"),
+    "e0_far_from_edge": ("warning", "E0 between e0_warn_shift and e0_max_shift from the tabulated edge"),
+    "edge_onset_not_covered": ("fatal", "the scan starts less than min_below_e0 below E0"),
+    "pre_edge_fallback_constant": ("warning", "no data for a pre-edge line; constant from the lowest points"),
+    "post_edge_too_short": ("fatal", "not enough data above E0+norm1 for the post-edge fit"),
+    "post_edge_range_clipped": ("warning", "post-edge range shortened by the end of the scan"),
+    "edge_step_not_positive": ("fatal", "absorption does not rise across the edge"),
+    "edge_step_too_small": ("fatal", "edge step below min_edge_snr times the point noise"),
+    "edge_too_sharp": ("fatal", "rise steeper than max_edge_slope steps/eV: a glitch"),
+    "window_padded_below": ("warning", "window starts below the data: padded with 0"),
+    "window_padded_above": ("warning", "window ends above the data: padded with the last value"),
+    "window_not_covered": ("fatal", "more than max_window_missing of the window has no data"),
+}
 
 E0_METHOD = "max_smoothed_derivative (Larch find_e0: unsmoothed pass, then Lorentzian-smoothed dmu/dE)"
 
@@ -456,8 +480,8 @@ def preprocess_xanes(
 
     Give ``mu`` or raw channels: ``i0`` with ``it`` (transmission, ln(i0/it)) or ``ifluor``
     (fluorescence, ifluor/i0; takes precedence when both are given). ``iref`` (with ``it``)
-    is the reference foil after the sample, mu_ref = ln(it/iref); its E0 is aligned to the
-    tabulated edge. Computed spectra pass ``energy_offset`` = E0(calculated metal) - E_tab,
+    is the reference foil after the sample, mu_ref = ln(it/iref); its first inflection point is
+    aligned to the tabulated edge. Computed spectra pass ``energy_offset`` = E0(calculated metal) - E_tab,
     which is subtracted from their energies. Range parameters (eV, relative to E0) default to
     ``defaults``. Bad data give ``usable=False`` with a reason; this raises only
     :class:`XanesInputError` for wrong calls and ``UnknownEdgeError`` for an unknown absorber.
