@@ -399,7 +399,9 @@ def _absorption(
             elif it is not None:
                 signal, mode = np.log(i0 / it), "transmission"
             else:
-                raise XanesInputError("i0 alone is not a spectrum: also give it (transmission) or ifluor (fluorescence)")
+                raise XanesInputError(
+                    "i0 alone is not a spectrum: also give it (transmission) or ifluor (fluorescence)"
+                )
         reference = None
         if iref is not None:
             if it is None:
