@@ -1,1 +1,91 @@
-"""Structure inference from spectra-derived constraints (formulas, templates, substitution, ranking)."""
+"""Structure inference from spectra-derived constraints (formulas, templates, substitution, ranking).
+
+``infer_structures(InferenceRequest(...))`` enumerates charge-balanced formulas, retrieves templates of
+the same anonymous formula and crystal system from cached indices of the template sources,
+substitutes the elements, fits each candidate's simulated PXRD to the measured pattern and
+returns the ranked candidates with named score components.
+"""
+
+from ._formulas import MIXED_VALENCE_PRIOR, Formula, charge_options, enumerate_formulas, formula_prior
+from ._index import (
+    TemplateEntry,
+    TemplateIndex,
+    anonymous_key,
+    build_index,
+    cache_dir,
+    describe_template,
+    source_index,
+    template_index,
+)
+from ._infer import Candidate, InferenceResult, infer_structures
+from ._pattern import PatternFit, Reflections, measured_profile, reflections
+from ._request import (
+    CRYSTAL_SYSTEMS,
+    InferenceRequest,
+    ResolvedRequest,
+    StructureInputError,
+    XrdInput,
+    default_oxidation_states,
+    parse_assignments,
+    resolve_request,
+)
+from ._sources import (
+    DEFAULT_SOURCES,
+    AflowSource,
+    AmcsdSource,
+    CifFolderSource,
+    MaterialsProjectSource,
+    RawTemplate,
+    RobocrysSource,
+    SourceUnavailable,
+    StructureSource,
+    TemplateSource,
+    make_source,
+)
+from ._substitute import ElementMapping, element_mappings, ionic_radius, substituted_structure
+
+__all__ = [
+    "CRYSTAL_SYSTEMS",
+    "DEFAULT_SOURCES",
+    "MIXED_VALENCE_PRIOR",
+    "AflowSource",
+    "AmcsdSource",
+    "Candidate",
+    "CifFolderSource",
+    "ElementMapping",
+    "Formula",
+    "InferenceRequest",
+    "InferenceResult",
+    "MaterialsProjectSource",
+    "PatternFit",
+    "RawTemplate",
+    "Reflections",
+    "ResolvedRequest",
+    "RobocrysSource",
+    "SourceUnavailable",
+    "StructureInputError",
+    "StructureSource",
+    "TemplateEntry",
+    "TemplateIndex",
+    "TemplateSource",
+    "XrdInput",
+    "anonymous_key",
+    "build_index",
+    "cache_dir",
+    "charge_options",
+    "default_oxidation_states",
+    "describe_template",
+    "element_mappings",
+    "enumerate_formulas",
+    "formula_prior",
+    "infer_structures",
+    "ionic_radius",
+    "make_source",
+    "measured_profile",
+    "parse_assignments",
+    "reflections",
+    "resolve_request",
+    "source_index",
+    "substituted_structure",
+    "template_index",
+]
