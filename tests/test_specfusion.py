@@ -122,3 +122,16 @@ def test_vectorised_ensemble_matches_member_by_member():
             single = member(*batch.as_args())
             assert _same(stacked["compound_mean"][k], single["compound_mean"])
             assert _same(stacked["element_logits"]["oxidation_state"][k], single["element_logits"]["oxidation_state"])
+
+
+def test_blanked_window_points_are_ignored():
+    torch.manual_seed(2)
+    net = SpecFusionNet(descriptor_table(), d_model=16, n_heads=2, n_layers=1, cnn_channels=4, blank_below=30).eval()
+    a, b = _window(13), _window(13)
+    b[:30] += 5.0
+    out_a, _ = _run(net, [(["Cu", "O"], {"Cu": (a, 1.0)}, None)])
+    out_b, _ = _run(net, [(["Cu", "O"], {"Cu": (b, 1.0)}, None)])
+    assert _same(out_a["compound_mean"], out_b["compound_mean"])
+    b[30] += 5.0
+    out_c, _ = _run(net, [(["Cu", "O"], {"Cu": (b, 1.0)}, None)])
+    assert not _same(out_a["compound_mean"], out_c["compound_mean"])

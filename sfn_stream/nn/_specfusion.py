@@ -142,6 +142,7 @@ class SpecFusionNet(nn.Module):
         cnn_channels: int = 16,
         pool_size: int = 8,
         dropout: float = 0.1,
+        blank_below: int = 0,
         compound_regressions: Sequence[str] = tuple(COMPOUND_REGRESSION_UNITS),
         element_tasks: Mapping[str, int] | None = None,
     ):
@@ -154,6 +155,7 @@ class SpecFusionNet(nn.Module):
             "cnn_channels": cnn_channels,
             "pool_size": pool_size,
             "dropout": dropout,
+            "blank_below": blank_below,
             "compound_regressions": list(compound_regressions),
             "element_tasks": dict(element_tasks or {k: len(v) for k, v in ELEMENT_TASK_CLASSES.items()}),
         }
@@ -163,6 +165,13 @@ class SpecFusionNet(nn.Module):
         is_tm[[z for z in TRANSITION_METAL_Z if z < table.shape[0]]] = True
         self.register_buffer("is_tm", is_tm)
         self.spectrum_length = spectrum_length
+        # The first ``blank_below`` window points are zeroed for every input: FEFF spectra start at the
+        # Fermi level, so computed windows have no data there while measured ones do.
+        if not 0 <= blank_below < spectrum_length:
+            raise ValueError(f"blank_below must be in [0, {spectrum_length}), got {blank_below}")
+        input_mask = torch.ones(spectrum_length)
+        input_mask[:blank_below] = 0.0
+        self.register_buffer("input_mask", input_mask)
         self.compound_regressions = tuple(compound_regressions)
         self.element_tasks = dict(element_tasks or {k: len(v) for k, v in ELEMENT_TASK_CLASSES.items()})
         # Target standardisation of the regressions (set from the training split).
@@ -196,7 +205,7 @@ class SpecFusionNet(nn.Module):
 
         spectral = self.no_spectrum.expand_as(element).clone()
         if bool(has_spectrum.any()):
-            encoded = self.spectrum_encoder(spectra[has_spectrum], e0_shift[has_spectrum])
+            encoded = self.spectrum_encoder(spectra[has_spectrum] * self.input_mask, e0_shift[has_spectrum])
             spectral[has_spectrum] = encoded.to(spectral.dtype)
         fused = element + self.fuse(torch.cat([element, spectral], dim=-1))
         tokens = torch.where(is_tm, fused, element)
