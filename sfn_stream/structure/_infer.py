@@ -127,6 +127,7 @@ class _Pending:
     mapping: Any
     log_prior: float
     parts: dict[str, float]
+    sg: int = 0
     structure: Any = None
     refl: Any = None
     coarse: tuple[float, float] | None = None
@@ -257,7 +258,7 @@ def infer_structures(
                     }
                     log_prior = (math.log(formula.prior) + math.log(p_system) + math.log(p_cn)
                                  + SUBSTITUTION_WEIGHT * mapping.log_prior)
-                    pending.append(_Pending(i, formula, mapping, log_prior, parts))
+                    pending.append(_Pending(i, formula, mapping, log_prior, parts, entry.spacegroup_number))
     seconds["retrieve"] = time.perf_counter() - t0
     formula_list = sorted(formulas_seen.values(), key=lambda f: -f.prior)
     counts = {"templates": len(index), "formulas_with_templates": len(formula_list), "candidates": len(pending)}
@@ -335,11 +336,11 @@ def _prune(pending: list[_Pending], index: TemplateIndex) -> list[_Pending]:
 
 
 def _refine_diverse(scored: list[_Pending], measured, wavelength: float) -> list[_Pending]:
-    """Refine the best coarse candidates, at most two per (formula, crystal system)."""
+    """Refine the best coarse candidates, one per (formula, space group)."""
     chosen, per_key = [], defaultdict(int)
     for item in scored:
-        key = (item.formula.reduced_formula, item.refl.crystal_system)
-        if per_key[key] >= 2:
+        key = (item.formula.reduced_formula, item.sg)
+        if per_key[key] >= 1:
             continue
         per_key[key] += 1
         item.fit = refine_fit(item.refl, measured, wavelength, item.coarse[0])

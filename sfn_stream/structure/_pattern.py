@@ -28,7 +28,7 @@ import numpy as np
 
 LAB_WAVELENGTH = 1.5406  # used for the Lorentz-polarisation factor when only Q is given
 SCALE_RANGE = 0.08  # +-8 % isotropic cell scaling searched in ln Q
-AXIS_RANGE = 0.025  # +-2.5 % per free axis around the isotropic optimum
+AXIS_RANGE = 0.05  # +-5 % per free axis around the isotropic optimum (substitution is anisotropic)
 ZERO_SHIFT_RANGE_DEG = 0.15  # 2theta zero shift searched (lab goniometers: typically < 0.1 deg)
 LOG_GRID_POINTS = 2048
 COARSE_SIGMA_LN = 0.006  # Gaussian sigma in ln Q for the isotropic search (0.6 % relative)

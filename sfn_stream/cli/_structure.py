@@ -1,0 +1,205 @@
+"""``sfn-stream infer-structure`` and ``sfn-stream evaluate structure``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ._common import CliError, console, print_json
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("infer-structure", help="candidate structures from elements, oxidation states and a PXRD file")
+    parser.add_argument("--elements", required=True, help="the sample's elements, e.g. Ca,Mn,Al,O (2 to 5)")
+    parser.add_argument("--xrd", required=True, type=Path, help="powder pattern: .xy / columns (2theta or Q, intensity) or pdCIF")
+    parser.add_argument("--wavelength", type=float, help="X-ray wavelength in A (default: from the file, else 1.5406)")
+    parser.add_argument("--axis", choices=("2theta", "q"), default="2theta", help="first column: 2theta (deg) or Q (1/A)")
+    parser.add_argument("--oxidation", action="append", default=[], metavar="EL=STATE[:P/STATE:P]",
+                        help="oxidation states, e.g. Mn=3 or Fe=2:0.7/3:0.3 (others: ICSD statistics); repeatable")
+    parser.add_argument("--cn", action="append", default=[], metavar="EL=CN[:P/CN:P]",
+                        help="coordination numbers, e.g. Mn=6 or Fe=4:0.3/6:0.7; repeatable")
+    parser.add_argument("--crystal-system", metavar="SYSTEM[=P,...]",
+                        help="crystal system(s), e.g. tetragonal or cubic=0.6,tetragonal=0.4 (default: all seven)")
+    parser.add_argument("--sources", default="amcsd,aflow,robocrys",
+                        help="template sources: amcsd, aflow, robocrys, materials_project, or CIF folders (comma list)")
+    parser.add_argument("--cif-dir", action="append", default=[], type=Path, help="an extra folder of template CIFs")
+    parser.add_argument("--top", type=int, default=5, help="number of candidates (default 5)")
+    parser.add_argument("--xanes-check", action="store_true", help="recompute XANES of the best candidates with FEFF")
+    parser.add_argument("--xanes", action="append", default=[], metavar="EL=FILE", help="measured XANES for --xanes-check")
+    parser.add_argument("--out", type=Path, help="folder for result.json and one CIF per candidate")
+    parser.add_argument("--cache-dir", type=Path, help="template index cache (default ~/.cache/sfn-stream/structure)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run_infer)
+
+    evaluate = sub.add_parser("evaluate", help="evaluations that print figures")
+    which = evaluate.add_subparsers(dest="what", required=True, metavar="WHAT")
+    structure = which.add_parser("structure", help="structure-inference benchmark (needs ../shared; slow)")
+    structure.add_argument("--settings", default="true,perturbed", help="input settings: true,perturbed")
+    structure.add_argument("--split", choices=("test", "dev"), default="test")
+    structure.add_argument("--limit", type=int, help="at most this many materials per (origin, number of elements)")
+    structure.add_argument("--measured", action="store_true", help="only the measured single-phase patterns")
+    structure.add_argument("--no-measured", action="store_true", help="skip the measured patterns")
+    structure.add_argument("--save", type=Path, help="write the full results (records and summary) to this JSON file")
+    structure.add_argument("--log", type=Path, help="append each query's record to this JSON-lines file")
+    structure.add_argument("--json", action="store_true", help="print JSON")
+    structure.set_defaults(run=run_evaluate)
+
+
+def _tables(values: list[str], what: str) -> dict:
+    from ..structure import StructureInputError, parse_assignments
+
+    out = {}
+    for text in values:
+        try:
+            out.update(parse_assignments(text, what))
+        except StructureInputError as err:
+            raise CliError(str(err)) from err
+    return out
+
+
+def _systems(text: str | None) -> dict | None:
+    if not text:
+        return None
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, prob = part.partition("=")
+        try:
+            out[name.strip()] = float(prob) if prob else 1.0
+        except ValueError as err:
+            raise CliError(f"--crystal-system: cannot read {part!r} (use e.g. cubic=0.6,tetragonal=0.4)") from err
+    return out
+
+
+def _read_pattern(path: Path):
+    from ..spectra import SpectrumFileError, read_pdcif, read_xy
+
+    if not path.is_file():
+        raise CliError(f"{path}: no such file")
+    try:
+        if path.suffix.lower() == ".cif":
+            profile = read_pdcif(path)
+            return profile.two_theta, profile.intensity, profile.wavelength
+        x, y = read_xy(path)
+        return x, y, None
+    except (SpectrumFileError, ValueError) as err:
+        raise CliError(f"{path}: {err}") from err
+
+
+def _read_xanes(specs: list[str], elements) -> dict:
+    from ..spectra import SpectrumFileError, preprocess_xanes_file
+
+    out = {}
+    for spec in specs:
+        el, _, name = spec.partition("=")
+        if not name:
+            raise CliError(f"--xanes expects EL=FILE, got {spec!r}")
+        try:
+            out[el.strip()] = preprocess_xanes_file(Path(name), absorber=el.strip())
+        except (SpectrumFileError, ValueError) as err:
+            raise CliError(f"{name}: {err}") from err
+    return out
+
+
+def run_infer(args) -> int:
+    from ..structure import InferenceRequest, SourceUnavailable, StructureInputError, XrdInput, infer_structures
+
+    x, y, file_wavelength = _read_pattern(args.xrd)
+    wavelength = args.wavelength or file_wavelength or (1.5406 if args.axis == "2theta" else None)
+    elements = tuple(e.strip() for e in args.elements.split(",") if e.strip())
+    if args.top < 1:
+        raise CliError("--top must be at least 1")
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()] + [str(p) for p in args.cif_dir]
+    request = InferenceRequest(
+        elements=elements, xrd=XrdInput(x, y, args.axis, wavelength, str(args.xrd)),
+        oxidation_states=_tables(args.oxidation, "oxidation"), coordination=_tables(args.cn, "cn"),
+        crystal_systems=_systems(args.crystal_system),
+        xanes=_read_xanes(args.xanes, elements) if args.xanes else {},
+    )
+    if args.xanes_check and not args.xanes:
+        raise CliError("--xanes-check needs at least one measured spectrum: --xanes Mn=FILE")
+    try:
+        result = infer_structures(request, sources=sources, top=args.top, xanes_check=args.xanes_check,
+                                  progress=not args.json, cache_dir=args.cache_dir)
+    except (StructureInputError, SourceUnavailable) as err:
+        raise CliError(str(err)) from err
+    payload = result.to_dict(structures=bool(args.out))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for c in result.candidates:
+            (args.out / f"rank{c.rank}_{c.formula}_{c.spacegroup_number}.cif").write_text(c.to_cif())
+        (args.out / "result.json").write_text(json.dumps(payload, indent=2, default=str))
+    if args.json:
+        print_json(payload)
+    else:
+        _print_result(result, args.out)
+    return 0
+
+
+def _print_result(result, out: Path | None) -> None:
+    from rich.table import Table
+
+    con = console()
+    if not result.candidates:
+        con.print(f"[bold]no candidate[/bold]: {result.reason}")
+        return
+    table = Table(title="structure candidates")
+    for column in ("rank", "formula", "system", "space group", "score", "p", "PXRD sim.", "template"):
+        table.add_column(column)
+    for c in result.candidates:
+        table.add_row(str(c.rank), c.formula, c.crystal_system, c.spacegroup_symbol, f"{c.score:.1f}",
+                      f"{c.probability:.2f}", f"{c.components['xrd_similarity']:.3f}",
+                      f"{c.template_id} ({c.template_label or c.template_formula})")
+    con.print(table)
+    for note in result.notes:
+        con.print(f"note: {note}")
+    if out:
+        con.print(f"written: {out}/result.json and {len(result.candidates)} CIF files")
+
+
+def run_evaluate(args) -> int:
+    from ..training._shared import SharedDataMissing, have_shared
+    from ..training._structure_benchmark import BENCHMARK_FILE, load_benchmark, run_benchmark, run_measured
+
+    if not have_shared():
+        raise CliError("the structure benchmark needs ../shared (set SFN_SHARED)")
+    if not BENCHMARK_FILE.is_file():
+        raise CliError(f"{BENCHMARK_FILE} is missing: the benchmark definition is part of the repository")
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    for s in settings:
+        if s not in ("true", "perturbed"):
+            raise CliError(f"--settings: {s!r} is not 'true' or 'perturbed'")
+    try:
+        payload = {}
+        if not args.measured:
+            payload = run_benchmark(load_benchmark(), settings=settings, split=args.split, limit=args.limit,
+                                    progress=not args.json, log_path=args.log)
+        if not args.no_measured:
+            payload["measured"] = run_measured()
+    except SharedDataMissing as err:
+        raise CliError(str(err)) from err
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(payload, indent=1, default=str))
+    if args.json:
+        print_json({k: v for k, v in payload.items() if k != "records"})
+    else:
+        _print_summary(payload)
+    return 0
+
+
+def _print_summary(payload: dict) -> None:
+    from rich.table import Table
+
+    con = console()
+    for setting, rows in payload.get("summary", {}).items():
+        table = Table(title=f"structure inference, {setting} inputs ({payload.get('split')} split)")
+        for column in ("stratum", "n", "top-1", "top-5", "type available", "s/query (mean)", "max"):
+            table.add_column(column)
+        for key, row in rows.items():
+            table.add_row(key, str(row["n"]), f"{row['top1']:.2f}", f"{row['top5']:.2f}",
+                          f"{row['template_type_available']:.2f}", f"{row['seconds_mean']:.1f}", f"{row['seconds_max']:.1f}")
+        con.print(table)
+    for row in payload.get("measured", []):
+        best = row.get("candidates", [[None]])[0] if row.get("candidates") else None
+        con.print(f"{row['file']}: {row['formula']} ({'system given' if row.get('crystal_system_given') else 'system unknown'}) "
+                  f"-> rank of right answer {row.get('rank_of_right_answer')}; best {best}")
