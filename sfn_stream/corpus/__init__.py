@@ -1,1 +1,131 @@
-"""The versioned XANES + PXRD training corpus: structures, FEFF10 spectra, stick patterns, labels."""
+"""The versioned XANES + PXRD training corpus: structures, FEFF10 spectra, stick patterns, labels.
+
+Layer: above simulation/chemistry/spectra, below training. Structure sources (AMCSD, OmniXAS) are
+handed in by the caller, so nothing here reads ../shared or the training layer.
+"""
+
+from ._build import assemble_from_workdir, build_corpus, default_settings, prepared_materials
+from ._calibration import (
+    CALIBRATION_CANDIDATES,
+    CORPUS_CANDIDATE,
+    CalibrationSite,
+    calibrate_site,
+    calibration_markdown,
+    calibration_sites,
+    calibration_table,
+    choose_settings,
+    corpus_settings,
+    run_calibration,
+)
+from ._campaign import (
+    DEFAULT_TIMEOUTS,
+    CampaignConfig,
+    CampaignSummary,
+    ResultStore,
+    pending_items,
+    plan_items,
+    run_campaign,
+)
+from ._compare import COMPARE_WINDOW, SpectrumAgreement, aligned_agreement
+from ._items import ITEM_KINDS, ITEM_VERSIONS, Item, execute
+from ._product import (
+    CORPUS_DIR,
+    LABEL_PROVENANCE,
+    CorpusMissing,
+    assemble_corpus,
+    content_hash,
+    corpus_counts,
+    corpus_info,
+    read_corpus,
+    read_manifest,
+    read_splits,
+    verify_corpus,
+)
+from ._sandbox import ItemTimeout, Sandbox, SandboxCrashed
+from ._spectra import IncompleteSpectrum, energy_offset, material_spectrum, site_weighted_spectrum
+from ._splits import FRACTIONS, SPLITS, assign_splits
+from ._structures import (
+    CORPUS_METALS,
+    CorpusMaterial,
+    Rejection,
+    SourceEntry,
+    deduplicate,
+    entry_from_cif,
+    metal_site_groups,
+    metal_structure,
+    prepare_materials,
+    reference_materials,
+    rejection_tally,
+    screen_entries,
+    screen_structure,
+)
+from ._teachers import MAGNETIC_MOMENT_MIN, TeacherLabels, TeacherUnavailable, teacher_labels
+
+__all__ = [
+    "CALIBRATION_CANDIDATES",
+    "COMPARE_WINDOW",
+    "CORPUS_CANDIDATE",
+    "CORPUS_DIR",
+    "CORPUS_METALS",
+    "DEFAULT_TIMEOUTS",
+    "FRACTIONS",
+    "ITEM_KINDS",
+    "ITEM_VERSIONS",
+    "LABEL_PROVENANCE",
+    "MAGNETIC_MOMENT_MIN",
+    "SPLITS",
+    "CalibrationSite",
+    "CampaignConfig",
+    "CampaignSummary",
+    "CorpusMaterial",
+    "CorpusMissing",
+    "IncompleteSpectrum",
+    "Item",
+    "ItemTimeout",
+    "Rejection",
+    "ResultStore",
+    "Sandbox",
+    "SandboxCrashed",
+    "SourceEntry",
+    "SpectrumAgreement",
+    "TeacherLabels",
+    "TeacherUnavailable",
+    "aligned_agreement",
+    "assemble_corpus",
+    "assemble_from_workdir",
+    "assign_splits",
+    "build_corpus",
+    "calibrate_site",
+    "calibration_markdown",
+    "calibration_sites",
+    "calibration_table",
+    "choose_settings",
+    "content_hash",
+    "corpus_counts",
+    "corpus_info",
+    "corpus_settings",
+    "deduplicate",
+    "default_settings",
+    "energy_offset",
+    "entry_from_cif",
+    "execute",
+    "material_spectrum",
+    "metal_site_groups",
+    "metal_structure",
+    "pending_items",
+    "plan_items",
+    "prepare_materials",
+    "prepared_materials",
+    "read_corpus",
+    "read_manifest",
+    "read_splits",
+    "reference_materials",
+    "rejection_tally",
+    "run_calibration",
+    "run_campaign",
+    "screen_entries",
+    "screen_structure",
+    "site_weighted_spectrum",
+    "teacher_labels",
+    "verify_corpus",
+]

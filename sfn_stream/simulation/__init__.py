@@ -1,5 +1,17 @@
 """Simulation of spectra and diffraction patterns (pymatgen, FEFF); no Bluesky or Tiled."""
 
+from ._demo_sample import build_demo_sample, metal_energy_offset
+from ._feff import (
+    OMNIXAS,
+    XANES_STAGES,
+    FeffRunError,
+    FeffSettings,
+    FeffSpectrum,
+    FeffTimeout,
+    feff_input,
+    read_xmu,
+    run_feff,
+)
 from ._xrd import (
     AUGMENTATION,
     LAB_ANODES,
@@ -13,6 +25,17 @@ from ._xrd import (
 )
 
 __all__ = [
+    "OMNIXAS",
+    "XANES_STAGES",
+    "FeffRunError",
+    "FeffSettings",
+    "FeffSpectrum",
+    "FeffTimeout",
+    "build_demo_sample",
+    "feff_input",
+    "metal_energy_offset",
+    "read_xmu",
+    "run_feff",
     "AUGMENTATION",
     "LAB_ANODES",
     "StickPattern",

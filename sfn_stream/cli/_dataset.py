@@ -1,0 +1,311 @@
+"""``sfn-stream dataset build|info|calibrate|bench``: the XANES + PXRD training corpus (issue 3).
+
+This module wires the structure sources (AMCSD from ``larixite``, OmniXAS from ../shared, both read
+by the training layer) into :mod:`sfn_stream.corpus`, which stays below the training layer.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from ._common import CliError, console, print_json
+
+DEFAULT_WORKDIR = Path("sfn-data") / "corpus-campaign"
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("dataset", help="build and inspect the XANES + PXRD training corpus")
+    which = parser.add_subparsers(dest="dataset", required=True, metavar="ACTION")
+
+    build = which.add_parser("build", help="run (or resume) the FEFF10 + PXRD + labels campaign, write the corpus")
+    _campaign_options(build)
+    build.add_argument("--out", type=Path, help="corpus folder (default: data/corpus in the repository)")
+    build.add_argument("--sources", default="amcsd,omnixas",
+                       help="structure sources, comma-separated: amcsd (larixite), omnixas (../shared)")
+    build.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786); 'serial' runs without "
+                                           "Dask; default: a local cluster")
+    build.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                       help="local Dask worker processes (default: half the CPUs)")
+    build.add_argument("--max-items", type=int, help="stop after this many items (a partial run)")
+    build.add_argument("--max-per-metal", type=int, help="at most this many materials per metal")
+    build.add_argument("--retry-failed", action="store_true", help="run failed items again")
+    build.add_argument("--refresh-structures", action="store_true", help="screen the sources again")
+    build.add_argument("--assemble-only", action="store_true",
+                       help="only write the corpus from what the campaign has finished so far")
+    build.add_argument("--assemble-every", type=float, default=1800.0,
+                       help="rewrite the corpus folder every this many seconds while running (default 1800)")
+    build.add_argument("--no-progress", action="store_true")
+    build.add_argument("--json", action="store_true")
+    build.set_defaults(run=run_build)
+
+    info = which.add_parser("info", help="counts per absorber, crystal system and label; the content hash")
+    info.add_argument("path", nargs="?", type=Path, help="corpus folder (default: data/corpus)")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=run_info)
+
+    calibrate = which.add_parser("calibrate", help="FEFF settings vs the OmniXAS Cu spectra (needs ../shared)")
+    calibrate.add_argument("--candidates", help="comma-separated candidate names (default: all)")
+    calibrate.add_argument("--materials", type=int, default=20, help="OmniXAS materials (default 20)")
+    calibrate.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR.parent / "calibration")
+    calibrate.add_argument("--timeout", type=float, default=900.0, help="seconds per FEFF run (default 900)")
+    calibrate.add_argument("--report-only", action="store_true", help="only write the table from past runs")
+    calibrate.add_argument("--doc", type=Path, help="markdown report (default: docs/feff-calibration.md)")
+    calibrate.add_argument("--json", action="store_true")
+    calibrate.set_defaults(run=run_calibrate)
+
+    bench = which.add_parser("bench", help="campaign throughput: seconds per site, 1 vs 2 Dask workers")
+    bench.add_argument("--sites", type=int, default=8, help="FEFF sites per configuration (default 8)")
+    bench.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(run=run_bench)
+
+
+def _campaign_options(parser) -> None:
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
+                        help=f"campaign folder: prepared structures, results.jsonl (default {DEFAULT_WORKDIR})")
+    parser.add_argument("--metals", help="comma-separated absorbers (default Ti..Zn)")
+    parser.add_argument("--settings", help="FEFF settings: a calibration candidate name (default: the chosen one)")
+    parser.add_argument("--timeout", type=float, help="seconds per FEFF site (default 1200)")
+    parser.add_argument("--nice", type=int, default=0, help="niceness of the worker sandboxes")
+
+
+def _config(args):
+    from ..corpus import CALIBRATION_CANDIDATES, CORPUS_METALS, CampaignConfig, corpus_settings
+
+    if args.settings:
+        if args.settings not in CALIBRATION_CANDIDATES:
+            raise CliError(f"unknown --settings {args.settings!r}; choose one of {', '.join(CALIBRATION_CANDIDATES)}")
+        settings = CALIBRATION_CANDIDATES[args.settings]
+    else:
+        settings = corpus_settings()
+    metals = tuple(CORPUS_METALS)
+    if args.metals:
+        metals = tuple(m.strip().capitalize() for m in args.metals.split(",") if m.strip())
+        unknown = [m for m in metals if m not in CORPUS_METALS]
+        if unknown:
+            raise CliError(f"--metals: {', '.join(unknown)} not among {', '.join(CORPUS_METALS)}")
+    config = CampaignConfig(workdir=Path(args.workdir), settings=settings, metals=metals, nice=args.nice)
+    if args.timeout:
+        config.timeouts["feff"] = args.timeout
+    return config
+
+
+def _source_entries(names: list[str]):
+    """A callable giving the SourceEntry stream, and a description of the sources for the manifest."""
+    from ..corpus import SourceEntry
+
+    unknown = set(names) - {"amcsd", "omnixas"}
+    if unknown:
+        raise CliError(f"--sources: unknown {', '.join(sorted(unknown))} (amcsd, omnixas)")
+    described = {}
+    if "amcsd" in names:
+        import larixite
+
+        described["amcsd"] = f"AMCSD shipped in larixite {larixite.__version__} (Downs & Hall-Wallace 2003)"
+    if "omnixas" in names:
+        from ..training._shared import have_shared
+
+        if have_shared():
+            described["omnixas"] = "OmniXAS Cu (Materials Project structures, FEFF 9.9.1), ../shared/data/omnixas_cu"
+        else:
+            console().print("[yellow]../shared is absent: the OmniXAS part is left out[/yellow]")
+            names = [n for n in names if n != "omnixas"]
+
+    def entries():
+        if "amcsd" in names:
+            from ..training import iter_amcsd_structures
+
+            for entry in iter_amcsd_structures():
+                yield SourceEntry("amcsd", str(entry.amcsd_id), entry.mineral_name, entry.structure,
+                                  entry.reject_reason)
+        if "omnixas" in names:
+            from ..training._shared import omnixas_structures
+
+            for mp_id, structure in sorted(omnixas_structures().items()):
+                yield SourceEntry("omnixas", mp_id, "", structure)
+
+    return entries, described
+
+
+def run_build(args) -> int:
+    from ..corpus import CORPUS_DIR, assemble_from_workdir, build_corpus
+
+    config = _config(args)
+    config.max_materials_per_metal = args.max_per_metal
+    config.retry_failed = args.retry_failed
+    out_dir = args.out or CORPUS_DIR
+    if args.assemble_only:
+        if not (config.workdir / "materials.json.gz").is_file():
+            raise CliError(f"no campaign in {config.workdir}: run `sfn-stream dataset build` first")
+        manifest = assemble_from_workdir(config, out_dir)
+        _print_manifest(manifest, out_dir, args.json)
+        return 0
+    entries, described = _source_entries([s.strip() for s in args.sources.split(",") if s.strip()])
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    summary, manifest = build_corpus(
+        config, entries, described, out_dir, scheduler=args.scheduler, n_workers=args.workers,
+        max_items=args.max_items, assemble_every=args.assemble_every, refresh_structures=args.refresh_structures,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print_json({"campaign": summary.to_dict(), "corpus": manifest})
+        return 0
+    out = console()
+    out.print(f"campaign: {summary.ran} items run ({summary.succeeded} ok, {summary.failed} failed) in "
+              f"{summary.seconds:.0f} s on {summary.workers} worker(s); {summary.already_done} were done before, "
+              f"{summary.skipped_failed} failed before (--retry-failed runs them)")
+    _print_manifest(manifest, out_dir, False)
+    return 0
+
+
+def _print_manifest(manifest: dict, out_dir, as_json: bool) -> None:
+    if as_json:
+        print_json(manifest)
+        return
+    out = console()
+    out.print(f"corpus {out_dir}: {manifest['n_materials']} materials, hash {manifest['content_hash'][:16]}")
+    out.print("spectra per absorber: " + ", ".join(f"{k} {v}" for k, v in manifest["materials_per_absorber"].items()))
+
+
+def run_info(args) -> int:
+    from ..corpus import CORPUS_DIR, CorpusMissing, corpus_info
+
+    path = args.path or CORPUS_DIR
+    try:
+        info = corpus_info(path)
+    except CorpusMissing as err:
+        raise CliError(str(err)) from err
+    if args.json:
+        print_json(info)
+        return 0
+    from rich.table import Table
+
+    out = console()
+    out.print(f"[bold]{info['path']}[/bold]  hash {info['content_hash']}  "
+              f"({'verified' if info['hash_verified'] else '[red]files changed since the manifest[/red]'})")
+    out.print(f"FEFF10 settings: {info['feff_settings']} (key {info['feff_settings_key']})")
+    out.print(f"{info['n_materials']} materials " + str(info["materials_per_source"]) + f", {info['n_sticks']} "
+              f"stick patterns, splits {info['splits']}")
+    table = Table("absorber", "materials with spectrum", "FEFF10 here", "AMCSD")
+    for element, count in info["materials_per_absorber"].items():
+        table.add_row(element, str(count), str(info["materials_per_absorber_feff10"][element]),
+                      str(info["amcsd_materials_per_absorber"][element]))
+    out.print(table)
+    out.print("crystal systems: " + ", ".join(f"{k} {v}" for k, v in sorted(info["materials_per_crystal_system"].items())))
+    out.print("labels present: " + ", ".join(f"{k} {v}" for k, v in info["label_coverage"].items()))
+    out.print("rejected structures: " + ", ".join(f"{k} {v}" for k, v in info["rejections"].items()))
+    return 0
+
+
+def run_calibrate(args) -> int:
+    import json
+
+    from ..corpus import (
+        CALIBRATION_CANDIDATES,
+        CORPUS_DIR,
+        calibration_markdown,
+        calibration_sites,
+        calibration_table,
+        choose_settings,
+        run_calibration,
+    )
+    from ..corpus._calibration import read_rows, rescore
+    from ..training._shared import SharedDataMissing, omnixas_site_spectra, omnixas_structures
+
+    names = [n.strip() for n in args.candidates.split(",")] if args.candidates else list(CALIBRATION_CANDIDATES)
+    unknown = [n for n in names if n not in CALIBRATION_CANDIDATES]
+    if unknown:
+        raise CliError(f"unknown candidates {unknown}; choose from {', '.join(CALIBRATION_CANDIDATES)}")
+    candidates = {n: CALIBRATION_CANDIDATES[n] for n in names}
+    try:
+        sites = calibration_sites(omnixas_site_spectra(), omnixas_structures(), n=args.materials)
+    except SharedDataMissing as err:
+        raise CliError(f"the calibration needs ../shared: {err}") from err
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = args.workdir / "calibration.jsonl"
+    if args.report_only:
+        rows = read_rows(results)
+    else:
+        rows = run_calibration(sites, candidates, results, args.workdir / "runs", timeout=args.timeout,
+                               log=lambda line: console().print(line))
+    table = calibration_table(rescore(rows, sites), candidates, keys=[s.key for s in sites])
+    try:
+        chosen = choose_settings(table)
+    except ValueError as err:
+        chosen = None
+        console().print(f"[yellow]{err}[/yellow]")
+    site_list = [{"key": s.key, "formula": s.formula} for s in sites]
+    repro_path = args.workdir / "cu2o_reproduction.json"
+    reproduction = json.loads(repro_path.read_text()) if repro_path.is_file() else None
+    doc = args.doc or Path(__file__).resolve().parents[2] / "docs" / "feff-calibration.md"
+    doc.write_text(calibration_markdown(table, chosen, site_list, reproduction))
+    CORPUS_DIR.mkdir(parents=True, exist_ok=True)
+    (CORPUS_DIR / "calibration.json").write_text(json.dumps(
+        {"chosen": chosen, "table": table, "sites": site_list, "cu2o_reproduction": reproduction},
+        indent=1) + "\n")
+    if args.json:
+        print_json({"chosen": chosen, "table": table})
+    else:
+        for row in table:
+            console().print(f"{row['candidate']:12s} median r {row['median_r']:.4f} ({row['n_sites']} sites, "
+                            f"{row['n_failed']} failed), {row['median_seconds']:.1f} s/site")
+        console().print(f"chosen: {chosen}; report: {doc}")
+    return 0
+
+
+def run_bench(args) -> int:
+    """Same FEFF sites, run by a local Dask cluster of each size in turn, in one process."""
+    from ..corpus import CampaignConfig, CorpusMaterial, corpus_settings, metal_site_groups, run_campaign
+    from ..corpus._structures import _OXIDES, _build
+
+    try:
+        worker_counts = [int(w) for w in args.workers.split(",")]
+    except ValueError as err:
+        raise CliError(f"--workers must be comma-separated integers, got {args.workers!r}") from err
+    if args.sites < 1 or min(worker_counts) < 1:
+        raise CliError("--sites and every worker count must be at least 1")
+    settings = corpus_settings()
+    # Small, fixed structures: the 4 oxides, each site computed as its own material, repeated as needed.
+    base = [_build(*spec) for spec in _OXIDES.values()]
+    materials = []
+    for i in range(args.sites):
+        structure = base[i % len(base)]
+        groups = metal_site_groups(structure)
+        metal = next(iter(groups))
+        materials.append(CorpusMaterial(f"bench-{i:03d}", "reference", f"bench-{i}", "bench",
+                                        structure.composition.reduced_formula, structure, {metal: groups[metal][:1]}))
+    results = {}
+    for workers in worker_counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = CampaignConfig(workdir=Path(tmp), settings=settings, kinds=("feff",))
+            started = time.perf_counter()
+            summary = run_campaign([], materials, config, n_workers=workers, progress=False)
+            wall = time.perf_counter() - started
+            per_site = [r["value"]["feff_seconds"] for r in config.store.records() if r["ok"]]
+        if not per_site:
+            raise CliError(f"no FEFF site finished with {workers} worker(s): {summary.failures}")
+        q1, q3 = (statistics.quantiles(per_site, n=4)[i] for i in (0, 2)) if len(per_site) > 1 else (per_site[0],) * 2
+        results[workers] = {
+            "workers": workers, "sites": len(per_site), "failed": summary.failed,
+            "seconds_per_site_median": statistics.median(per_site), "seconds_per_site_q1": q1,
+            "seconds_per_site_q3": q3, "seconds_per_site_min": min(per_site), "seconds_per_site_max": max(per_site),
+            "wall_seconds": wall, "sites_per_hour": 3600 * len(per_site) / wall,
+        }
+    payload = {"settings": settings.describe(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+               "runs": list(results.values())}
+    if args.json:
+        print_json(payload)
+        return 0
+    out = console()
+    out.print(f"FEFF10 {payload['settings']}; {payload['cpus']} CPUs, load average {payload['load_average']}")
+    for r in results.values():
+        out.print(f"{r['workers']} worker(s): {r['sites']} sites, s/site median {r['seconds_per_site_median']:.1f} "
+                  f"(IQR {r['seconds_per_site_q1']:.1f}-{r['seconds_per_site_q3']:.1f}, range "
+                  f"{r['seconds_per_site_min']:.1f}-{r['seconds_per_site_max']:.1f}); wall {r['wall_seconds']:.0f} s, "
+                  f"{r['sites_per_hour']:.0f} sites/hour")
+    return 0

@@ -1,0 +1,115 @@
+"""Campaign items: one FEFF site, or one material's labels, stick pattern or teacher labels.
+
+An item is keyed by material id + what it computes + the version of how it is computed (for FEFF:
+the settings hash), so a finished item is never computed twice and a change of method makes new
+keys. The ``compute_*`` functions run inside the sandbox child process; they take and return plain
+data (structure dicts, lists) so that they travel between processes and machines.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ITEM_KINDS = ("feff", "labels", "sticks", "teacher")
+# Bump a version when the code behind that kind of item changes its output.
+ITEM_VERSIONS = {"labels": "labels1", "sticks": "sticks1", "teacher": "teacher1"}
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str
+    material_id: str
+    version: str  # FEFF settings key, or ITEM_VERSIONS[kind]
+    element: str | None = None
+    site: int | None = None  # representative index of a group of equivalent sites
+
+    @property
+    def key(self) -> str:
+        where = f"/{self.site:03d}_{self.element}" if self.kind == "feff" else ""
+        return f"{self.kind}/{self.material_id}{where}@{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "key": self.key}
+
+
+def _structure(record: dict):
+    from pymatgen.core import Structure
+
+    return Structure.from_dict(record)
+
+
+def compute_feff_site(structure: dict, site: int, settings: dict, workdir: str, timeout: float | None) -> dict:
+    """K-edge XANES of one site: native FEFF energy grid, mu and E0 (the FEFF folder is removed)."""
+    from ..simulation._feff import FeffSettings, feff_input, run_feff
+    from ..spectra import find_e0
+
+    feff_settings = FeffSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    folder = Path(workdir)
+    try:
+        spectrum = run_feff(feff_input(_structure(structure), site, feff_settings), folder, feff_settings,
+                            timeout=timeout)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "energy": np.round(spectrum.energy, 3).tolist(),
+        "mu": np.round(spectrum.mu, 6).tolist(),
+        "e0": float(find_e0(spectrum.energy, spectrum.mu)),
+        "feff_seconds": round(spectrum.seconds, 2),
+    }
+
+
+def compute_labels(structure: dict, metals: list[str]) -> dict:
+    """Exact labels of :func:`sfn_stream.chemistry.structure_labels` (symmetry, density, per-metal
+    oxidation state with its method, CrystalNN coordination)."""
+    import warnings
+
+    from ..chemistry import structure_labels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return structure_labels(_structure(structure), absorbers=tuple(metals)).to_dict()
+
+
+def compute_sticks(structure: dict) -> dict:
+    """Stick pattern (Q, LP-free intensity, hkl) of :func:`sfn_stream.simulation.stick_pattern`."""
+    from ..simulation import stick_pattern
+
+    sticks = stick_pattern(_structure(structure))
+    return {"q": np.round(sticks.q, 5).tolist(), "intensity": np.round(sticks.intensity, 5).tolist(),
+            "hkl": sticks.hkl.tolist()}
+
+
+def compute_teacher(structure: dict) -> dict:
+    from ._teachers import teacher_labels
+
+    return teacher_labels(_structure(structure)).to_dict()
+
+
+def execute(item: Item, payload: dict, sandbox, timeout: float | None, scratch: str | Path) -> dict:
+    """Run one item in ``sandbox``; the store record, with the error instead of a value on failure."""
+    started = time.perf_counter()
+    record: dict[str, Any] = {**item.to_dict(), "ok": False}
+    try:
+        if item.kind == "feff":
+            folder = str(Path(scratch) / item.key.replace("/", "_").replace("@", "_"))
+            value = sandbox.call(compute_feff_site, payload["structure"], item.site, payload["settings"], folder,
+                                 timeout, timeout=None if timeout is None else timeout + 120)
+        elif item.kind == "labels":
+            value = sandbox.call(compute_labels, payload["structure"], payload["metals"], timeout=timeout)
+        elif item.kind == "sticks":
+            value = sandbox.call(compute_sticks, payload["structure"], timeout=timeout)
+        elif item.kind == "teacher":
+            value = sandbox.call(compute_teacher, payload["structure"], timeout=timeout)
+        else:
+            raise ValueError(f"unknown item kind {item.kind!r}")
+        record.update(ok=True, value=value)
+    except Exception as err:  # recorded, the campaign goes on
+        record["error"] = f"{type(err).__name__}: {err}"[:500]
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    return record

@@ -1,0 +1,73 @@
+"""Material spectra from site spectra, and the energy scale of a FEFF calculation.
+
+Averaging: site spectra of symmetry-inequivalent absorbers weighted by multiplicity, as Materials
+Project reports one XANES per material (Mathew et al., Sci. Data 5, 180151 (2018)).
+
+Energy scale: FEFF's absolute energies are off by several eV and the offset depends on the settings.
+Experimenters calibrate the monochromator so that a metal foil's edge sits at its tabulated energy;
+we do the same with FEFF's own metal spectrum computed at the campaign's settings:
+``energy_offset = E0(FEFF metal) - E_K(tabulated)``, and a calibrated scale is ``E - energy_offset``.
+Spectra keep FEFF's native scale in the corpus; the offset goes with them (``preprocess_xanes(...,
+energy_offset=...)`` applies it), so that the correction stays visible and replaceable.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..spectra import find_e0, find_first_inflection, k_edge_energy
+
+
+class IncompleteSpectrum(ValueError):
+    """Some symmetry-inequivalent sites of the absorber have no computed spectrum."""
+
+
+def site_weighted_spectrum(
+    spectra: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean of site spectra on the first one's native grid, clipped to the common range."""
+    if not spectra:
+        raise IncompleteSpectrum("no site spectra to average")
+    low = max(float(np.min(e)) for e, _ in spectra)
+    high = min(float(np.max(e)) for e, _ in spectra)
+    grid = np.asarray(spectra[0][0], dtype=float)
+    grid = grid[(grid >= low - 1e-9) & (grid <= high + 1e-9)]
+    total = sum(w * np.interp(grid, np.asarray(e, float), np.asarray(m, float)) for (e, m), w in zip(spectra, weights))
+    return grid, total / float(sum(weights))
+
+
+def material_spectrum(groups: Sequence[Sequence[int]], site_results: Mapping[int, dict]) -> dict:
+    """Average of the computed representative sites (``group[0]``) of every group of equivalent sites.
+
+    ``site_results`` maps a site index to its FEFF result (``energy``, ``mu``, ``feff_seconds``).
+    """
+    missing = [group[0] for group in groups if group[0] not in site_results]
+    if missing:
+        raise IncompleteSpectrum(f"no spectrum for sites {missing}")
+    spectra = [(np.asarray(site_results[g[0]]["energy"]), np.asarray(site_results[g[0]]["mu"])) for g in groups]
+    energy, mu = site_weighted_spectrum(spectra, [len(g) for g in groups])
+    return {
+        "energy": energy,
+        "mu": mu,
+        "e0": float(find_e0(energy, mu)),
+        "site_indices": [int(g[0]) for g in groups],
+        "multiplicities": [len(g) for g in groups],
+        "feff_seconds": float(sum(site_results[g[0]].get("feff_seconds", 0.0) for g in groups)),
+    }
+
+
+def energy_offset(energy: np.ndarray, mu: np.ndarray, element: str) -> dict:
+    """Offset of a FEFF metal spectrum from the tabulated K edge, by two E0 conventions.
+
+    ``energy_offset`` uses :func:`find_e0` (maximum of the smoothed derivative), the E0 that the
+    preprocessing uses on every spectrum. ``offset_first_inflection`` uses the first inflection point,
+    the convention of the tabulated edges (Bearden & Burr 1967): the two differ for metals whose edge
+    has a shoulder (Ti, Fe, Ni, ...); both are recorded.
+    """
+    e_tab = k_edge_energy(element)
+    e0 = float(find_e0(energy, mu))
+    first = float(find_first_inflection(energy, mu))
+    return {"element": element, "tabulated_edge": e_tab, "feff_e0": e0, "energy_offset": e0 - e_tab,
+            "feff_first_inflection": first, "offset_first_inflection": first - e_tab}

