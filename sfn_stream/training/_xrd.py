@@ -264,7 +264,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return loss
 
     opt.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 # --- measured development set ------------------------------------------------------------------
@@ -352,8 +352,8 @@ def train_xrd_bundle(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    epochs: int = 12,
-    batch_size: int = 128,
+    epochs: int = 30,
+    batch_size: int = 64,
     lr: float = 2e-3,
     stick_table: str | Path | StickTable = DEFAULT_STICK_TABLE,
     splits_dir: str | Path | None = None,
@@ -363,12 +363,16 @@ def train_xrd_bundle(
     architecture: dict | None = None,
     evaluate_measured_set: bool = True,
     threads: int = 2,
+    time_budget_s: float | None = None,
     progress: bool = True,
 ):
     """Train the crystal-system classifier on augmented simulated patterns; write and return the bundle.
 
     Splits: the committed ``data/splits/xrd_*.txt`` when ``splits_dir`` holds them, else assigned by
     :func:`assign_splits` (seeded, grouped by formula + space group) and written there.
+    ``time_budget_s`` (for a shared CPU): the learning-rate schedule runs on the larger of the step
+    fraction and the elapsed-time fraction, and training stops when either reaches 1; the card
+    records the steps taken.
     """
     import datetime
 
@@ -407,15 +411,31 @@ def train_xrd_bundle(
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
     steps_per_epoch = max(1, int(np.ceil(len(train_idx) / batch_size)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    total_steps = epochs * steps_per_epoch
+    started = time.time()
+
+    def progress_fraction(step: int) -> float:
+        elapsed = (time.time() - started) / time_budget_s if time_budget_s else 0.0
+        return max(step / total_steps, elapsed)
+
+    def lr_factor(step: int) -> float:  # linear warm-up over 5 %, cosine decay to 2 %
+        f = progress_fraction(step)
+        return min(1.0, max(f, 1e-3) / 0.05) * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * min(f, 1.0))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     rng = np.random.default_rng(seed)
+    step = 0
     history, best = [], (-1.0, None, -1)
-    bar = tqdm(total=epochs * steps_per_epoch, desc="xrd train", disable=not progress, mininterval=10)
+    bar = tqdm(total=total_steps, desc="xrd train", disable=not progress, mininterval=10)
     for epoch in range(epochs):
+        if progress_fraction(step) >= 1:
+            break
         model.train()
         order = rng.permutation(train_idx)
         losses = []
         for b in range(steps_per_epoch):
+            if progress_fraction(step) >= 1:
+                break
             batch = order[b * batch_size : (b + 1) * batch_size]
             x = torch.from_numpy(synthesize_set(table, batch, rng))
             y = torch.from_numpy(labels[batch])
@@ -424,12 +444,14 @@ def train_xrd_bundle(
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")
         val_logits = _logits(model, x_val)
         val_acc = float((val_logits.argmax(1) == labels[val_idx]).mean()) if len(val_idx) else 0.0
-        history.append({"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4), "val_accuracy": round(val_acc, 4)})
+        history.append({"epoch": epoch, "steps": step, "minutes": round((time.time() - started) / 60, 1),
+                        "train_loss": round(float(np.mean(losses)), 4), "val_accuracy": round(val_acc, 4)})
         if val_acc > best[0]:
             best = (val_acc, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch)
     bar.close()
@@ -501,7 +523,8 @@ def train_xrd_bundle(
         "metrics": metrics,
         "calibration": {"method": "temperature scaling on the validation split", "temperature": temperature},
         "training": {
-            "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": "AdamW wd 1e-2, one-cycle",
+            "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": "AdamW wd 1e-2, 5 % warm-up + cosine",
+            "steps": step, "time_budget_s": time_budget_s, "minutes": round((time.time() - started) / 60, 1),
             "loss": "cross-entropy, class weights freq^-0.5", "best_epoch": best[2], "history": history,
             "threads": threads,
         },
