@@ -53,6 +53,9 @@ def add_parser(sub) -> None:
     calibrate.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR.parent / "calibration")
     calibrate.add_argument("--timeout", type=float, default=900.0, help="seconds per FEFF run (default 900)")
     calibrate.add_argument("--report-only", action="store_true", help="only write the table from past runs")
+    calibrate.add_argument("--reference-offset", type=float,
+                           help="energy offset of FEFF fcc Cu at the OmniXAS settings (default: "
+                                "data/labels/feff_cu_metal_e0.json when present)")
     calibrate.add_argument("--doc", type=Path, help="markdown report (default: docs/feff-calibration.md)")
     calibrate.add_argument("--json", action="store_true")
     calibrate.set_defaults(run=run_calibrate)
@@ -60,6 +63,7 @@ def add_parser(sub) -> None:
     bench = which.add_parser("bench", help="campaign throughput: seconds per site, 1 vs 2 Dask workers")
     bench.add_argument("--sites", type=int, default=8, help="FEFF sites per configuration (default 8)")
     bench.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
+    bench.add_argument("--settings", help="FEFF settings: a calibration candidate name (default: the chosen one)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(run=run_bench)
 
@@ -233,7 +237,10 @@ def run_calibrate(args) -> int:
     else:
         rows = run_calibration(sites, candidates, results, args.workdir / "runs", timeout=args.timeout,
                                log=lambda line: console().print(line))
-    table = calibration_table(rescore(rows, sites), candidates, keys=[s.key for s in sites])
+    from ..corpus._build import omnixas_cu_offset
+
+    reference_offset = args.reference_offset if args.reference_offset is not None else omnixas_cu_offset()
+    table = calibration_table(rescore(rows, sites, reference_offset), candidates, keys=[s.key for s in sites])
     try:
         chosen = choose_settings(table)
     except ValueError as err:
@@ -243,10 +250,13 @@ def run_calibrate(args) -> int:
     repro_path = args.workdir / "cu2o_reproduction.json"
     reproduction = json.loads(repro_path.read_text()) if repro_path.is_file() else None
     doc = args.doc or Path(__file__).resolve().parents[2] / "docs" / "feff-calibration.md"
-    doc.write_text(calibration_markdown(table, chosen, site_list, reproduction))
+    notes = (f"OmniXAS-settings fcc Cu offset used for the calibrated scale: {reference_offset:+.2f} eV."
+             if reference_offset is not None else "")
+    doc.write_text(calibration_markdown(table, chosen, site_list, reproduction, notes))
     CORPUS_DIR.mkdir(parents=True, exist_ok=True)
     (CORPUS_DIR / "calibration.json").write_text(json.dumps(
-        {"chosen": chosen, "table": table, "sites": site_list, "cu2o_reproduction": reproduction},
+        {"chosen": chosen, "table": table, "sites": site_list, "cu2o_reproduction": reproduction,
+         "omnixas_cu_offset": reference_offset},
         indent=1) + "\n")
     if args.json:
         print_json({"chosen": chosen, "table": table})
@@ -269,7 +279,11 @@ def run_bench(args) -> int:
         raise CliError(f"--workers must be comma-separated integers, got {args.workers!r}") from err
     if args.sites < 1 or min(worker_counts) < 1:
         raise CliError("--sites and every worker count must be at least 1")
-    settings = corpus_settings()
+    from ..corpus import CALIBRATION_CANDIDATES
+
+    if args.settings and args.settings not in CALIBRATION_CANDIDATES:
+        raise CliError(f"unknown --settings {args.settings!r}; choose one of {', '.join(CALIBRATION_CANDIDATES)}")
+    settings = CALIBRATION_CANDIDATES[args.settings] if args.settings else corpus_settings()
     # Small, fixed structures: the 4 oxides, each site computed as its own material, repeated as needed.
     base = [_build(*spec) for spec in _OXIDES.values()]
     materials = []

@@ -41,11 +41,23 @@ def prepared_materials(
     return materials, rejections, sources
 
 
+OMNIXAS_CU_OFFSET_FILE = Path(__file__).resolve().parents[2] / "data" / "labels" / "feff_cu_metal_e0.json"
+
+
+def omnixas_cu_offset(path: str | Path = OMNIXAS_CU_OFFSET_FILE) -> float | None:
+    """The committed energy offset of FEFF fcc Cu at the OmniXAS settings, if it has been measured."""
+    import json
+
+    path = Path(path)
+    return float(json.loads(path.read_text())["energy_offset"]) if path.is_file() else None
+
+
 def assemble_from_workdir(config: CampaignConfig, out_dir: str | Path = CORPUS_DIR) -> dict[str, Any]:
     """Write the corpus folder from what the campaign in ``config.workdir`` has finished so far."""
     materials, rejections, sources = load_prepared(Path(config.workdir) / PREPARED)
     return assemble_corpus(materials, reference_materials(config.metals), rejections, config.store.records(),
-                           config.settings, out_dir, sources=sources, metals=config.metals)
+                           config.settings, out_dir, sources=sources, metals=config.metals,
+                           omnixas_cu_offset=omnixas_cu_offset())
 
 
 def build_corpus(

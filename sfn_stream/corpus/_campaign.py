@@ -251,6 +251,10 @@ def _run_dask(jobs, record_done, bar, counts, scheduler, n_workers, scratch, nic
     import dask
     from distributed import Client, LocalCluster, as_completed
 
+    if not log.isEnabledFor(logging.INFO):  # distributed logs every start and stop at INFO by itself
+        for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
+                     "distributed.http.proxy", "distributed.worker"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     cluster = None
     if scheduler is None:
         with dask.config.set({"distributed.worker.daemon": False}):
@@ -264,21 +268,30 @@ def _run_dask(jobs, record_done, bar, counts, scheduler, n_workers, scratch, nic
         window = max(2, 2 * workers)
         queue = as_completed()
         jobs = iter(jobs)
+        items = {}
 
         def submit_next() -> bool:
             job = next(jobs, None)
             if job is None:
                 return False
             item, payload, timeout = job
-            queue.add(client.submit(run_item, item, payload, timeout, scratch, nice, pure=False,
-                                    key=f"item-{item.key}-{time.time_ns()}"))
+            future = client.submit(run_item, item, payload, timeout, scratch, nice, pure=False,
+                                   key=f"item-{item.key}-{time.time_ns()}")
+            items[future.key] = item
+            queue.add(future)
             return True
 
         for _ in range(window):
             if not submit_next():
                 break
         for future in queue:
-            record_done(future.result())
+            item = items.pop(future.key)
+            try:
+                record = future.result()
+            except Exception as err:  # the worker itself died (KilledWorker, lost connection)
+                record = {**item.to_dict(), "ok": False, "error": f"{type(err).__name__}: {err}"[:500],
+                          "seconds": None}
+            record_done(record)
             future.release()
             _tick(bar, counts)
             submit_next()

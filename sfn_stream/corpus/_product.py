@@ -197,17 +197,21 @@ def assemble_corpus(
     *,
     sources: Mapping[str, str] | None = None,
     metals: Sequence[str] = CORPUS_METALS,
+    omnixas_cu_offset: float | None = None,
 ) -> dict[str, Any]:
     """Write the corpus folder from a campaign's results; returns the manifest.
 
     A material enters once one of its metals has a complete spectrum (all inequivalent sites), or
     an OmniXAS Cu spectrum. Existing ``splits.json`` assignments in ``out_dir`` are kept.
+    ``omnixas_cu_offset``: the energy offset of the OmniXAS settings (FEFF fcc Cu at SCF 7 A, FMS 9 A),
+    stored on the OmniXAS Cu rows; None leaves it empty there.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = settings.key()
     results = CampaignResults.from_records(records, key)
     refs = reference_summary(references, results)
+    refs["omnixas_cu_energy_offset"] = omnixas_cu_offset
     offsets = {el: entry["energy_offset"] for el, entry in refs["energy_offsets"].items()}
     material_rows, absorber_rows, in_corpus = [], [], []
     for material in materials:
@@ -217,7 +221,7 @@ def assemble_corpus(
             if metal not in metals:
                 continue
             if material.source == "omnixas" and metal == "Cu":
-                rows.append(_absorber_row(material, metal, labels, None, "omnixas_cu", None, None))
+                rows.append(_absorber_row(material, metal, labels, None, "omnixas_cu", None, omnixas_cu_offset))
                 continue
             try:
                 spectrum = material_spectrum(material.site_groups[metal],

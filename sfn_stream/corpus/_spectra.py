@@ -4,9 +4,10 @@ Averaging: site spectra of symmetry-inequivalent absorbers weighted by multiplic
 Project reports one XANES per material (Mathew et al., Sci. Data 5, 180151 (2018)).
 
 Energy scale: FEFF's absolute energies are off by several eV and the offset depends on the settings.
-Experimenters calibrate the monochromator so that a metal foil's edge sits at its tabulated energy;
-we do the same with FEFF's own metal spectrum computed at the campaign's settings:
-``energy_offset = E0(FEFF metal) - E_K(tabulated)``, and a calibrated scale is ``E - energy_offset``.
+Experimenters calibrate the monochromator so that a metal foil's edge (its first inflection point)
+sits at its tabulated energy; we do the same with FEFF's own metal spectrum computed at the campaign's
+settings: ``energy_offset = E_first_inflection(FEFF metal) - E_K(tabulated)``, and a calibrated scale
+is ``E - energy_offset``.
 Spectra keep FEFF's native scale in the corpus; the offset goes with them (``preprocess_xanes(...,
 energy_offset=...)`` applies it), so that the correction stays visible and replaceable.
 """
@@ -59,15 +60,17 @@ def material_spectrum(groups: Sequence[Sequence[int]], site_results: Mapping[int
 
 
 def energy_offset(energy: np.ndarray, mu: np.ndarray, element: str) -> dict:
-    """Offset of a FEFF metal spectrum from the tabulated K edge, by two E0 conventions.
+    """Offset of a FEFF metal spectrum from the tabulated K edge.
 
-    ``energy_offset`` uses :func:`find_e0` (maximum of the smoothed derivative), the E0 that the
-    preprocessing uses on every spectrum. ``offset_first_inflection`` uses the first inflection point,
-    the convention of the tabulated edges (Bearden & Burr 1967): the two differ for metals whose edge
-    has a shoulder (Ti, Fe, Ni, ...); both are recorded.
+    ``energy_offset`` uses the first inflection point (:func:`find_first_inflection`), the convention of
+    the tabulated edges (Bearden & Burr 1967) and the point the preprocessing aligns measured reference
+    foils on. The maximum of the smoothed derivative (:func:`find_e0`, ``offset_max_derivative``) is
+    recorded too, but not used: on FEFF metal spectra the Fermi-level shoulder and the main rise have
+    derivative peaks of similar height, and which one wins moves with the settings (fcc Cu: 8988.4 eV at
+    FMS 4 A, 8995.1 eV at FMS 5 A without SCF; the first inflection stays at 8988.4 eV).
     """
     e_tab = k_edge_energy(element)
     e0 = float(find_e0(energy, mu))
     first = float(find_first_inflection(energy, mu))
-    return {"element": element, "tabulated_edge": e_tab, "feff_e0": e0, "energy_offset": e0 - e_tab,
-            "feff_first_inflection": first, "offset_first_inflection": first - e_tab}
+    return {"element": element, "tabulated_edge": e_tab, "feff_first_inflection": first,
+            "energy_offset": first - e_tab, "feff_e0": e0, "offset_max_derivative": e0 - e_tab}
