@@ -42,6 +42,11 @@ def add_parser(sub) -> None:
     build.add_argument("--json", action="store_true")
     build.set_defaults(run=run_build)
 
+    status = which.add_parser("status", help="how far a campaign has got (items, materials per metal, pace)")
+    _campaign_options(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=run_status)
+
     info = which.add_parser("info", help="counts per absorber, crystal system and label; the content hash")
     info.add_argument("path", nargs="?", type=Path, help="corpus folder (default: data/corpus)")
     info.add_argument("--json", action="store_true")
@@ -75,6 +80,7 @@ def _campaign_options(parser) -> None:
     parser.add_argument("--settings", help="FEFF settings: a calibration candidate name (default: the chosen one)")
     parser.add_argument("--timeout", type=float, help="seconds per FEFF site (default 1200)")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the worker sandboxes")
+    parser.add_argument("--kinds", help="item kinds to run, comma-separated (default: feff,labels,sticks,teacher)")
 
 
 def _config(args):
@@ -93,6 +99,13 @@ def _config(args):
         if unknown:
             raise CliError(f"--metals: {', '.join(unknown)} not among {', '.join(CORPUS_METALS)}")
     config = CampaignConfig(workdir=Path(args.workdir), settings=settings, metals=metals, nice=args.nice)
+    if args.kinds:
+        from ..corpus import ITEM_KINDS
+
+        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        if not kinds or set(kinds) - set(ITEM_KINDS):
+            raise CliError(f"--kinds: choose from {', '.join(ITEM_KINDS)}")
+        config.kinds = kinds
     if args.timeout:
         config.timeouts["feff"] = args.timeout
     return config
@@ -174,6 +187,30 @@ def _print_manifest(manifest: dict, out_dir, as_json: bool) -> None:
     out = console()
     out.print(f"corpus {out_dir}: {manifest['n_materials']} materials, hash {manifest['content_hash'][:16]}")
     out.print("spectra per absorber: " + ", ".join(f"{k} {v}" for k, v in manifest["materials_per_absorber"].items()))
+
+
+def run_status(args) -> int:
+    from ..corpus import campaign_status, reference_materials
+    from ..corpus._structures import load_prepared
+
+    config = _config(args)
+    prepared = config.workdir / "materials.json.gz"
+    if not prepared.is_file():
+        raise CliError(f"no campaign in {config.workdir}: run `sfn-stream dataset build` first")
+    materials, _, _ = load_prepared(prepared)
+    status = campaign_status(materials, reference_materials(config.metals), config)
+    if args.json:
+        print_json(status)
+        return 0
+    out = console()
+    out.print(f"{status['workdir']}: {status['settings']} (key {status['settings_key']})")
+    for kind, counts in status["items"].items():
+        out.print(f"  {kind:8s} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    out.print("  materials with FEFF spectra: " + ", ".join(
+        f"{k} {v}" for k, v in status["materials_with_feff_spectra"].items()))
+    out.print(f"  FEFF sites done {status['feff_sites_done']}, median {status['feff_seconds_per_site_median']} s/site; "
+              f"last result {status['last_result_age_s']} s ago")
+    return 0
 
 
 def run_info(args) -> int:

@@ -314,3 +314,36 @@ def _tick(bar, counts: Counter) -> None:
     bar.update(1)
     if counts["failed"]:
         bar.set_postfix(failed=counts["failed"], refresh=False)
+
+
+def campaign_status(materials: Sequence[CorpusMaterial], references: Sequence[CorpusMaterial],
+                    config: CampaignConfig) -> dict[str, Any]:
+    """Where a campaign stands: items done/failed/pending per kind, complete materials per metal,
+    and the pace of the last hour of FEFF sites (from the store's file times and record seconds)."""
+    plan = plan_items(materials, references, config)
+    latest = config.store.latest()
+    by_kind: dict[str, Counter] = {}
+    for item in plan:
+        record = latest.get(item.key)
+        state = "pending" if record is None else ("done" if record.get("ok") else "failed")
+        by_kind.setdefault(item.kind, Counter())[state] += 1
+    done_sites = {(i.material_id, i.element, i.site) for i in plan if i.kind == "feff"
+                  and latest.get(i.key, {}).get("ok")}
+    complete: Counter = Counter()
+    for material in materials:
+        for metal in material.metals:
+            if metal in config.metals and needs_feff(material, metal) and all(
+                    (material.material_id, metal, g[0]) in done_sites for g in material.site_groups[metal]):
+                complete[metal] += 1
+    feff_seconds = [r["value"]["feff_seconds"] for r in latest.values()
+                    if r.get("kind") == "feff" and r.get("ok") and r.get("version") == config.settings.key()]
+    modified = config.store.path.stat().st_mtime if config.store.path.is_file() else None
+    return {
+        "workdir": str(config.workdir), "settings": config.settings.describe(),
+        "settings_key": config.settings.key(),
+        "items": {kind: dict(counts) for kind, counts in by_kind.items()},
+        "materials_with_feff_spectra": {metal: complete.get(metal, 0) for metal in config.metals},
+        "feff_sites_done": len(feff_seconds),
+        "feff_seconds_per_site_median": sorted(feff_seconds)[len(feff_seconds) // 2] if feff_seconds else None,
+        "last_result_age_s": None if modified is None else round(time.time() - modified),
+    }
