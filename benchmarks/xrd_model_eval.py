@@ -76,7 +76,11 @@ def main(argv=None) -> int:
     parser.add_argument("--bundle", default=str(models_dir() / "xrd-crystal-system"))
     parser.add_argument("--sticks", default=None, help="stick table (default: the card's, under data/xrd_sticks/)")
     parser.add_argument("--frames", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: one small pattern gains nothing from more, and on a busy CPU "
+                             "extra threads cost far more than they give)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     bundle = load_bundle(args.bundle)
     classifier = XrdClassifier.from_bundle(bundle)
