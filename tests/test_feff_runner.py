@@ -1,4 +1,5 @@
-"""The FEFF10 runner end to end on fcc Cu with fast settings (no SCF, FMS 3 A: ~15 s on one idle core)."""
+"""The FEFF10 runner end to end on fcc Cu with fast settings (no SCF, FMS 3 A: ~15 s on one idle core),
+as a campaign item runs it (with a fallback), a timeout, the xmu.dat reader and settings keys."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from sfn_stream.corpus._items import compute_feff_site
 from sfn_stream.simulation import FeffSettings, FeffTimeout, feff_input, read_xmu, run_feff
 from sfn_stream.spectra import find_e0, k_edge_energy
 
@@ -17,20 +19,29 @@ def _fcc_cu() -> Structure:
 
 
 @pytest.mark.slow
-def test_fcc_cu_k_edge_end_to_end(tmp_path):
-    spectrum = run_feff(feff_input(_fcc_cu(), 0, FAST), tmp_path / "cu", FAST, timeout=600)
-    energy, mu = spectrum.energy, spectrum.mu
-    assert (tmp_path / "cu" / "xmu.dat").is_file()
+def test_fcc_cu_k_edge_end_to_end_through_the_fallback(tmp_path):
+    """A campaign site whose first settings FEFF rejects is computed with the fallback settings."""
+    broken = FeffSettings(scf_radius=None, fms_radius=3.0, cluster_radius=5.0, core_hole="BOGUS")
+    value = compute_feff_site(_fcc_cu().as_dict(), 0, broken.to_dict(), str(tmp_path / "cu"), 600, [FAST.to_dict()])
+    assert value["settings_key"] == FAST.key()
+    assert len(value["failed_attempts"]) == 1 and "COREHOLE" in value["failed_attempts"][0]
+    assert not (tmp_path / "cu").exists() or not any((tmp_path / "cu").iterdir())  # FEFF folders removed
+    energy, mu = np.asarray(value["energy"]), np.asarray(value["mu"])
     assert np.all(np.diff(energy) > 0) and len(energy) > 100
     # an absorption edge: FEFF's grid starts a few eV below the Fermi level, where mu is still low;
     # well above the edge mu is about 1 (FEFF normalises to the atomic edge step)
-    e0 = find_e0(energy, mu)
+    e0 = value["e0"]
+    assert abs(e0 - find_e0(energy, mu)) < 0.01  # E0 of the unrounded spectrum
     assert abs(e0 - k_edge_energy("Cu")) < 25.0, e0  # FEFF's absolute scale is off by several eV only
     above = mu[(energy > e0 + 20) & (energy < e0 + 60)]
     assert mu[0] < 0.2 and 0.7 < above.mean() < 1.4
-    # the reader gives back what the runner returned
-    e_read, mu_read, _ = read_xmu(tmp_path / "cu" / "xmu.dat")
-    assert np.allclose(e_read, energy) and np.allclose(mu_read, mu)
+
+
+def test_read_xmu_reads_the_columns(tmp_path):
+    path = tmp_path / "xmu.dat"
+    path.write_text("# omega e k mu mu0 chi\n8980.0 -1.0 0.0 0.10 0.2 0\n8990.0 9.0 1.5 0.90 0.8 0\n")
+    energy, mu, mu0 = read_xmu(path)
+    assert energy.tolist() == [8980.0, 8990.0] and mu.tolist() == [0.1, 0.9] and mu0.tolist() == [0.2, 0.8]
 
 
 def test_a_run_past_its_limit_is_stopped(tmp_path):

@@ -62,6 +62,7 @@ def add_parser(sub) -> None:
                            help="energy offset of FEFF fcc Cu at the OmniXAS settings (default: "
                                 "data/labels/feff_cu_metal_e0.json when present)")
     calibrate.add_argument("--doc", type=Path, help="markdown report (default: docs/feff-calibration.md)")
+    calibrate.add_argument("--notes", type=Path, help="a markdown file appended to the report (observations)")
     calibrate.add_argument("--json", action="store_true")
     calibrate.set_defaults(run=run_calibrate)
 
@@ -80,11 +81,14 @@ def _campaign_options(parser) -> None:
     parser.add_argument("--settings", help="FEFF settings: a calibration candidate name (default: the chosen one)")
     parser.add_argument("--timeout", type=float, help="seconds per FEFF site (default 1200)")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the worker sandboxes")
+    parser.add_argument("--no-fallback", action="store_true",
+                        help="do not retry a failed FEFF site with the fallback settings")
     parser.add_argument("--kinds", help="item kinds to run, comma-separated (default: feff,labels,sticks,teacher)")
 
 
 def _config(args):
     from ..corpus import CALIBRATION_CANDIDATES, CORPUS_METALS, CampaignConfig, corpus_settings
+    from ..corpus._calibration import corpus_fallbacks
 
     if args.settings:
         if args.settings not in CALIBRATION_CANDIDATES:
@@ -98,7 +102,11 @@ def _config(args):
         unknown = [m for m in metals if m not in CORPUS_METALS]
         if unknown:
             raise CliError(f"--metals: {', '.join(unknown)} not among {', '.join(CORPUS_METALS)}")
-    config = CampaignConfig(workdir=Path(args.workdir), settings=settings, metals=metals, nice=args.nice)
+    fallbacks = tuple(f for f in corpus_fallbacks() if f != settings)
+    if getattr(args, "no_fallback", False):
+        fallbacks = ()
+    config = CampaignConfig(workdir=Path(args.workdir), settings=settings, fallbacks=fallbacks, metals=metals,
+                            nice=args.nice)
     if args.kinds:
         from ..corpus import ITEM_KINDS
 
@@ -287,8 +295,10 @@ def run_calibrate(args) -> int:
     repro_path = args.workdir / "cu2o_reproduction.json"
     reproduction = json.loads(repro_path.read_text()) if repro_path.is_file() else None
     doc = args.doc or Path(__file__).resolve().parents[2] / "docs" / "feff-calibration.md"
-    notes = (f"OmniXAS-settings fcc Cu offset used for the calibrated scale: {reference_offset:+.2f} eV."
+    notes = (f"OmniXAS-settings fcc Cu offset used for the calibrated scale: {reference_offset:+.2f} eV.\n\n"
              if reference_offset is not None else "")
+    if args.notes:
+        notes += args.notes.read_text()
     doc.write_text(calibration_markdown(table, chosen, site_list, reproduction, notes))
     CORPUS_DIR.mkdir(parents=True, exist_ok=True)
     (CORPUS_DIR / "calibration.json").write_text(json.dumps(

@@ -233,9 +233,19 @@ def calibration_table(rows: Iterable[dict[str, Any]], candidates: Mapping[str, F
             "cu_metal_offset": offsets[name]["energy_offset"] if name in offsets else float("nan"),
             "median_seconds": statistics.median(seconds) if seconds else float("nan"),
             "max_seconds": max(seconds) if seconds else float("nan"),
-            "failures": sorted({row.get("error", "")[:80] for row in mine if not row.get("ok")}),
+            "failures": sorted(f"{row['key']}: {_short_error(row.get('error', ''))}" for row in mine if not row.get("ok")),
         })
     return table
+
+
+def _short_error(error: str) -> str:
+    """The informative part of a FEFF error ("stage 'pot' failed (exit code: 1)"), without paths."""
+    import re
+
+    stage = re.search(r"stage '\w+' failed( \(exit code: \d+\))?", error)
+    if stage:
+        return stage.group(0)
+    return re.sub(r" in /\S+", "", error)[:120]
 
 
 def choose_settings(table: Sequence[dict[str, Any]], min_median_r: float = MIN_MEDIAN_R,
@@ -268,15 +278,16 @@ def calibration_markdown(table: Sequence[dict[str, Any]], chosen: str | None, si
         "moved by its own settings' fcc Cu offset (first inflection of FEFF's Cu metal minus 8979 eV), r over the window",
         "about the tabulated edge: what training sees. Both are shown, not used for the choice.",
         "",
-        "| candidate | settings | sites (failed) | median r | q25 r | min r | r >= 0.95 | median E0 shift (eV) "
+        "| candidate | settings | sites (failed) | median r, failures as 0 | median r | q25 r | min r | r >= 0.95 "
+        "| median E0 shift (eV) "
         "| median s/site | max s/site | median r, best shift | Cu metal offset (eV) | median r, calibrated scale |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
         mark = " **chosen**" if row["candidate"] == chosen else ""
         lines.append(
             f"| {row['candidate']}{mark} | {row['settings']} | {row['n_sites']} ({row['n_failed']}) "
-            f"| {row['median_r']:.4f} | {row['q25_r']:.4f} | {row['min_r']:.4f} | {row['frac_r_ge_0_95']:.0%} "
+            f"| {row['median_r_with_failures']:.4f} | {row['median_r']:.4f} | {row['q25_r']:.4f} | {row['min_r']:.4f} | {row['frac_r_ge_0_95']:.0%} "
             f"| {row['median_e0_shift']:+.2f} | {row['median_seconds']:.1f} | {row['max_seconds']:.1f} "
             f"| {row['median_r_best_shift']:.4f} | {row['cu_metal_offset']:+.2f} | {row['median_r_calibrated']:.4f} |"
         )
@@ -298,8 +309,17 @@ def calibration_markdown(table: Sequence[dict[str, Any]], chosen: str | None, si
 
 
 # The campaign's settings: the candidate chosen by the committed calibration (docs/feff-calibration.md).
-CORPUS_CANDIDATE = "noscf_fms5"
+CORPUS_CANDIDATE = "scf3_fms4"
+
+
+# Where FEFF fails with the chosen settings (a diverging SCF loop on a 7-atom cluster, e.g. rock-salt
+# FeO at SCF 3 A), the next calibrated candidate is tried.
+CORPUS_FALLBACKS = ("scf35_fms5",)
 
 
 def corpus_settings() -> FeffSettings:
     return CALIBRATION_CANDIDATES[CORPUS_CANDIDATE]
+
+
+def corpus_fallbacks() -> tuple[FeffSettings, ...]:
+    return tuple(CALIBRATION_CANDIDATES[name] for name in CORPUS_FALLBACKS)

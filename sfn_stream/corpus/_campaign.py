@@ -64,6 +64,9 @@ class ResultStore:
 class CampaignConfig:
     workdir: Path
     settings: FeffSettings
+    # tried in turn where FEFF fails with ``settings`` (not on timeouts); the item key stays that of
+    # ``settings``, the result records the settings that made it
+    fallbacks: tuple[FeffSettings, ...] = ()
     kinds: tuple[str, ...] = ITEM_KINDS
     metals: tuple[str, ...] = CORPUS_METALS
     timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
@@ -129,10 +132,12 @@ def plan_items(
     return order
 
 
-def item_payload(item: Item, material: CorpusMaterial, settings: FeffSettings) -> dict[str, Any]:
+def item_payload(item: Item, material: CorpusMaterial, settings: FeffSettings,
+                 fallbacks: Sequence[FeffSettings] = ()) -> dict[str, Any]:
     payload: dict[str, Any] = {"structure": material.structure.as_dict()}
     if item.kind == "feff":
         payload["settings"] = settings.to_dict()
+        payload["fallbacks"] = [f.to_dict() for f in fallbacks]
     if item.kind == "labels":
         payload["metals"] = material.metals
     return payload
@@ -224,7 +229,7 @@ def run_campaign(
             on_record(record)
 
     bar = _progress_bar(len(pending), progress)
-    jobs = ((item, item_payload(item, by_id[item.material_id], config.settings),
+    jobs = ((item, item_payload(item, by_id[item.material_id], config.settings, config.fallbacks),
              config.timeouts.get(item.kind)) for item in pending)
     try:
         if not pending:

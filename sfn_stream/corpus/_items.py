@@ -44,24 +44,48 @@ def _structure(record: dict):
     return Structure.from_dict(record)
 
 
-def compute_feff_site(structure: dict, site: int, settings: dict, workdir: str, timeout: float | None) -> dict:
-    """K-edge XANES of one site: native FEFF energy grid, mu and E0 (the FEFF folder is removed)."""
-    from ..simulation._feff import FeffSettings, feff_input, run_feff
+def _settings(record: dict):
+    from ..simulation._feff import FeffSettings
+
+    return FeffSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+
+
+def compute_feff_site(structure: dict, site: int, settings: dict, workdir: str, timeout: float | None,
+                      fallbacks: list[dict] | None = None) -> dict:
+    """K-edge XANES of one site: native FEFF energy grid, mu and E0 (the FEFF folder is removed).
+
+    When FEFF fails (not a timeout) with ``settings``, each of ``fallbacks`` is tried in turn: a
+    self-consistent loop on a small cluster can diverge ("Cannot determine Norman radius"), which a
+    larger SCF radius usually cures. ``settings_key`` of the result says which settings made it.
+    """
+    from ..simulation._feff import FeffTimeout, feff_input, run_feff
     from ..spectra import find_e0
 
-    feff_settings = FeffSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
-    folder = Path(workdir)
-    try:
-        spectrum = run_feff(feff_input(_structure(structure), site, feff_settings), folder, feff_settings,
-                            timeout=timeout)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return {
-        "energy": np.round(spectrum.energy, 3).tolist(),
-        "mu": np.round(spectrum.mu, 6).tolist(),
-        "e0": float(find_e0(spectrum.energy, spectrum.mu)),
-        "feff_seconds": round(spectrum.seconds, 2),
-    }
+    attempts: list[str] = []
+    chain = [_settings(record) for record in [settings, *(fallbacks or [])]]
+    for n, feff_settings in enumerate(chain, start=1):
+        folder = Path(workdir) / feff_settings.key()
+        try:
+            spectrum = run_feff(feff_input(_structure(structure), site, feff_settings), folder, feff_settings,
+                                timeout=timeout)
+        except FeffTimeout:
+            raise  # a fallback would cost more, not less
+        except Exception as err:
+            attempts.append(f"{feff_settings.key()}: {err}"[:300])
+            if n == len(chain):
+                raise
+            continue
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return {
+            "energy": np.round(spectrum.energy, 3).tolist(),
+            "mu": np.round(spectrum.mu, 6).tolist(),
+            "e0": float(find_e0(spectrum.energy, spectrum.mu)),
+            "feff_seconds": round(spectrum.seconds, 2),
+            "settings_key": feff_settings.key(),
+            "failed_attempts": attempts,
+        }
+    raise ValueError("no FEFF settings given")
 
 
 def compute_labels(structure: dict, metals: list[str]) -> dict:
@@ -98,8 +122,10 @@ def execute(item: Item, payload: dict, sandbox, timeout: float | None, scratch: 
     try:
         if item.kind == "feff":
             folder = str(Path(scratch) / item.key.replace("/", "_").replace("@", "_"))
+            fallbacks = payload.get("fallbacks", [])
             value = sandbox.call(compute_feff_site, payload["structure"], item.site, payload["settings"], folder,
-                                 timeout, timeout=None if timeout is None else timeout + 120)
+                                 timeout, fallbacks,
+                                 timeout=None if timeout is None else timeout * (1 + len(fallbacks)) + 120)
         elif item.kind == "labels":
             value = sandbox.call(compute_labels, payload["structure"], payload["metals"], timeout=timeout)
         elif item.kind == "sticks":

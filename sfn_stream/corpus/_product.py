@@ -89,7 +89,7 @@ def _schemas():
         ("cn_class", pa.int16()), ("cn_mixed", pa.bool_()), ("site_cns", pa.list_(pa.int16())),
         ("spectrum_source", pa.string()), ("settings_key", pa.string()), ("e0", pa.float64()),
         ("energy_offset", pa.float64()), ("energy", pa.list_(pa.float32())), ("mu", pa.list_(pa.float32())),
-        ("feff_seconds", pa.float64()),
+        ("feff_seconds", pa.float64()), ("fallback_sites", pa.int16()),
     ])
     return materials, absorbers
 
@@ -169,6 +169,7 @@ def _absorber_row(material: CorpusMaterial, metal: str, labels: dict | None, spe
         "energy": None if spectrum is None else np.asarray(spectrum["energy"], np.float32).tolist(),
         "mu": None if spectrum is None else np.asarray(spectrum["mu"], np.float32).tolist(),
         "feff_seconds": None if spectrum is None else spectrum["feff_seconds"],
+        "fallback_sites": None if spectrum is None else spectrum["fallback_sites"],
     }
 
 

@@ -56,6 +56,8 @@ def material_spectrum(groups: Sequence[Sequence[int]], site_results: Mapping[int
         "site_indices": [int(g[0]) for g in groups],
         "multiplicities": [len(g) for g in groups],
         "feff_seconds": float(sum(site_results[g[0]].get("feff_seconds", 0.0) for g in groups)),
+        # sites made with fallback settings after the campaign's own failed (see _items.compute_feff_site)
+        "fallback_sites": sum(bool(site_results[g[0]].get("failed_attempts")) for g in groups),
     }
 
 

@@ -18,6 +18,7 @@ CORPUS_METALS: tuple[str, ...] = tuple(el for el in TRANSITION_METALS_3D if el !
 MIN_ELEMENTS, MAX_ELEMENTS = 2, 5
 MAX_SITES = 250  # larger cells: symmetry, CrystalNN and FEFF cluster set-up get slow; rare among minerals
 MIN_DISTANCE = 0.6  # A; closer sites are split positions or misread CIFs
+MAX_Z = 94  # heavier "elements" in mineral CIFs are misread labels (NH4 read as nihonium, Nh)
 
 
 class SourceEntry(NamedTuple):
@@ -111,6 +112,8 @@ def screen_structure(structure) -> str | None:
         return f"elements_{len(elements)}"
     if not elements & set(CORPUS_METALS):
         return "no_3d_metal"
+    if max(el.Z for el in structure.composition.elements) > MAX_Z:
+        return "unsupported_element"
     if len(structure) > MAX_SITES:
         return "too_many_sites"
     if len(structure) > 1:
@@ -294,11 +297,18 @@ def save_prepared(path, materials: list[CorpusMaterial], rejections: list[Reject
 
 
 def load_prepared(path) -> tuple[list[CorpusMaterial], list[Rejection], dict]:
+    """The cached materials, screened again with the current rules (they only ever get stricter)."""
     import gzip
     import json
 
     with gzip.open(path, "rt") as fh:
         payload = json.load(fh)
-    materials = [CorpusMaterial.from_record(record) for record in payload["materials"]]
-    rejections = [Rejection(**record) for record in payload["rejections"]]
+    materials, rejections = [], [Rejection(**record) for record in payload["rejections"]]
+    for record in payload["materials"]:
+        material = CorpusMaterial.from_record(record)
+        reason = screen_structure(material.structure)
+        if reason is None:
+            materials.append(material)
+        else:
+            rejections.append(Rejection(material.source, material.source_id, material.name, reason))
     return materials, rejections, payload.get("sources", {})
