@@ -120,11 +120,21 @@ class Sandbox:
         self.close()
 
 
+def _orphan_watch(parent: int) -> None:
+    """Kill this sandbox and its FEFF stage processes when the parent dies (a killed Dask worker
+    runs no atexit hooks, and a FEFF run would otherwise go on for minutes for nobody)."""
+    while True:
+        time.sleep(5.0)
+        if os.getppid() != parent:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
 def _serve() -> None:
     import importlib
 
     if len(sys.argv) > 1 and int(sys.argv[1]):
         os.nice(int(sys.argv[1]))
+    threading.Thread(target=_orphan_watch, args=(os.getppid(),), daemon=True).start()
     out_fd = os.dup(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # FEFF's native stages print here

@@ -41,11 +41,12 @@ class FeffSettings:
     xanes_card: str = "XANES 4 0.04 0.1"
     egrid: tuple[str, ...] = ("k_grid -1 0 0.04", "k_grid 0 6 0.04")
     scf_max_iterations: int = 100  # FEFF's nscmt; a cap bounds the cost of slowly converging cells
+    scf_mixing: float = 0.2  # FEFF's ca (Broyden mixing of the first iterations); smaller calms divergence
 
     def cards(self) -> list[str]:
         cards = ["CONTROL 1 1 1 1 1 1", f"COREHOLE {self.core_hole}", "S02 0", "EXCHANGE 0 0.0 0.0 2"]
         if self.scf_radius:
-            cards.append(f"SCF {self.scf_radius:.1f} 0 {self.scf_max_iterations} 0.2 3")
+            cards.append(f"SCF {self.scf_radius:.1f} 0 {self.scf_max_iterations} {self.scf_mixing:g} 3")
         cards += [f"FMS {self.fms_radius:.1f} 0", self.xanes_card, "EDGE K", "RPATH -1", "EGRID", *self.egrid]
         return cards
 
@@ -53,14 +54,24 @@ class FeffSettings:
         return asdict(self)
 
     def key(self) -> str:
-        """Short content hash of the settings: campaign items are keyed by structure id + this."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=list)
+        """Short content hash of the settings: campaign items are keyed by structure id + this.
+
+        Fields added later (``_KEY_SINCE_V2``) enter the hash only when they differ from their default,
+        so that the keys of existing campaigns stay valid.
+        """
+        values = self.to_dict()
+        for name, default in _KEY_SINCE_V2.items():
+            if values[name] == default:
+                del values[name]
+        text = json.dumps(values, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def describe(self) -> str:
         scf = f"SCF {self.scf_radius:g} A" if self.scf_radius else "no SCF"
         return f"{scf}, FMS {self.fms_radius:g} A, cluster {self.cluster_radius:g} A, core hole {self.core_hole}"
 
+
+_KEY_SINCE_V2 = {"scf_mixing": 0.2}
 
 OMNIXAS = FeffSettings()
 
