@@ -41,11 +41,12 @@ def prepared_materials(
     return materials, rejections, sources
 
 
-OMNIXAS_CU_OFFSET_FILE = Path(__file__).resolve().parents[2] / "data" / "labels" / "feff_cu_metal_e0.json"
+OMNIXAS_CU_OFFSET_FILE = CORPUS_DIR / "omnixas_cu_metal.json"
 
 
 def omnixas_cu_offset(path: str | Path = OMNIXAS_CU_OFFSET_FILE) -> float | None:
-    """The committed energy offset of FEFF fcc Cu at the OmniXAS settings, if it has been measured."""
+    """The committed energy offset of FEFF fcc Cu at the OmniXAS settings (first inflection point, as
+    :func:`sfn_stream.corpus.energy_offset`), if it has been measured."""
     import json
 
     path = Path(path)

@@ -58,7 +58,7 @@ def compute_feff_site(structure: dict, site: int, settings: dict, workdir: str, 
     self-consistent loop on a small cluster can diverge ("Cannot determine Norman radius"), which a
     larger SCF radius usually cures. ``settings_key`` of the result says which settings made it.
     """
-    from ..simulation._feff import FeffTimeout, feff_input, run_feff
+    from ..simulation._feff import FeffRunError, FeffTimeout, feff_input, run_feff
     from ..spectra import find_e0
 
     attempts: list[str] = []
@@ -73,7 +73,9 @@ def compute_feff_site(structure: dict, site: int, settings: dict, workdir: str, 
         except Exception as err:
             attempts.append(f"{feff_settings.key()}: {err}"[:300])
             if n == len(chain):
-                raise
+                if len(chain) == 1:
+                    raise
+                raise FeffRunError(f"FEFF failed with every settings tried: {' | '.join(attempts)}") from err
             continue
         finally:
             shutil.rmtree(folder, ignore_errors=True)

@@ -68,6 +68,8 @@ class FeffSettings:
 
     def describe(self) -> str:
         scf = f"SCF {self.scf_radius:g} A" if self.scf_radius else "no SCF"
+        if self.scf_radius and self.scf_mixing != 0.2:
+            scf += f" (mixing {self.scf_mixing:g})"
         return f"{scf}, FMS {self.fms_radius:g} A, cluster {self.cluster_radius:g} A, core hole {self.core_hole}"
 
 
