@@ -298,11 +298,7 @@ def template_index(sources: Sequence[Any], *, directory: str | Path | None = Non
     """Combined index of the usable sources, and for each unusable one the reason."""
     parts, skipped = [], {}
     for spec in sources:
-        try:
-            source = make_source(spec)
-        except SourceUnavailable as err:
-            skipped[str(spec)] = str(err)
-            continue
+        source = make_source(spec)  # an unknown name is a malformed request: StructureInputError
         if getattr(source, "name", "") == "materials_project":
             ok, reason = source.available()
             if not ok:

@@ -265,9 +265,9 @@ def infer_structures(
     if not pending:
         systems_text = ", ".join(systems)
         return result([], (
-            f"no template among {len(index)} ({', '.join(source_counts) or 'none'}) has the anonymous formula of a "
-            f"charge-balanced {'-'.join(resolved.elements)} compound in the crystal systems searched "
-            f"({systems_text}); add templates (a CIF folder) or widen the crystal systems"
+            f"no template among {len(index)} ({', '.join(source_counts) or 'none'}) has the anonymous formula and "
+            f"charge pattern of a charge-balanced {'-'.join(resolved.elements)} compound in the crystal systems "
+            f"searched ({systems_text}); add templates (a CIF folder) or widen the crystal systems"
         ), [], counts)
 
     # keep the most plausible templates per (formula, space group) and per formula

@@ -21,6 +21,7 @@ CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "tri
 MIN_ELEMENTS, MAX_ELEMENTS = 2, 5
 MIN_STATE_PROBABILITY = 0.03  # ICSD states rarer than this are left out of the default table
 MAX_DEFAULT_STATES = 3
+MIN_ANION_PROBABILITY = 0.05  # p-block elements always keep their commonest negative state
 
 
 class StructureInputError(ValueError):
@@ -161,12 +162,24 @@ def default_oxidation_states(element: str) -> dict[int, float]:
         total = sum(counts.values())
         kept = sorted(((c / total, s) for s, c in counts.items() if c / total >= MIN_STATE_PROBABILITY), reverse=True)
         kept = kept[:MAX_DEFAULT_STATES]
+        anions = [(c / total, s) for s, c in counts.items() if s < 0]
+        if _p_block(element) and anions and not any(s < 0 for _, s in kept):
+            # Si, Ge, Sb, ... are anions in silicides, germanides, antimonides: keep that possibility open
+            p, s = max(anions)
+            kept.append((max(p, MIN_ANION_PROBABILITY), s))
         norm = sum(p for p, _ in kept)
         return {s: p / norm for p, s in sorted(kept, key=lambda t: t[1])}
     common = [int(s) for s in Element(element).common_oxidation_states]
     if not common:
         return {0: 1.0}
     return {s: 1.0 / len(common) for s in common}
+
+
+def _p_block(element: str) -> bool:
+    from pymatgen.core import Element
+
+    el = Element(element)
+    return el.block == "p" and not el.is_noble_gas
 
 
 def resolve_request(request: InferenceRequest) -> ResolvedRequest:

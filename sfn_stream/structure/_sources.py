@@ -330,6 +330,8 @@ def make_source(spec: Any) -> TemplateSource:
     folder = text[4:] if text.startswith("cif:") else text
     if Path(folder).expanduser().is_dir():
         return CifFolderSource(folder)
-    raise SourceUnavailable(
+    from ._request import StructureInputError
+
+    raise StructureInputError(
         f"unknown template source {text!r}: use amcsd, aflow, robocrys, materials_project or a folder of CIFs"
     )

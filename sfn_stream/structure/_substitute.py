@@ -67,7 +67,13 @@ def ionic_radius(element: str, state: int, cn: int | None) -> float:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pymatgen warns for every missing radius and spin state
-        return _ionic_radius(element, state, cn)
+        radius = _ionic_radius(element, state, cn)
+    if not radius or radius < 0.1:  # Shannon's H+ radii are negative; nothing is smaller than 0.1 A
+        from pymatgen.core import Element
+
+        el = Element(element)
+        radius = float(el.atomic_radius or el.atomic_radius_calculated or 1.0)
+    return radius
 
 
 def _ionic_radius(element: str, state: int, cn: int | None) -> float:
