@@ -43,7 +43,13 @@ from ._product import (
     verify_corpus,
 )
 from ._sandbox import ItemTimeout, Sandbox, SandboxCrashed
-from ._spectra import IncompleteSpectrum, energy_offset, material_spectrum, site_weighted_spectrum
+from ._spectra import (
+    IncompleteSpectrum,
+    edge_positions,
+    energy_offset,
+    material_spectrum,
+    site_weighted_spectrum,
+)
 from ._splits import FRACTIONS, SPLITS, assign_splits
 from ._structures import (
     CORPUS_METALS,
@@ -108,6 +114,7 @@ __all__ = [
     "corpus_settings",
     "deduplicate",
     "default_settings",
+    "edge_positions",
     "energy_offset",
     "entry_from_cif",
     "execute",

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..simulation._feff import FeffSettings
 from ._items import ITEM_VERSIONS
-from ._spectra import IncompleteSpectrum, energy_offset, material_spectrum
+from ._spectra import IncompleteSpectrum, edge_positions, energy_offset, material_spectrum
 from ._splits import SPLITS, assign_splits
 from ._structures import CORPUS_METALS, CorpusMaterial, Rejection, rejection_tally
 
@@ -139,15 +139,20 @@ def reference_summary(references: Sequence[CorpusMaterial], results: CampaignRes
             if reference.material_id.startswith("metal-"):
                 offsets[metal] = energy_offset(spectrum["energy"], spectrum["mu"], metal)
             else:
-                oxides[reference.name] = {"element": metal, "feff_e0": spectrum["e0"]}
+                oxides[reference.name] = {"element": metal, "fallback_sites": spectrum["fallback_sites"],
+                                          "feff_edge": edge_positions(spectrum["energy"], spectrum["mu"])}
     for name, entry in oxides.items():
         offset = offsets.get(entry["element"], {}).get("energy_offset")
-        entry["calibrated_e0"] = None if offset is None else entry["feff_e0"] - offset
+        entry["calibrated_edge"] = None if offset is None else {k: v - offset for k, v in entry["feff_edge"].items()}
     shifts = {}
     for low, high in (("Cu2O", "CuO"), ("FeO", "Fe2O3")):
         if low in oxides and high in oxides:
-            shifts[f"{high} - {low}"] = oxides[high]["feff_e0"] - oxides[low]["feff_e0"]
-    return {"energy_offsets": offsets, "oxides": oxides, "chemical_shifts_eV": shifts}
+            shifts[f"{high} - {low}"] = {k: oxides[high]["feff_edge"][k] - oxides[low]["feff_edge"][k]
+                                         for k in oxides[low]["feff_edge"]}
+    return {"energy_offsets": offsets, "oxides": oxides, "chemical_shifts_eV": shifts,
+            "note": "chemical shifts per edge definition; half_height is the stable one (see "
+                    "sfn_stream.corpus.edge_positions); an offset is the same constant for both compounds of "
+                    "one element, so the shift survives the calibration by construction"}
 
 
 def _absorber_row(material: CorpusMaterial, metal: str, labels: dict | None, spectrum: dict | None,

@@ -76,3 +76,21 @@ def energy_offset(energy: np.ndarray, mu: np.ndarray, element: str) -> dict:
     first = float(find_first_inflection(energy, mu))
     return {"element": element, "tabulated_edge": e_tab, "feff_first_inflection": first,
             "energy_offset": first - e_tab, "feff_e0": e0, "offset_max_derivative": e0 - e_tab}
+
+
+def edge_positions(energy: np.ndarray, mu: np.ndarray) -> dict[str, float]:
+    """Three definitions of the edge energy (eV, on the spectrum's own scale).
+
+    ``half_height``: first energy where mu reaches 0.5 (FEFF normalises mu to the atomic edge step,
+    so this is half the step). It is the most stable of the three for comparing compounds: the
+    derivative-based points jump between peaks when the rise has structure (CuO: the maximum
+    derivative sits 9 eV above the first inflection).
+    """
+    energy, mu = np.asarray(energy, float), np.asarray(mu, float)
+    above = np.flatnonzero(mu >= 0.5)
+    half = float("nan")
+    if len(above) and above[0] > 0:
+        i = above[0]
+        half = float(np.interp(0.5, [mu[i - 1], mu[i]], [energy[i - 1], energy[i]]))
+    return {"max_derivative": float(find_e0(energy, mu)), "first_inflection": float(find_first_inflection(energy, mu)),
+            "half_height": half}
