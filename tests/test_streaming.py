@@ -119,7 +119,7 @@ def _interrupted_xanes(xas, mono, energies, pause_after):
     return (yield from inner())
 
 
-@pytest.mark.parametrize("pause_after, covered", [(170, True), (20, False)])
+@pytest.mark.parametrize("pause_after, covered", [(185, True), (20, False)])
 def test_aborted_run_is_complete_and_predicted_only_if_the_edge_was_covered(
         RE, plugin, beamline, client, pause_after, covered):
     mono, xas, _ = beamline

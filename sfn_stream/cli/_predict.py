@@ -101,7 +101,7 @@ def _print_table(result: dict) -> None:
     from rich.table import Table
 
     out = console()
-    table = Table(title=f"{result['file']}  [{result['status']}]", title_justify="left")
+    table = Table(title=f"{Path(result['file']).name}  [{result['status']}]", title_justify="left")
     table.add_column("prediction")
     table.add_column("value", justify="right")
     table.add_column("confidence", justify="right")

@@ -7,15 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..spectra import find_e0, k_edge_energy
+from ..spectra import find_first_inflection, k_edge_energy
 from ._feff import OMNIXAS, FeffSettings, feff_input, read_xmu, run_feff
 from ._xrd import stick_pattern
 
 
 def metal_energy_offset(metal_xmu: str | Path, element: str) -> float:
-    """E0 of FEFF's own metal spectrum minus the tabulated K edge: the calculation's energy offset."""
+    """The calculation's energy offset: its own metal spectrum's first inflection minus the tabulated K edge.
+
+    First inflection, because that is where a measured scan's reference foil is put (the tabulated
+    edges are first inflection points), so computed and measured energies land on one scale.
+    """
     energy, mu, _ = read_xmu(metal_xmu)
-    return float(find_e0(energy, mu) - k_edge_energy(element))
+    return float(find_first_inflection(energy, mu) - k_edge_energy(element))
 
 
 def build_demo_sample(structure, *, name: str, absorber: str, workdir: str | Path, metal_xmu: str | Path,

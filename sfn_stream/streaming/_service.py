@@ -30,8 +30,8 @@ def run_service(zmq_address: str, tiled_uri: str, api_key: str | None = None, *,
     dispatcher.subscribe(plugin)
 
     def _stop(signum, frame):
-        logger.info("sfn-stream service: signal %s, stopping", signum)
-        dispatcher.stop()
+        # Raised in the main thread, it unwinds the dispatcher's event loop; start() then closes it.
+        raise _Shutdown(signum)
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
@@ -40,6 +40,12 @@ def run_service(zmq_address: str, tiled_uri: str, api_key: str | None = None, *,
         dispatcher.loop.call_soon(ready)
     try:
         dispatcher.start()
+    except _Shutdown as signum:
+        logger.info("sfn-stream service: signal %s, stopping", signum)
     finally:
         plugin.flush(timeout=60)
         plugin.close()
+
+
+class _Shutdown(Exception):
+    pass
