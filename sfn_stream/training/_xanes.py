@@ -462,7 +462,7 @@ def train_member(
                 break
     model.load_state_dict(best)
     model.eval()
-    return model, {"best_val_loss": best_loss, "epochs_run": len(history)}
+    return model, {"best_val_loss": best_loss, "epochs_run": len(history), "val_loss": [round(v, 4) for v in history]}
 
 
 def _view_tensors(samples: Sequence[XanesSample], views: Sequence[Sequence[tuple[np.ndarray, float]]]):
@@ -932,3 +932,12 @@ def _label_sources(dataset: XanesDataset) -> dict[str, Any]:
         "density": "structure density (pymatgen Structure.density)",
         "symmetry": "SpacegroupAnalyzer symprec 0.1",
     }
+
+
+if __name__ == "__main__":  # python -m sfn_stream.training._xanes [out_dir]  (retrains the committed bundle)
+    import sys
+
+    from ..nn import models_dir
+
+    target = sys.argv[1] if len(sys.argv) > 1 else models_dir() / BUNDLE_NAME
+    print(train_xanes_bundle(target).id)
