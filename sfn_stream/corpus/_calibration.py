@@ -301,9 +301,12 @@ def calibration_markdown(table: Sequence[dict[str, Any]], chosen: str | None, si
                 lines.append(f"- {row['candidate']}: {failure}")
     if reproduction:
         lines += ["", "## Reproduction of raw_example_mp-361_Cu2O", "",
-                  "Its own feff.inp (OMNIXAS settings) run through `run_feff`, compared with its xmu.dat on the",
-                  f"reference grid: Pearson r = {reproduction['pearson_r']:.6f}, max |d mu| = "
-                  f"{reproduction['max_abs_diff']:.2e}, {reproduction['seconds']:.0f} s."]
+                  "Its own feff.inp (OMNIXAS settings) run through `run_feff` (feff10-rs, the reduced XANES stage",
+                  "list), compared with its xmu.dat: "
+                  f"{'the same energy grid' if reproduction.get('same_grid') else 'interpolated onto the reference grid'}"
+                  f", Pearson r = {reproduction['pearson_r']:.10f}, max |d mu| = {reproduction['max_abs_diff']:.1e}; "
+                  f"{reproduction['seconds']:.0f} s wall at nice 15 on the shared machine.",
+                  "Reproduce: `python` with `run_feff(open(<folder>/feff.inp).read(), <workdir>)` and `read_xmu`."]
     lines += ["", "## Sites", "", "| site | formula |", "|---|---|"]
     lines += [f"| {site['key']} | {site['formula']} |" for site in sites]
     if notes:
