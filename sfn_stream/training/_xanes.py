@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..chemistry import DESCRIPTOR_NAMES, descriptor_stats, descriptor_table
-from ..spectra import XANES_WINDOW, find_e0, k_edge_energy, preprocess_xanes
+from ..spectra import XANES_WINDOW, find_e0, find_first_inflection, k_edge_energy, preprocess_xanes
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 SPLITS_DIR = REPO_DIR / "data" / "splits"
@@ -40,18 +40,23 @@ class TrainingDataError(ValueError):
 
 
 def measure_feff_energy_offset(xmu_path: str | Path, absorber: str = "Cu") -> dict[str, Any]:
-    """E0 of FEFF's metal spectrum (xmu.dat: omega e k mu mu0 chi) minus the tabulated K edge."""
+    """First inflection of FEFF's metal spectrum (xmu.dat: omega e k mu mu0 chi) minus the tabulated K edge.
+
+    The first inflection, because measured scans are calibrated by putting their reference foil's
+    first inflection on the tabulated edge (which is the metals' first inflection point).
+    """
     data = np.loadtxt(xmu_path, comments="#")
     energy, mu = data[:, 0], data[:, 3]
-    e0 = float(find_e0(energy, mu))
+    e0 = float(find_first_inflection(energy, mu))
     e_ref = float(k_edge_energy(absorber))
     return {
         "absorber": absorber,
         "energy_offset": e0 - e_ref,
         "feff_metal_e0": e0,
+        "feff_metal_max_derivative": float(find_e0(energy, mu)),
         "tabulated_edge": e_ref,
-        "method": "E0 of FEFF's own fcc metal spectrum (project find_e0: maximum of the smoothed derivative) "
-        "minus the tabulated K edge",
+        "method": "first inflection of FEFF's own metal spectrum (sfn_stream.spectra.find_first_inflection, "
+        "as reference foils are aligned) minus the tabulated K edge",
         "source": str(xmu_path),
     }
 
