@@ -7,6 +7,10 @@
 Every document goes on to ``writer`` (and any other downstream callback) unchanged and in
 order; XANES and PXRD runs gain derived streams and a ``stop['sfn']`` summary. By default
 the work happens on a worker thread, so the RunEngine's thread only enqueues documents.
+
+With ``structure_inference=StructureInferenceOptions(...)`` the plugin also infers a sample's
+structure once its XANES and PXRD runs have stopped, and writes the result as a run of its own
+(see ``_structure_runs``); :meth:`SfnPlugin.infer_structure` does it by hand.
 """
 
 from __future__ import annotations
@@ -16,18 +20,21 @@ import queue
 import threading
 import time
 from collections import OrderedDict, deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from event_model import RunRouter
 
 from ._convention import RunConvention
 from ._processor import RunProcessor
+from ._structure_runs import StructureInferenceOptions, StructureRuns
 
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[str, dict], None]
 _STOP = object()
+_TASK = object()
 
 
 class Predictors:
@@ -70,6 +77,8 @@ class PluginStats:
     prediction_seconds: deque = field(default_factory=lambda: deque(maxlen=10_000))
     analysed_runs: int = 0
     downstream_errors: int = 0
+    structure_runs: int = 0
+    structure_seconds: deque = field(default_factory=lambda: deque(maxlen=10_000))
 
 
 class SfnPlugin:
@@ -77,13 +86,17 @@ class SfnPlugin:
 
     def __init__(self, *downstream: Callback, convention: RunConvention | None = None,
                  predictors: Predictors | None = None, threaded: bool = True, preload: bool = True,
-                 keep_summaries: int = 100):
+                 keep_summaries: int = 100, structure_inference: StructureInferenceOptions | None = None):
         self.convention = convention or RunConvention()
         self.predictors = predictors or Predictors()
         self.stats = PluginStats()
         self.summaries: OrderedDict[str, dict] = OrderedDict()  # run uid -> stop['sfn']
         self._keep = keep_summaries
         self._downstream: list[Callback] = list(downstream)
+        self.structure: StructureRuns | None = None
+        if structure_inference is not None:
+            self.structure = StructureRuns(structure_inference, self._emit,
+                                           metadata_key=self.convention.metadata_key, keep=keep_summaries)
         self._router = RunRouter([self._factory])
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
@@ -105,6 +118,41 @@ class SfnPlugin:
         else:
             self._process(name, doc, received)
         self.stats.call_seconds.append(time.perf_counter() - received)
+
+    def infer_structure(self, *run_uids: str, elements: Sequence[str] | None = None,
+                        sample: str | None = None) -> Future:
+        """Infer the structure from the given XANES run(s) and one PXRD run, by hand.
+
+        The work is queued behind the documents received so far (so runs that have just ended can
+        be named) and done on the worker thread. The returned future gives the uid of the inference
+        run, or raises if the runs are unknown to the plugin or there is not exactly one PXRD run
+        (then no run is written). Needs ``structure_inference`` options (``automatic=False`` for
+        by-hand only).
+        """
+        if self.structure is None:
+            raise RuntimeError("structure inference is off: create the plugin with "
+                               "structure_inference=StructureInferenceOptions(...)")
+        future: Future = Future()
+        structure = self.structure
+
+        def task():
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                xanes_runs, xrd_run = structure.lookup(run_uids)
+                uid = self._run_structure(xanes_runs, xrd_run, sample=sample, elements=elements, trigger="manual")
+            except Exception as err:
+                future.set_exception(err)
+            else:
+                future.set_result(uid)
+
+        if self._queue is None:
+            task()
+        elif self._thread is not None and self._thread.is_alive():
+            self._queue.put((_TASK, task, None))
+        else:
+            future.set_exception(RuntimeError("the plugin is closed"))
+        return future
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every document received so far has gone downstream; False on timeout."""
@@ -133,6 +181,9 @@ class SfnPlugin:
             try:
                 if name is _STOP:
                     return
+                if name is _TASK:
+                    doc()
+                    continue
                 self._process(name, doc, received)
             except Exception:
                 logger.exception("sfn-stream: failed to process a %s document", name)
@@ -145,7 +196,8 @@ class SfnPlugin:
             self.stats.stop_latency_seconds.append(time.perf_counter() - received)
 
     def _factory(self, name: str, start: dict):
-        processor = RunProcessor(start, emit=self._emit, convention=self.convention, predictors=self.predictors)
+        processor = RunProcessor(start, emit=self._emit, convention=self.convention, predictors=self.predictors,
+                                 keep_pattern=self.structure is not None)
         return [_SummaryKeeper(processor, self)], []
 
     def _emit(self, name: str, doc: dict) -> None:
@@ -162,6 +214,27 @@ class SfnPlugin:
         while len(self.summaries) > self._keep:
             self.summaries.popitem(last=False)
 
+    def _structure_after_stop(self, run_uid: str, processor: RunProcessor) -> None:
+        """The automatic rule, on the thread that processed the stop (the worker thread by default)."""
+        if self.structure is None:
+            return
+        started = time.perf_counter()
+        try:
+            written = self.structure.on_stop(run_uid, processor)
+        except Exception:
+            logger.exception("sfn-stream: structure inference bookkeeping failed after run %s", run_uid)
+            return
+        if written:
+            self.stats.structure_runs += len(written)
+            self.stats.structure_seconds.append(time.perf_counter() - started)
+
+    def _run_structure(self, xanes_runs, xrd_run, **kwargs) -> str:
+        started = time.perf_counter()
+        uid = self.structure.run(xanes_runs, xrd_run, **kwargs)
+        self.stats.structure_runs += 1
+        self.stats.structure_seconds.append(time.perf_counter() - started)
+        return uid
+
 
 class _SummaryKeeper:
     """Wraps a run's processor to keep its summary once the stop has gone out."""
@@ -175,3 +248,5 @@ class _SummaryKeeper:
             self.plugin._remember(doc["run_start"], self.processor.summary)
             if self.processor.prediction_seconds is not None:
                 self.plugin.stats.prediction_seconds.append(self.processor.prediction_seconds)
+        if name == "stop":
+            self.plugin._structure_after_stop(doc["run_start"], self.processor)

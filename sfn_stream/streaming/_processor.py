@@ -30,7 +30,8 @@ Emit = Callable[[str, dict], None]
 class RunProcessor:
     """Forward one run's documents to ``emit``; predict from XANES/PXRD data it recognises."""
 
-    def __init__(self, start: dict, *, emit: Emit, convention: RunConvention, predictors):
+    def __init__(self, start: dict, *, emit: Emit, convention: RunConvention, predictors,
+                 keep_pattern: bool = False):
         self.start = start
         self.emit = emit
         self.convention = convention
@@ -48,6 +49,11 @@ class RunProcessor:
         self._xrd_classes: tuple = ()
         self._errors: list[str] = []
         self.summary: dict[str, Any] | None = None
+        self.xanes_prediction: Prediction | None = None  # kept for structure inference
+        self._keep_pattern = keep_pattern  # sum the usable PXRD frames (structure inference needs the pattern)
+        self._pattern_x: np.ndarray | None = None
+        self._pattern_sum: np.ndarray | None = None
+        self._pattern_frames = 0
         self.prediction_seconds: float | None = None  # preprocessing + model at the XANES stop
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -160,6 +166,7 @@ class RunProcessor:
             prediction = Prediction.failed("xanes", "error", f"model failed: {type(err).__name__}: {err}",
                                            flags=flags,
                                            bundle_id=getattr(getattr(predictor, "bundle", None), "id", None))
+        self.xanes_prediction = prediction
         classes = {task: _bundle_classes(predictor, task, default) for task, default in _XANES_CLASSES.items()}
         self._emit_row(XANES_STREAM, xanes_row(prediction, absorber or "", classes, window))
         summary = {"kind": "xanes", "sample": self.md.get("sample"), "absorber": absorber,
@@ -191,7 +198,35 @@ class RunProcessor:
         self._last_xrd = prediction
         if prediction.usable:
             self._xrd_probabilities.append(np.asarray(row["crystal_system_probabilities"]))
+            if self._keep_pattern:
+                self._add_pattern(x, pattern)
         self._xrd_classes = classes
+
+    def _add_pattern(self, x, pattern) -> None:
+        try:  # never lets the pattern kept for structure inference disturb the run's own analysis
+            x, pattern = np.asarray(x, dtype=float), np.asarray(pattern, dtype=float)
+            if pattern.shape != x.shape:
+                return
+            if self._pattern_x is None or self._pattern_x.shape != x.shape or not np.allclose(self._pattern_x, x):
+                self._pattern_x, self._pattern_sum, self._pattern_frames = x.copy(), np.zeros_like(pattern), 0
+            self._pattern_sum += pattern
+            self._pattern_frames += 1
+        except Exception:
+            logger.exception("sfn-stream: could not keep a PXRD frame for structure inference")
+
+    def measured_pattern(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(x, mean intensity, frames) of the usable PXRD frames (only with ``keep_pattern``; frames on another
+        axis than the last one are left out), or None."""
+        if self._pattern_x is None or not self._pattern_frames:
+            return None
+        return self._pattern_x, self._pattern_sum / self._pattern_frames, self._pattern_frames
+
+    def crystal_system_probabilities(self) -> dict[str, float] | None:
+        """The run's crystal-system probabilities: the mean over the usable frames (None if none)."""
+        if not self._xrd_probabilities:
+            return None
+        mean = np.mean(self._xrd_probabilities, axis=0)
+        return {str(c): float(p) for c, p in zip(self._xrd_classes, mean) if np.isfinite(p)}
 
     def _finish_xrd(self, stop: dict) -> dict:
         summary = {"kind": "xrd", "sample": self.md.get("sample"), "derived_stream": XRD_STREAM,
