@@ -427,7 +427,7 @@ def test_feff_site_spectra_take_the_same_path():
     spectra = omnixas_site_spectra()
     keys = sorted(spectra)[::100]
     # 8 eV: within the plausible range of FEFF's Cu-metal E0 - 8979 eV; the checks below hold for
-    # any offset of 5-11 eV (benchmarks/feff_xanes.py: >= 5298/5299 usable over that range)
+    # any offset of 5-11 eV (`sfn-stream bench feff-xanes`: >= 5298/5299 usable over that range)
     results = [
         preprocess_xanes(spectra[k]["energy"], spectra[k]["mu"], absorber="Cu", energy_offset=8.0) for k in keys
     ]

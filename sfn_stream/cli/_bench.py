@@ -11,6 +11,7 @@ and by the plugin + TiledWriter (same server, same writer settings) and prints:
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import tempfile
@@ -28,6 +29,22 @@ def add_parser(sub) -> None:
     stream.add_argument("--scans", type=int, default=20, help="scans per configuration (default 20)")
     stream.add_argument("--json", action="store_true")
     stream.set_defaults(run=run_stream)
+    from ..benchmarks import BENCHMARKS
+
+    for name, (_, help_text) in BENCHMARKS.items():
+        other = which.add_parser(name, help=help_text, add_help=False)
+        other.add_argument("argv", nargs=argparse.REMAINDER, help="the benchmark's own options (--help lists them)")
+        other.set_defaults(run=run_module, bench_name=name)
+
+
+def run_module(args) -> int:
+    """Hand the rest of the command line to the benchmark module's own parser."""
+    import importlib
+
+    from ..benchmarks import BENCHMARKS
+
+    module = importlib.import_module(f"sfn_stream.benchmarks.{BENCHMARKS[args.bench_name][0]}")
+    return module.main(args.argv)
 
 
 def _percentile(values, q) -> float:

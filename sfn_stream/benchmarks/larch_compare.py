@@ -2,9 +2,8 @@
 
 Run with a Python that has xraylarch installed (it is NOT a project dependency), e.g.
 
-    python3 -m venv /work/scratch/xanesprep/venv-larch
-    /work/scratch/xanesprep/venv-larch/bin/pip install xraylarch
-    /work/scratch/xanesprep/venv-larch/bin/python benchmarks/larch_compare.py [--shared PATH] [--json]
+    python3 -m venv venv-larch && venv-larch/bin/pip install xraylarch
+    venv-larch/bin/python -m sfn_stream.benchmarks.larch_compare [--shared PATH] [--json]   # from the repo root
 
 For every usable measured file of ../shared/data/xanes_experimental_dev it feeds Larch the
 same cleaned, calibrated mu(E) and reports
@@ -28,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo, for a Python that has larch
 
 from larch import Group  # noqa: E402
 from larch.xafs import find_e0, pre_edge  # noqa: E402
 
-from benchmarks.measured_xanes import NOT_SPECTRA, dev_folder, load_labels  # noqa: E402
+from sfn_stream.benchmarks.measured_xanes import NOT_SPECTRA, dev_folder, load_labels  # noqa: E402
 from sfn_stream.spectra import absorber_from_filename, preprocess_xanes, read_spectrum, xanes_channels  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Recompute the crystal-system classifier's figures from the committed bundle.
 
-    python benchmarks/xrd_model_eval.py [--json] [--bundle DIR] [--sticks FILE] [--frames N]
+    sfn-stream bench xrd-model [--json] [--bundle DIR] [--sticks FILE] [--frames N]
 
 1. Simulated test split: the committed split ids, the stick table (its sha256 must match the card),
    augmentation with the card's seed (+202) and patterns per structure, as in training.
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from sfn_stream.nn import CRYSTAL_SYSTEMS, XrdClassifier, load_bundle, models_dir
-from sfn_stream.simulation._xrd import StickTable, file_sha256
+from sfn_stream._files import file_sha256
+from sfn_stream.simulation._xrd import StickTable
 from sfn_stream.spectra import preprocess_xrd, two_theta_to_q
 from sfn_stream.training._shared import SharedDataMissing
 from sfn_stream.training._xrd import (

@@ -4,7 +4,7 @@ Prints one row per file: absorber (and where it came from), status or reject rea
 E0 - E_tab, edge step, calibration and flags; then a summary with the metal-foil E0 errors
 and the time per spectrum.
 
-    python benchmarks/measured_xanes.py [--shared PATH] [--json]
+    sfn-stream bench measured-xanes [--shared PATH] [--json]
 """
 
 from __future__ import annotations

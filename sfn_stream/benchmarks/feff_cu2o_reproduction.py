@@ -3,7 +3,7 @@
 Prints Pearson r and the largest |d mu| against the reference xmu.dat, and the wall time (about
 20 minutes on an idle core; SCF 7 A, FMS 9 A). Needs ../shared.
 
-    python benchmarks/feff_cu2o_reproduction.py [--workdir DIR] [--json]
+    sfn-stream bench feff-cu2o [--workdir DIR] [--json]
 """
 
 from __future__ import annotations

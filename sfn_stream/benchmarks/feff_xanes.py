@@ -4,8 +4,8 @@ The energy offset of the calculation is E0 of FEFF's own Cu-metal spectrum minus
 Cu K edge; give it directly (--offset) or as the metal's xmu.dat (--metal), whose E0 is found
 with the same E0 finder.
 
-    python benchmarks/feff_xanes.py --metal /work/scratch/feff_cu_metal/xmu.dat
-    python benchmarks/feff_xanes.py --offset 8.0 [--json]
+    sfn-stream bench feff-xanes --metal /work/scratch/feff_cu_metal/xmu.dat
+    sfn-stream bench feff-xanes --offset 8.0 [--json]
 """
 
 from __future__ import annotations
