@@ -57,25 +57,26 @@ def run_xanes(args) -> int:
 def run_xrd(args) -> int:
     from ..predict import xrd_predictor
 
-    x, y, wavelength = _read_powder(args.file)
+    x, y, wavelength = read_powder(args.file)
     wavelength = args.wavelength or wavelength or 1.5406
     prediction, _ = xrd_predictor().predict_pattern(x, y, axis=args.axis, wavelength=wavelength)
     return _report(args, prediction.plain(), file=str(args.file))
 
 
-def _read_powder(path: Path):
-    from ..spectra import SpectrumFileError, read_xy
+def read_powder(path: Path):
+    """(x, intensity, wavelength or None) of a powder pattern file: a pdCIF or columns."""
+    from ..spectra import SpectrumFileError, read_pdcif, read_xy
 
+    if not path.is_file():
+        raise CliError(f"{path}: no such file")
     try:
         if path.suffix.lower() == ".cif":
-            from ..spectra import read_pdcif
-
             profile = read_pdcif(path)
             return profile.two_theta, profile.intensity, profile.wavelength
         x, y = read_xy(path)
         return x, y, None
     except (SpectrumFileError, ValueError) as err:
-        raise CliError(str(err)) from err
+        raise CliError(f"{path}: {err}") from err
 
 
 def _elements(text: str) -> list[str]:

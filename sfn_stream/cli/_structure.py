@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ._common import CliError, console, print_json
+from ._predict import read_powder
 
 
 def add_parser(sub) -> None:
@@ -70,21 +71,6 @@ def _systems(text: str | None) -> dict | None:
     return out
 
 
-def _read_pattern(path: Path):
-    from ..spectra import SpectrumFileError, read_pdcif, read_xy
-
-    if not path.is_file():
-        raise CliError(f"{path}: no such file")
-    try:
-        if path.suffix.lower() == ".cif":
-            profile = read_pdcif(path)
-            return profile.two_theta, profile.intensity, profile.wavelength
-        x, y = read_xy(path)
-        return x, y, None
-    except (SpectrumFileError, ValueError) as err:
-        raise CliError(f"{path}: {err}") from err
-
-
 def _read_xanes(specs: list[str], elements) -> dict:
     from ..spectra import SpectrumFileError, preprocess_xanes_file
 
@@ -103,7 +89,7 @@ def _read_xanes(specs: list[str], elements) -> dict:
 def run_infer(args) -> int:
     from ..structure import InferenceRequest, SourceUnavailable, StructureInputError, XrdInput, infer_structures
 
-    x, y, file_wavelength = _read_pattern(args.xrd)
+    x, y, file_wavelength = read_powder(args.xrd)
     wavelength = args.wavelength or file_wavelength or (1.5406 if args.axis == "2theta" else None)
     elements = tuple(e.strip() for e in args.elements.split(",") if e.strip())
     if args.top < 1:

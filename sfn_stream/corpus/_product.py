@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .._files import file_sha256
 from ..simulation._feff import FeffSettings
 from ._items import ITEM_VERSIONS
 from ._spectra import IncompleteSpectrum, edge_positions, energy_offset, material_spectrum
@@ -266,7 +267,7 @@ def assemble_corpus(
         "rejections": rejection_tally(rejections),
     }
     manifest.update(corpus_counts(material_rows, absorber_rows))
-    manifest["files"] = {name: _sha256(out_dir / name) for name in DATA_FILES}
+    manifest["files"] = {name: file_sha256(out_dir / name) for name in DATA_FILES}
     manifest["content_hash"] = content_hash(manifest["files"])
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
     return manifest
@@ -355,14 +356,6 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, A
         fh.write(text.getvalue().encode())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def content_hash(files: Mapping[str, str]) -> str:
     """sha256 over the sorted ``name sha256`` lines of the data files."""
     text = "".join(f"{name} {files[name]}\n" for name in sorted(files))
@@ -393,7 +386,7 @@ def read_manifest(corpus_dir: str | Path = CORPUS_DIR) -> dict[str, Any]:
 def verify_corpus(corpus_dir: str | Path = CORPUS_DIR) -> dict[str, Any]:
     """Recompute the per-file hashes; ``ok`` False names the files that changed since the manifest."""
     manifest = read_manifest(corpus_dir)
-    files = {name: _sha256(Path(corpus_dir) / name) for name in manifest["files"]}
+    files = {name: file_sha256(Path(corpus_dir) / name) for name in manifest["files"]}
     changed = sorted(name for name in files if files[name] != manifest["files"][name])
     return {"ok": not changed and content_hash(files) == manifest["content_hash"], "changed": changed,
             "content_hash": content_hash(files)}

@@ -6,13 +6,14 @@ weights' SHA-256, so that every prediction can be traced to the exact weights us
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from .._files import file_sha256
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.pt"
@@ -34,14 +35,6 @@ CARD_KEYS = (
 
 class BundleError(RuntimeError):
     """A model bundle is missing, incomplete or unreadable."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -85,7 +78,7 @@ def _load_bundle_cached(path: Path, _card_mtime: int, _weights_mtime: int) -> Mo
     missing = [key for key in CARD_KEYS if key not in card]
     if missing:
         raise BundleError(f"model card {path / CARD_FILE} lacks {', '.join(missing)}")
-    return ModelBundle(path=path, card=card, weights_sha256=_sha256(path / WEIGHTS_FILE))
+    return ModelBundle(path=path, card=card, weights_sha256=file_sha256(path / WEIGHTS_FILE))
 
 
 def save_bundle(path: str | os.PathLike, card: dict[str, Any], weights: dict[str, Any]) -> ModelBundle:

@@ -10,7 +10,6 @@ Szymanski et al. 2021 (XRD-AutoAnalyzer, Chem. Mater. 33, 4204).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,14 +146,6 @@ class StickTable:
             hkl=cat("hkl", (3,)).astype(np.int16).reshape(-1, 3),
             info=dict(info or {}),
         )
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- augmented profiles ------------------------------------------------------------------------

@@ -128,16 +128,16 @@ def material_spectrum(material_id: str, structure=None, symprec: float = SYMPREC
 # --- label table ---------------------------------------------------------------------------------
 
 
-class _Timeout(Exception):
+class TimeLimitExceeded(Exception):
     pass
 
 
 @contextmanager
-def _time_limit(seconds: float):
+def time_limit(seconds: float):
     """SIGALRM-based limit (main thread, Unix): pymatgen's analysers are pure Python and interruptible."""
 
     def _raise(signum, frame):
-        raise _Timeout()
+        raise TimeLimitExceeded()
 
     previous = signal.signal(signal.SIGALRM, _raise)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -194,10 +194,10 @@ def compute_omnixas_labels(
         structure = Structure.from_str(poscars[material_id], fmt="poscar")
         start = time.perf_counter()
         try:
-            with warnings.catch_warnings(), _time_limit(timeout_s):
+            with warnings.catch_warnings(), time_limit(timeout_s):
                 warnings.simplefilter("ignore")
                 row = label_row(material_id, structure)
-        except _Timeout:
+        except TimeLimitExceeded:
             row = {"material_id": material_id, "status": f"timeout after {timeout_s:.0f} s"}
         except Exception as err:  # noqa: BLE001 - recorded per row, the table must be complete
             row = {"material_id": material_id, "status": f"error: {type(err).__name__}: {err}"}

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .._files import file_sha256
 from ..chemistry import DESCRIPTOR_NAMES, descriptor_stats, descriptor_table
 from ..spectra import XANES_WINDOW, find_e0, find_first_inflection, k_edge_energy, preprocess_xanes
 
@@ -764,7 +765,7 @@ def dataset_sha256(samples: Sequence[XanesSample]) -> str:
 
 
 def _file_sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return file_sha256(path) if path.is_file() else None
 
 
 def train_xanes_bundle(

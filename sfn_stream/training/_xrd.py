@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..simulation._xrd import StickTable, stick_pattern
+from ._omnixas import TimeLimitExceeded, time_limit
 
 CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 SYMPREC = 0.1
 DEFAULT_STICK_TABLE = Path(__file__).resolve().parents[2] / "data" / "xrd_sticks" / "xrd_sticks.npz"
-
-
-class _StructureTimeout(Exception):
-    pass
-
-
-@contextmanager
-def _time_limit(seconds: float):
-    """Interrupt a slow stick calculation (main thread only: SIGALRM)."""
-
-    def _raise(signum, frame):
-        raise _StructureTimeout
-
-    previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def structure_record(key: str, structure, *, timeout_s: float = 30.0) -> tuple[dict | None, str | None]:
@@ -43,12 +22,12 @@ def structure_record(key: str, structure, *, timeout_s: float = 30.0) -> tuple[d
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     try:
-        with _time_limit(timeout_s):
+        with time_limit(timeout_s):
             sga = SpacegroupAnalyzer(structure, symprec=SYMPREC)
             crystal_system = sga.get_crystal_system()
             spacegroup = sga.get_space_group_number()
             sticks = stick_pattern(structure)
-    except _StructureTimeout:
+    except TimeLimitExceeded:
         return None, "timeout"
     except Exception as err:
         return None, f"calculation_failed: {type(err).__name__}"
@@ -381,7 +360,8 @@ def train_xrd_bundle(
 
     from ..nn import save_bundle
     from ..nn._xrd_net import XrdClassifier, XrdCnnTransformer, architecture_of
-    from ..simulation._xrd import AUGMENTATION, file_sha256
+    from .._files import file_sha256
+    from ..simulation._xrd import AUGMENTATION
     from ..spectra._xrd import BACKGROUND, XRD_Q_MIN, XRD_Q_POINTS, XRD_Q_STEP
 
     torch.set_num_threads(threads)
