@@ -50,7 +50,7 @@ def test_predict_xanes_json_names_predictions_plainly(tmp_path, beamline, capsys
 
 def test_predict_xanes_table_output(tmp_path, beamline, capsys):
     path = _measured_xanes_file(tmp_path / "scan.xdi", beamline)
-    status, out, _ = _run(capsys, "predict", "xanes", str(path), "--elements", "CuFeO2")
+    status, out, _ = _run(capsys, "predict", "xanes", str(path), "--elements", "Sr3CuPtO6")
     assert status == 0
     assert "oxidation_state" in out and "model bundle" in out
 
@@ -107,3 +107,11 @@ def test_every_measured_file_gives_a_prediction_or_a_clear_reason(capsys):
             assert err.strip(), path
         outcomes[status] += 1
     assert outcomes[0] > 0
+
+
+def test_train_without_the_development_data_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SFN_SHARED", str(tmp_path / "nowhere"))
+    status, _, err = _run(capsys, "train", "xanes", "--out", str(tmp_path / "bundle"))
+    assert status == 2
+    assert "shared development data" in err and "Traceback" not in err
+    assert not (tmp_path / "bundle").exists()

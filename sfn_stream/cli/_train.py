@@ -20,11 +20,13 @@ def run(args) -> int:
     from ..nn import models_dir
     from ..predict import XANES_BUNDLE, XRD_BUNDLE
     from ..training import SharedDataMissing
+    from ..training._shared import shared_dir
 
     options = {"seed": args.seed, "progress": True}
     if args.epochs:
         options["epochs"] = args.epochs
     try:
+        shared_dir()  # say so before any work (the readers behind it cache what they load)
         if args.model == "xanes":
             from ..training import train_xanes_bundle
 

@@ -28,6 +28,7 @@ from ._xanes import (
     write_splits,
 )
 from ._amcsd import AmcsdEntry, amcsd_ids, iter_amcsd_structures
+from ._shared import SharedDataMissing
 from ._xrd import (
     assign_splits,
     build_stick_table,
@@ -50,6 +51,7 @@ __all__ = [
     "LABELS_FILE",
     "Augmentation",
     "MaterialSpectrum",
+    "SharedDataMissing",
     "SiteCoverageError",
     "TrainConfig",
     "TrainingDataError",
