@@ -61,7 +61,7 @@ def test_service_process_writes_predictions_to_tiled(proxy, tiled_service, clien
         time.sleep(0.5)  # 0MQ slow joiner: let the subscription reach the proxy
         mono, xas, _ = beamline
         RE.subscribe(Publisher(f"127.0.0.1:{port_in}"))
-        (uid,) = RE(xanes_scan(xas, mono, "Cu", composition="CuFeO2", sample="t-service"))
+        (uid,) = RE(xanes_scan(xas, mono, "Cu", composition="Sr3CuPtO6", sample="t-service"))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if uid in client and "sfn" in (client[uid].metadata.get("stop") or {}):

@@ -46,7 +46,7 @@ def _run(RE, plugin, plan):
         uids = RE(plan)
     except RunEngineInterrupted:
         uids = ()
-    plugin.flush(timeout=60)
+    assert plugin.flush(timeout=300), "the plugin did not drain its queue within 300 s"
     start_uid = next(doc["uid"] for name, doc in recorder.docs if name == "start")
     return start_uid, recorder.docs, uids
 
@@ -58,7 +58,7 @@ def _primary_events(docs):
 
 def test_xanes_run_gets_derived_stream_and_queryable_summary(RE, plugin, beamline, client, demo_sample):
     mono, xas, _ = beamline
-    uid, docs, _ = _run(RE, plugin, xanes_scan(xas, mono, "Cu", composition="CuFeO2", sample="t-xanes"))
+    uid, docs, _ = _run(RE, plugin, xanes_scan(xas, mono, "Cu", composition="Sr3CuPtO6", sample="t-xanes"))
     run = client[uid]
     assert set(run) == {"primary", XANES_STREAM}
     derived = run[XANES_STREAM].read()
@@ -89,7 +89,7 @@ def test_event_pages_give_the_same_predictions(RE, beamline, client):
     mono, xas, _ = beamline
     recorder = Recorder()
     RE.subscribe(recorder)
-    RE(xanes_scan(xas, mono, "Cu", composition="CuFeO2", sample="t-pages"))
+    RE(xanes_scan(xas, mono, "Cu", composition="Sr3CuPtO6", sample="t-pages"))
     direct = SfnPlugin(threaded=False)
     paged = SfnPlugin(make_tiled_writer(client), threaded=False)
     for name, doc in recorder.docs:
@@ -105,7 +105,7 @@ def test_event_pages_give_the_same_predictions(RE, beamline, client):
 
 
 def _interrupted_xanes(xas, mono, energies, pause_after):
-    md = {"sfn": {"kind": "xanes", "element": "Cu", "composition": "CuFeO2", "sample": "t-abort"}}
+    md = {"sfn": {"kind": "xanes", "element": "Cu", "composition": "Sr3CuPtO6", "sample": "t-abort"}}
 
     @bpp.run_decorator(md=md)
     def inner():
@@ -149,7 +149,7 @@ def test_model_failure_still_gives_a_complete_run_with_the_reason(RE, beamline, 
     mono, xas, _ = beamline
     plugin = SfnPlugin(make_tiled_writer(client), predictors=Predictors(xanes=_FailingModel()))
     try:
-        uid, docs, _ = _run(RE, plugin, xanes_scan(xas, mono, "Cu", composition="CuFeO2", sample="t-fail"))
+        uid, docs, _ = _run(RE, plugin, xanes_scan(xas, mono, "Cu", composition="Sr3CuPtO6", sample="t-fail"))
     finally:
         plugin.close()
     run = client[uid]
@@ -172,7 +172,7 @@ def test_a_scan_that_misses_the_edge_is_recorded_as_insufficient(RE, plugin, bea
 
 def test_unsupported_absorber_is_an_error_with_a_reason(RE, plugin, beamline, client):
     mono, xas, _ = beamline
-    uid, _, _ = _run(RE, plugin, xanes_scan(xas, mono, "Cu", composition="CuFeO2", sample="t-zn",
+    uid, _, _ = _run(RE, plugin, xanes_scan(xas, mono, "Cu", composition="Sr3CuPtO6", sample="t-zn",
                                            md={"sfn": {"kind": "xanes", "element": "Zn", "composition": "ZnO"}}))
     summary = client[uid].metadata["stop"]["sfn"]
     assert summary["status"] in ("error", "insufficient_data")

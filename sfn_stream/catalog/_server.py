@@ -23,7 +23,8 @@ import httpx
 import uvicorn
 
 logger = logging.getLogger(__name__)
-STARTUP_TIMEOUT = 60
+STARTUP_TIMEOUT = 300  # seconds; start-up takes minutes on a loaded 2-core machine
+CLIENT_TIMEOUT = 120.0  # seconds per request
 
 
 class TiledServiceError(RuntimeError):
@@ -76,11 +77,15 @@ class TiledService:
     def uri(self) -> str:
         return f"{self.base_url}/api/v1"
 
-    def client(self):
-        """A Tiled client authenticated with the server's API key."""
+    def client(self, timeout: float = CLIENT_TIMEOUT):
+        """A Tiled client authenticated with the server's API key.
+
+        The server shares this process (and its GIL) with the RunEngine and the plugin's worker,
+        so a read may wait while they compute: the timeout is generous, not httpx's 5 s.
+        """
         from tiled.client import from_uri
 
-        return from_uri(self.uri, api_key=self.api_key)
+        return from_uri(self.uri, api_key=self.api_key, timeout=httpx.Timeout(timeout))
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
