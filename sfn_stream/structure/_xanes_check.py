@@ -3,7 +3,7 @@
 For each candidate and each element with a measured window, FEFF (the project's runner,
 ``sfn_stream.simulation.run_feff``) computes the K edge of up to ``MAX_SITES`` inequivalent
 sites (multiplicity-weighted mean). Settings are a fast variant of the OmniXAS ones (no
-self-consistent potentials, FMS 6 A): enough to tell coordination geometries apart, not for
+self-consistent potentials, FMS 5 A, half the energy points): enough to tell coordination geometries apart, not for
 absolute edge positions. The calculated spectrum is therefore aligned on the measured E0 before
 both are compared on the model window: the check scores the shape (coordination, geometry), the
 edge position having already entered through the oxidation states.
@@ -20,7 +20,8 @@ import numpy as np
 XANES_TOP = 3
 MAX_SITES = 2
 XANES_TEMPERATURE = 0.05  # agreement difference of 0.05 = one e-fold
-FAST_FEFF = dict(scf_radius=None, fms_radius=6.0, cluster_radius=7.0)
+FAST_FEFF = dict(scf_radius=None, fms_radius=5.0, cluster_radius=6.0,
+                 egrid=("k_grid -1 0 0.08", "k_grid 0 6 0.08"))
 
 
 def xanes_agreement(measured, calculated) -> float:
