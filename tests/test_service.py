@@ -56,11 +56,12 @@ def test_service_process_writes_predictions_to_tiled(proxy, tiled_service, clien
         [sys.executable, str(ROOT / "callbacks" / "sfn_service.py"), "--zmq", f"127.0.0.1:{port_out}",
          "--tiled", tiled_service.uri],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    publisher = Publisher(f"127.0.0.1:{port_in}")
     try:
         _wait_for_line(service, "sfn-stream service ready", timeout=180)
         time.sleep(0.5)  # 0MQ slow joiner: let the subscription reach the proxy
         mono, xas, _ = beamline
-        RE.subscribe(Publisher(f"127.0.0.1:{port_in}"))
+        RE.subscribe(publisher)
         (uid,) = RE(xanes_scan(xas, mono, "Cu", composition="Sr3CuPtO6", sample="t-service"))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -73,6 +74,9 @@ def test_service_process_writes_predictions_to_tiled(proxy, tiled_service, clien
         assert set(run) == {"primary", XANES_STREAM}
         assert run["primary"].read().sizes["time"] == 200
     finally:
+        # Close while the proxy still runs: a PUB socket left to the garbage collector after its
+        # peer is gone makes zmq's Context.__del__ wait forever (seen as a hung later test).
+        publisher.close()
         service.terminate()
         output, _ = service.communicate(timeout=30)
     assert service.returncode == 0, output
