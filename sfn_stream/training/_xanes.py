@@ -29,7 +29,7 @@ REPO_DIR = Path(__file__).resolve().parents[2]
 SPLITS_DIR = REPO_DIR / "data" / "splits"
 ENERGY_OFFSET_FILE = REPO_DIR / "data" / "labels" / "feff_cu_metal_e0.json"
 BUNDLE_NAME = "xanes-specfusion"
-BUNDLE_VERSION = "0.1.0"
+BUNDLE_VERSION = "0.2.0"
 SPLITS = ("train", "val", "test")
 
 
