@@ -76,7 +76,8 @@ def read_powder(path: Path):
         x, y = read_xy(path)
         return x, y, None
     except (SpectrumFileError, ValueError) as err:
-        raise CliError(f"{path}: {err}") from err
+        message = str(err)  # the readers usually name the file already
+        raise CliError(message if str(path) in message else f"{path}: {message}") from err
 
 
 def _elements(text: str) -> list[str]:
