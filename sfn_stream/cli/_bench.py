@@ -6,7 +6,9 @@ and by the plugin + TiledWriter (same server, same writer settings) and prints:
   by the writer, derived stream included): p50, p99;
 - per-event overhead: seconds the plugin takes on the RunEngine's thread per document, and
   the wall-time difference per point;
-- wall time of a scan (RunEngine plus everything written) for both, and their ratio.
+- wall time of a scan (RunEngine plus everything written) for both, and their ratio; and the
+  acquisition ratio (the RunEngine's own time, which is what the plugin must not stall);
+- for scale: how long TiledWriter alone spends on a stop document (the raw run's own flush).
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ def run_module(args) -> int:
     return module.main(args.argv)
 
 
+class _StopTimer:
+    """A callback wrapper that records how long the wrapped writer takes on each stop document."""
+
+    def __init__(self, callback):
+        self.callback, self.stop_seconds = callback, []
+
+    def __call__(self, name, doc):
+        started = time.perf_counter()
+        self.callback(name, doc)
+        if name == "stop":
+            self.stop_seconds.append(time.perf_counter() - started)
+
+
 def _percentile(values, q) -> float:
     return float(np.percentile(np.asarray(values, float), q)) if len(values) else float("nan")
 
@@ -67,7 +82,7 @@ def run_stream(args) -> int:
         service = TiledService(tmp)
         try:
             client = service.client()
-            writer_alone = make_tiled_writer(client)
+            writer_alone = _StopTimer(make_tiled_writer(client))
             plugin = SfnPlugin(make_tiled_writer(client))
             plugin.flush()
             RE = RunEngine({}, call_returns_result=False)
@@ -117,7 +132,10 @@ def run_stream(args) -> int:
         },
         "scan_wall_s": {"tiledwriter_alone_median": alone, "plugin_and_tiledwriter_median": with_plugin,
                         "plugin_runengine_only_median": statistics.median(re_only),
-                        "ratio": with_plugin / alone},
+                        "ratio": with_plugin / alone,
+                        "acquisition_ratio": statistics.median(re_only) / alone},
+        "tiledwriter_alone_stop_ms": {"p50": 1e3 * _percentile(writer_alone.stop_seconds[1:], 50),
+                                      "p99": 1e3 * _percentile(writer_alone.stop_seconds[1:], 99)},
         "targets": {"p99_ms": 50, "ratio": 1.10},
     }
     if args.json:
@@ -144,3 +162,7 @@ def _print(out, r) -> None:
               f"p99 {ev['runengine_thread_p99']:.1f} us; wall difference {ev['wall_difference_per_point']:.0f} us/point")
     out.print(f"scan wall time: TiledWriter alone {wall['tiledwriter_alone_median']:.3f} s, plugin + TiledWriter "
               f"{wall['plugin_and_tiledwriter_median']:.3f} s, ratio {wall['ratio']:.3f} (target <= 1.10)")
+    out.print(f"  RunEngine only (acquisition): {wall['plugin_runengine_only_median']:.3f} s, "
+              f"ratio {wall['acquisition_ratio']:.3f}")
+    stop = r["tiledwriter_alone_stop_ms"]
+    out.print(f"for scale, TiledWriter alone on a stop document: p50 {stop['p50']:.1f} ms, p99 {stop['p99']:.1f} ms")
