@@ -115,3 +115,19 @@ def test_train_without_the_development_data_exits_2(tmp_path, capsys, monkeypatc
     assert status == 2
     assert "shared development data" in err and "Traceback" not in err
     assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.slow
+def test_bench_stream_prints_every_figure(capsys):
+    status, out, _ = _run(capsys, "bench", "stream", "--scans", "1", "--json")
+    assert status == 0
+    result = json.loads(out)
+    assert set(result["stop_to_derived_stream_written_ms"]) == {"p50", "p99", "max"}
+    assert {"ratio", "acquisition_ratio"} <= set(result["scan_wall_s"])
+    assert result["tiledwriter_alone_stop_ms"]["p50"] > 0  # figures only: no timing is asserted
+
+
+def test_bench_passes_its_own_options_to_the_benchmark(capsys):
+    with pytest.raises(SystemExit) as exit_info:  # the benchmark's own parser prints its help
+        main(["bench", "xanes-model", "--help"])
+    assert exit_info.value.code == 0 and "--bundle" in capsys.readouterr().out
