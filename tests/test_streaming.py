@@ -13,12 +13,12 @@ from event_model import compose_run, pack_event_page
 from sfn_stream.beamline import powder_scan, xanes_energies, xanes_scan
 from sfn_stream.catalog import runs_where
 from sfn_stream.predict import XanesPredictor
-from sfn_stream.streaming import XANES_STREAM, XRD_STREAM, Predictors, SfnPlugin, make_tiled_writer
+from sfn_stream.streaming import XANES_STREAM, XRD_STREAM, Predictors, SfnPlugin, make_tiled_writer, window_energies
 
 XANES_FIELDS = {"absorber", "status", "quality_flags", "reason", "bundle_id", "oxidation_state",
-                "oxidation_state_confidence", "oxidation_state_probabilities", "coordination_number",
-                "coordination_number_confidence", "coordination_number_probabilities", "density", "density_std",
-                "e0", "e0_shift", "edge_step", "energy_window", "norm_window"}
+                "oxidation_state_confidence", "coordination_number", "coordination_number_confidence",
+                "density", "density_std", "e0", "e0_shift", "edge_step", "e_ref", "window_start", "window_stop",
+                "norm_window"}
 
 
 class Recorder:
@@ -65,7 +65,10 @@ def test_xanes_run_gets_derived_stream_and_queryable_summary(RE, plugin, beamlin
     assert XANES_FIELDS <= set(derived.data_vars)
     assert derived["status"].values[0] in ("ok", "flagged")
     assert np.asarray(derived["norm_window"]).shape == (1, 200)
-    assert np.isclose(np.asarray(derived["oxidation_state_probabilities"])[0].sum(), 1.0, atol=1e-5)
+    probabilities = [np.asarray(derived[k])[0] for k in derived if k.startswith("oxidation_state_p_")]
+    assert len(probabilities) >= 3 and np.isclose(sum(probabilities), 1.0, atol=1e-5)
+    energies = window_energies(derived)
+    assert energies.shape == (200,) and np.isclose(energies[-1] - energies[0], 56.0)
 
     stop = run.metadata["stop"]
     summary = stop["sfn"]

@@ -21,15 +21,16 @@ def demo_figure(path: Path, xanes_run, xrd_run, sample) -> None:
     import matplotlib.pyplot as plt
 
     from ..spectra import preprocess_xanes
+    from ..streaming import XANES_STREAM, XRD_STREAM, class_probabilities, window_energies
 
     primary = xanes_run["primary"].read()
     window = preprocess_xanes(_column(primary, "energy"), i0=_column(primary, "i0"), it=_column(primary, "it"),
                               iref=_column(primary, "iref"), absorber=sample.absorber)
-    xanes = xanes_run["sfn_xanes_predictions"].read()
+    xanes = xanes_run[XANES_STREAM].read()
     xrd_primary = xrd_run["primary"]
     pattern = np.asarray(xrd_primary.read()["powder_pattern"])[0]
     tth = np.asarray(xrd_primary.metadata["configuration"]["powder"]["data"]["powder_tth"])
-    xrd = xrd_run["sfn_xrd_predictions"].read()
+    xrd = xrd_run[XRD_STREAM].read()
     stop_x, stop_d = xanes_run.metadata["stop"].get("sfn", {}), xrd_run.metadata["stop"].get("sfn", {})
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
@@ -45,7 +46,7 @@ def demo_figure(path: Path, xanes_run, xrd_run, sample) -> None:
     ax.legend(fontsize=8, loc="lower right")
 
     ax = axes[0, 1]
-    ax.plot(np.asarray(xanes["energy_window"])[0] - window.e_ref, np.asarray(xanes["norm_window"])[0], color="tab:blue")
+    ax.plot(window_energies(xanes) - window.e_ref, np.asarray(xanes["norm_window"])[-1], color="tab:blue")
     ax.axvline(float(np.asarray(xanes["e0_shift"])[0]), color="tab:red", ls="--", lw=1, label="E0 - E_ref")
     ax.set(xlabel="E - E_ref (eV)", ylabel="model input", title="the 200-point window the model sees")
     ax.legend(fontsize=8)
@@ -66,13 +67,15 @@ def demo_figure(path: Path, xanes_run, xrd_run, sample) -> None:
 
 def _probability_bars(ax, xanes, xrd, stop_x, sample) -> None:
     """Horizontal bars of every class with probability >= 2 %, grouped by task."""
+    from ..streaming import class_probabilities
+
     groups = [(f"{sample.absorber} oxidation state", xanes, "oxidation_state", list(range(8))),
               (f"{sample.absorber} CN", xanes, "coordination_number", list(range(1, 13))),
               ("crystal system", xrd, "crystal_system",
                ["triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic"])]
     bars = []
     for colour, (title, table, task, names) in enumerate(groups):
-        probabilities = np.nan_to_num(np.asarray(table[f"{task}_probabilities"])[-1])
+        probabilities = np.nan_to_num(class_probabilities(table, task, names))
         for name, p in zip(names, probabilities):
             if p >= 0.02:
                 bars.append((f"{title}: {name}", float(p), f"C{colour}"))

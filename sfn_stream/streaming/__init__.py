@@ -2,7 +2,7 @@
 structure-inference runs)."""
 
 from ._convention import METADATA_KEY, RunConvention
-from ._derived import XANES_STREAM, XRD_STREAM
+from ._derived import XANES_STREAM, XRD_STREAM, class_probabilities, probability_key, window_energies
 from ._external import ExternalDataError
 from ._plugin import PluginStats, Predictors, SfnPlugin
 from ._processor import RunProcessor
@@ -18,6 +18,9 @@ from ._structure_runs import (
 from ._writer import make_tiled_writer
 
 __all__ = [
+    "class_probabilities",
+    "probability_key",
+    "window_energies",
     "METADATA_KEY",
     "STRUCTURE_KIND",
     "STRUCTURE_STREAM",

@@ -19,7 +19,7 @@ from event_model import ComposeDescriptor, unpack_event_page
 from ..predict import Prediction, PredictorError, parse_elements, summarize
 from ..spectra import k_edge_energy
 from ._convention import XANES_ROLES, XRD_ROLES, RunConvention
-from ._derived import XANES_STREAM, XRD_STREAM, data_keys_for, xanes_row, xrd_row
+from ._derived import XANES_STREAM, XRD_STREAM, class_probabilities, data_keys_for, xanes_row, xrd_row
 from ._external import ExternalArrays
 
 logger = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class RunProcessor:
         self._xrd_frames += 1
         self._last_xrd = prediction
         if prediction.usable:
-            self._xrd_probabilities.append(np.asarray(row["crystal_system_probabilities"]))
+            self._xrd_probabilities.append(class_probabilities(row, "crystal_system", classes))
             if self._keep_pattern:
                 self._add_pattern(x, pattern)
         self._xrd_classes = classes
