@@ -19,7 +19,6 @@ from pymatgen.core import Lattice, Structure
 from sfn_stream.cli import main
 from sfn_stream.corpus import (
     CampaignConfig,
-    CorpusMaterial,
     Item,
     ItemTimeout,
     ResultStore,

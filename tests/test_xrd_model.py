@@ -123,6 +123,7 @@ def test_tiny_training_run_writes_a_loadable_bundle(tmp_path):
     )
     assert (tmp_path / "splits" / "xrd_train.txt").read_text().split()
     loaded = load_bundle(tmp_path / "bundle")
+    assert loaded.id == bundle.id  # what training returned is what loads back
     assert loaded.card["name"] == "xrd-crystal-system" and loaded.card["kind"] == "xrd"
     assert loaded.card["training_data"]["sha256"] and "simulated_test" in loaded.card["metrics"]
     classifier = XrdClassifier.from_bundle(loaded)

@@ -21,7 +21,7 @@ def demo_figure(path: Path, xanes_run, xrd_run, sample) -> None:
     import matplotlib.pyplot as plt
 
     from ..spectra import preprocess_xanes
-    from ..streaming import XANES_STREAM, XRD_STREAM, class_probabilities, window_energies
+    from ..streaming import XANES_STREAM, XRD_STREAM, window_energies
 
     primary = xanes_run["primary"].read()
     window = preprocess_xanes(_column(primary, "energy"), i0=_column(primary, "i0"), it=_column(primary, "it"),

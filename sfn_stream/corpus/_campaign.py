@@ -16,7 +16,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..simulation._feff import FeffSettings
 from ._items import ITEM_KINDS, ITEM_VERSIONS, Item, execute

@@ -120,3 +120,16 @@ def data_keys_for(row: Mapping[str, Any]) -> dict[str, dict]:
             spec = {"dtype": "number", "shape": []}
         keys[name] = {"source": SOURCE, **spec}
     return keys
+
+
+def json_safe(value):
+    """Plain JSON types only (numpy scalars unwrapped, NaN/inf as None) for start and stop documents."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

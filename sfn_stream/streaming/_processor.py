@@ -19,7 +19,7 @@ from event_model import ComposeDescriptor, unpack_event_page
 from ..predict import Prediction, PredictorError, parse_elements, summarize
 from ..spectra import k_edge_energy
 from ._convention import XANES_ROLES, XRD_ROLES, RunConvention
-from ._derived import XANES_STREAM, XRD_STREAM, class_probabilities, data_keys_for, xanes_row, xrd_row
+from ._derived import XANES_STREAM, XRD_STREAM, class_probabilities, data_keys_for, json_safe, xanes_row, xrd_row
 from ._external import ExternalArrays
 
 logger = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class RunProcessor:
         if summary is None:
             return stop
         stop = copy.deepcopy(stop)  # the RunEngine's document is shared with other subscribers
-        stop[self.convention.metadata_key] = _json_safe(summary)
+        stop[self.convention.metadata_key] = json_safe(summary)
         num_events = dict(stop.get("num_events") or {})
         for name in self._derived:
             num_events[name] = self._compose.event_counters[name] - 1
@@ -323,14 +323,3 @@ def _preprocessing_summary(pre: dict) -> dict:
     return {k: pre[k] for k in keep if k in pre}
 
 
-def _json_safe(value):
-    """Plain JSON types only (numpy scalars unwrapped, NaN/inf as None) for the stop document."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value

@@ -44,7 +44,7 @@ from event_model import compose_run
 from .. import __version__
 from ..predict import parse_elements
 from ..structure import InferenceRequest, InferenceResult, XrdInput, infer_structures, template_index
-from ._derived import data_keys_for
+from ._derived import data_keys_for, json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class StructureRuns:
         start_md = {"plan_name": STRUCTURE_PLAN, "source_runs": source_runs, "elements": request_elements, key: md}
         if sample is not None:  # event-model's start schema: a string (or a dict), never null
             start_md["sample"] = sample
-        bundle = compose_run(metadata=_json_safe(start_md))
+        bundle = compose_run(metadata=json_safe(start_md))
         uid = bundle.start_doc["uid"]
         self.emit("start", bundle.start_doc)
         provenance: dict[str, Any] = {
@@ -290,7 +290,7 @@ class StructureRuns:
         summary = {"kind": STRUCTURE_KIND, "sample": sample, **summary,
                    "seconds": round(time.perf_counter() - started, 3), "source_runs": source_runs,
                    "elements": request_elements, "provenance": provenance}
-        stop[key] = _json_safe(summary)
+        stop[key] = json_safe(summary)
         self.emit("stop", stop)
         self.results[uid] = stop[key]
         while len(self.results) > self._keep:
@@ -337,7 +337,7 @@ def candidate_row(candidate) -> dict[str, Any]:
         "substitution_probability": float(components.get("substitution_probability", math.nan)),
         "template_id": candidate.template_id, "template_source": candidate.template_source,
         "template_label": candidate.template_label, "template_formula": candidate.template_formula,
-        "substitution": json.dumps(_json_safe(candidate.substitution), sort_keys=True),
+        "substitution": json.dumps(json_safe(candidate.substitution), sort_keys=True),
         **{name: float(v) for name, v in zip(("a", "b", "c", "alpha", "beta", "gamma"),
                                               (*lattice.abc, *lattice.angles))},
         "cif": candidate.to_cif(),
@@ -385,13 +385,3 @@ def _text_or_none(value) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

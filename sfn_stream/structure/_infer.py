@@ -33,7 +33,7 @@ from ._pattern import (
     refine_fit,
 )
 from ._request import InferenceRequest, ResolvedRequest, resolve_request
-from ._sources import DEFAULT_SOURCES, SourceUnavailable
+from ._sources import DEFAULT_SOURCES
 from ._substitute import element_mappings, substituted_structure
 
 XRD_TEMPERATURE = 0.02  # similarity difference of 0.02 = one e-fold in odds
