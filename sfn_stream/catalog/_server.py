@@ -64,6 +64,7 @@ class TiledService:
         except Exception as err:
             raise TiledServiceError(f"cannot open the Tiled catalog {self.catalog_uri}: {err}") from err
         app = build_app(catalog, authentication=Authentication(single_user_api_key=self.api_key))
+        logging.getLogger("tiled.server.app").propagate = False  # tiled prints its own lines; no second copy
         port = port or _free_port(host)
         config = uvicorn.Config(app, host=host, port=port, loop="asyncio", log_level="warning",
                                 access_log=False)
