@@ -218,22 +218,22 @@ class SfnPlugin:
         """The automatic rule, on the thread that processed the stop (the worker thread by default)."""
         if self.structure is None:
             return
-        started = time.perf_counter()
         try:
             written = self.structure.on_stop(run_uid, processor)
         except Exception:
             logger.exception("sfn-stream: structure inference bookkeeping failed after run %s", run_uid)
             return
-        if written:
-            self.stats.structure_runs += len(written)
-            self.stats.structure_seconds.append(time.perf_counter() - started)
+        self._count_structure_runs(written)
 
     def _run_structure(self, xanes_runs, xrd_run, **kwargs) -> str:
-        started = time.perf_counter()
         uid = self.structure.run(xanes_runs, xrd_run, **kwargs)
-        self.stats.structure_runs += 1
-        self.stats.structure_seconds.append(time.perf_counter() - started)
+        self._count_structure_runs([uid])
         return uid
+
+    def _count_structure_runs(self, uids) -> None:
+        for uid in uids:  # each run's own stop summary says how long it took
+            self.stats.structure_runs += 1
+            self.stats.structure_seconds.append(self.structure.results[uid]["seconds"])
 
 
 class _SummaryKeeper:
@@ -244,9 +244,10 @@ class _SummaryKeeper:
 
     def __call__(self, name, doc):
         self.processor(name, doc)
-        if name == "stop" and self.processor.summary is not None:
+        if name != "stop":
+            return
+        if self.processor.summary is not None:
             self.plugin._remember(doc["run_start"], self.processor.summary)
             if self.processor.prediction_seconds is not None:
                 self.plugin.stats.prediction_seconds.append(self.processor.prediction_seconds)
-        if name == "stop":
-            self.plugin._structure_after_stop(doc["run_start"], self.processor)
+        self.plugin._structure_after_stop(doc["run_start"], self.processor)

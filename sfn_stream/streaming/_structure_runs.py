@@ -303,23 +303,19 @@ class StructureRuns:
             index = options.index
         else:
             if self._index is None:  # indices are cached on disk; keep the combined one in memory too
-                sources = list(options.sources) if options.sources is not None else None
-                if sources is None:
-                    from ..structure import DEFAULT_SOURCES
-
-                    sources = list(DEFAULT_SOURCES)
-                self._index, self._skipped = template_index(sources, directory=options.cache_dir)
+                self._index, self._skipped = template_index(self._sources(), directory=options.cache_dir)
             index = self._index
         return infer_structures(request, index=index, top=options.top)
+
+    def _sources(self) -> list:
+        from ..structure import DEFAULT_SOURCES
+
+        return list(self.options.sources) if self.options.sources is not None else list(DEFAULT_SOURCES)
 
     def _source_names(self) -> list[str]:
         if self.options.index is not None:
             return sorted({e.source for e in self.options.index.entries})
-        if self.options.sources is None:
-            from ..structure import DEFAULT_SOURCES
-
-            return list(DEFAULT_SOURCES)
-        return [s if isinstance(s, str) else str(getattr(s, "name", s)) for s in self.options.sources]
+        return [s if isinstance(s, str) else str(getattr(s, "name", s)) for s in self._sources()]
 
 
 def candidate_row(candidate) -> dict[str, Any]:
