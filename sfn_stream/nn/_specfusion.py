@@ -18,6 +18,7 @@ ICML 2017) with one temperature per task fitted on the validation split.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from dataclasses import dataclass
@@ -353,11 +354,11 @@ class StackedEnsemble:
         members = list(members)
         if not members:
             raise ValueError("an ensemble needs at least one member")
-        configs = {json_key(m.config) for m in members}
+        configs = {json.dumps(m.config, sort_keys=True) for m in members}
         if len(configs) != 1:
             raise ValueError("ensemble members must share one architecture")
         base = members[0]
-        self.n_members = e = len(members)
+        self.n_members = len(members)
         self.config = dict(base.config)
         self.compound_regressions = base.compound_regressions
         self.element_tasks = dict(base.element_tasks)
@@ -393,7 +394,6 @@ class StackedEnsemble:
         self.norm = (_stack(members, "norm.weight"), _stack(members, "norm.bias"))
         self.compound_head = _stacked_mlp(members, "compound_head")
         self.element_heads = {name: _stacked_mlp(members, f"element_heads.{name}") for name in self.element_tasks}
-        del e
 
     def _spectra(self, spectra: torch.Tensor, e0_shift: torch.Tensor) -> torch.Tensor:
         """(M, L) windows -> (E, M, d) spectral embeddings."""
@@ -445,10 +445,6 @@ class StackedEnsemble:
             }
 
 
-def json_key(config: Mapping[str, Any]) -> str:
-    import json
-
-    return json.dumps(config, sort_keys=True)
 
 
 def ensemble_outputs(
