@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..simulation import metal_energy_offset
 from ..spectra import find_e0, find_first_inflection, k_edge_energy
 
 
@@ -73,9 +74,9 @@ def energy_offset(energy: np.ndarray, mu: np.ndarray, element: str) -> dict:
     """
     e_tab = k_edge_energy(element)
     e0 = float(find_e0(energy, mu))
-    first = float(find_first_inflection(energy, mu))
-    return {"element": element, "tabulated_edge": e_tab, "feff_first_inflection": first,
-            "energy_offset": first - e_tab, "feff_e0": e0, "offset_max_derivative": e0 - e_tab}
+    offset = metal_energy_offset(energy, mu, element)
+    return {"element": element, "tabulated_edge": e_tab, "feff_first_inflection": e_tab + offset,
+            "energy_offset": offset, "feff_e0": e0, "offset_max_derivative": e0 - e_tab}
 
 
 def edge_positions(energy: np.ndarray, mu: np.ndarray) -> dict[str, float]:

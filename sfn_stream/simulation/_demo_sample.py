@@ -12,14 +12,14 @@ from ._feff import OMNIXAS, FeffSettings, feff_input, read_xmu, run_feff
 from ._xrd import stick_pattern
 
 
-def metal_energy_offset(metal_xmu: str | Path, element: str) -> float:
-    """The calculation's energy offset: its own metal spectrum's first inflection minus the tabulated K edge.
+def metal_energy_offset(energy, mu, element: str) -> float:
+    """A calculation's energy offset: its own metal spectrum's first inflection minus the tabulated K edge.
 
     First inflection, because that is where a measured scan's reference foil is put (the tabulated
-    edges are first inflection points), so computed and measured energies land on one scale.
+    edges are first inflection points), so computed and measured energies land on one scale. The
+    corpus, the training set and the demo sample all take their offsets from here.
     """
-    energy, mu, _ = read_xmu(metal_xmu)
-    return float(find_first_inflection(energy, mu) - k_edge_energy(element))
+    return float(find_first_inflection(np.asarray(energy, float), np.asarray(mu, float)) - k_edge_energy(element))
 
 
 def build_demo_sample(structure, *, name: str, absorber: str, workdir: str | Path, metal_xmu: str | Path,
@@ -54,7 +54,7 @@ def build_demo_sample(structure, *, name: str, absorber: str, workdir: str | Pat
         "cif": structure.to(fmt="cif"),
         "truth": truth,
         "xanes": {"absorber": absorber, "edge": "K", "energy": grid.round(4).tolist(), "mu": mu.round(6).tolist(),
-                  "energy_offset": round(metal_energy_offset(metal_xmu, absorber), 4),
+                  "energy_offset": round(metal_energy_offset(*read_xmu(metal_xmu)[:2], absorber), 4),
                   "sites": [g[0] for g in groups], "multiplicities": weights},
         "xrd": {"wavelength": wavelength, "q": sticks.q.round(5).tolist(),
                 "intensity": sticks.intensity.round(5).tolist(), "hkl": sticks.hkl.tolist()},

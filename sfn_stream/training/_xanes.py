@@ -23,7 +23,8 @@ import numpy as np
 
 from .._files import file_sha256
 from ..chemistry import DESCRIPTOR_NAMES, descriptor_stats, descriptor_table
-from ..spectra import XANES_WINDOW, find_e0, find_first_inflection, k_edge_energy, preprocess_xanes
+from ..simulation import metal_energy_offset, read_xmu
+from ..spectra import XANES_WINDOW, find_e0, k_edge_energy, preprocess_xanes
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 SPLITS_DIR = REPO_DIR / "data" / "splits"
@@ -46,14 +47,13 @@ def measure_feff_energy_offset(xmu_path: str | Path, absorber: str = "Cu") -> di
     The first inflection, because measured scans are calibrated by putting their reference foil's
     first inflection on the tabulated edge (which is the metals' first inflection point).
     """
-    data = np.loadtxt(xmu_path, comments="#")
-    energy, mu = data[:, 0], data[:, 3]
-    e0 = float(find_first_inflection(energy, mu))
+    energy, mu, _ = read_xmu(xmu_path)
+    offset = metal_energy_offset(energy, mu, absorber)
     e_ref = float(k_edge_energy(absorber))
     return {
         "absorber": absorber,
-        "energy_offset": e0 - e_ref,
-        "feff_metal_e0": e0,
+        "energy_offset": offset,
+        "feff_metal_e0": e_ref + offset,
         "feff_metal_max_derivative": float(find_e0(energy, mu)),
         "tabulated_edge": e_ref,
         "method": "first inflection of FEFF's own metal spectrum (sfn_stream.spectra.find_first_inflection, "
