@@ -58,22 +58,34 @@ def compute_feff_site(structure: dict, site: int, settings: dict, workdir: str, 
     self-consistent loop on a small cluster can diverge ("Cannot determine Norman radius"), which a
     larger SCF radius usually cures. ``settings_key`` of the result says which settings made it.
     """
-    from ..simulation._feff import FeffRunError, FeffTimeout, feff_input, run_feff
-    from ..spectra import find_e0
+    from ..simulation._feff import feff_input
+
+    crystal = _structure(structure)
+    return run_feff_inputs([(record, feff_input(crystal, site, _settings(record)))
+                            for record in [settings, *(fallbacks or [])]], workdir, timeout)
+
+
+def run_feff_inputs(inputs: list[tuple[dict, str]], workdir: str, timeout: float | None) -> dict:
+    """Run the rendered feff.inp of each (settings record, text) in turn until one succeeds.
+
+    The part of :func:`compute_feff_site` after rendering: it needs numpy and feff10 only (no
+    pymatgen), so an offline batch (:mod:`sfn_stream.corpus._batch`) runs inputs rendered elsewhere.
+    """
+    from ..simulation._feff import FeffRunError, FeffTimeout, run_feff
+    from ..spectra import find_e0  # numpy only, as is all of sfn_stream.spectra
 
     attempts: list[str] = []
-    chain = [_settings(record) for record in [settings, *(fallbacks or [])]]
-    for n, feff_settings in enumerate(chain, start=1):
+    for n, (record, inp) in enumerate(inputs, start=1):
+        feff_settings = _settings(record)
         folder = Path(workdir) / feff_settings.key()
         try:
-            spectrum = run_feff(feff_input(_structure(structure), site, feff_settings), folder, feff_settings,
-                                timeout=timeout)
+            spectrum = run_feff(inp, folder, feff_settings, timeout=timeout)
         except FeffTimeout:
             raise  # a fallback would cost more, not less
         except Exception as err:
             attempts.append(f"{feff_settings.key()}: {err}"[:300])
-            if n == len(chain):
-                if len(chain) == 1:
+            if n == len(inputs):
+                if len(inputs) == 1:
                     raise
                 raise FeffRunError(f"FEFF failed with every settings tried: {' | '.join(attempts)}") from err
             continue
@@ -117,17 +129,32 @@ def compute_teacher(structure: dict) -> dict:
     return teacher_labels(_structure(structure)).to_dict()
 
 
-def execute(item: Item, payload: dict, sandbox, timeout: float | None, scratch: str | Path) -> dict:
-    """Run one item in ``sandbox``; the store record, with the error instead of a value on failure."""
+def execute(item: Item, payload: dict, sandbox, timeout: float | None, scratch: str | Path,
+            stop_at: float | None = None) -> dict:
+    """Run one item in ``sandbox``; the store record, with the error instead of a value on failure.
+
+    A FEFF payload holds either the structure and settings (rendered in the sandbox) or ``inputs``,
+    the feff.inp texts already rendered (an offline batch). ``stop_at`` (``time.monotonic()``) cuts
+    a FEFF item short at that time whatever its own limit.
+    """
     started = time.perf_counter()
     record: dict[str, Any] = {**item.to_dict(), "ok": False}
     try:
         if item.kind == "feff":
             folder = str(Path(scratch) / item.key.replace("/", "_").replace("@", "_"))
-            fallbacks = payload.get("fallbacks", [])
-            value = sandbox.call(compute_feff_site, payload["structure"], item.site, payload["settings"], folder,
-                                 timeout, fallbacks,
-                                 timeout=None if timeout is None else timeout * (1 + len(fallbacks)) + 120)
+            if "inputs" in payload:
+                function, args = run_feff_inputs, (payload["inputs"], folder, timeout)
+                attempts = len(payload["inputs"])
+            else:
+                function = compute_feff_site
+                args = (payload["structure"], item.site, payload["settings"], folder, timeout,
+                        payload.get("fallbacks", []))
+                attempts = 1 + len(args[-1])
+            limit = None if timeout is None else timeout * attempts + 120
+            if stop_at is not None:
+                left = max(0.0, stop_at - time.monotonic())
+                limit = left if limit is None else min(limit, left)
+            value = sandbox.call(function, *args, timeout=limit)
         elif item.kind == "labels":
             value = sandbox.call(compute_labels, payload["structure"], payload["metals"], timeout=timeout)
         elif item.kind == "sticks":
