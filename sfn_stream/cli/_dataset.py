@@ -1,4 +1,4 @@
-"""``sfn-stream dataset build|info|calibrate|bench``: the XANES + PXRD training corpus (issue 3).
+"""``sfn-stream dataset build|status|info|calibrate|bench|batch-*``: the XANES + PXRD training corpus (issue 3).
 
 This module wires the structure sources (AMCSD from ``larixite``, OmniXAS from ../shared, both read
 by the training layer) into :mod:`sfn_stream.corpus`, which stays below the training layer.
@@ -65,6 +65,36 @@ def add_parser(sub) -> None:
     calibrate.add_argument("--notes", type=Path, help="a markdown file appended to the report (observations)")
     calibrate.add_argument("--json", action="store_true")
     calibrate.set_defaults(run=run_calibrate)
+
+    export = which.add_parser("batch-export", help="pending FEFF items of a campaign as an offline batch "
+                                                   "(feff.inp rendered here), for a machine without Dask or pymatgen")
+    _campaign_options(export)
+    export.add_argument("--sites", type=int, required=True, help="FEFF items in the batch")
+    export.add_argument("--skip", type=int, default=0,
+                        help="leave out the first this many pending FEFF items (the local campaign's next ones)")
+    export.add_argument("--retry-failed", action="store_true", help="count failed items as pending, as build does")
+    export.add_argument("--out", type=Path, required=True, help="batch file (.json.gz)")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(run=run_batch_export)
+
+    # the options of `python -m sfn_stream.corpus.batch_run` (declared here too: importing the corpus
+    # package for its parser would slow every sfn-stream command down)
+    batch_run = which.add_parser("batch-run", help="run an offline FEFF batch (needs only numpy and feff10)")
+    batch_run.add_argument("batch", type=Path, help="batch file from `sfn-stream dataset batch-export`")
+    batch_run.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                           help="FEFF processes at a time (default: the CPUs)")
+    batch_run.add_argument("--out", type=Path, required=True,
+                           help="results, one JSON line per finished item (appended; keys there are not rerun)")
+    batch_run.add_argument("--time-limit", type=float,
+                           help="seconds: start no item after this and stop the running ones (they are not written)")
+    batch_run.add_argument("--scratch", type=Path, help="folder for the FEFF runs (default: the system's temp folder)")
+    batch_run.set_defaults(run=run_batch_run)
+
+    batch_import = which.add_parser("batch-import", help="append an offline batch's results to the campaign")
+    batch_import.add_argument("results", type=Path, help="results file from batch-run (.jsonl)")
+    _campaign_options(batch_import)
+    batch_import.add_argument("--json", action="store_true")
+    batch_import.set_defaults(run=run_batch_import)
 
     bench = which.add_parser("bench", help="campaign throughput: seconds per site, 1 vs 2 Dask workers")
     bench.add_argument("--sites", type=int, default=8, help="FEFF sites per configuration (default 8)")
@@ -218,6 +248,69 @@ def run_status(args) -> int:
         f"{k} {v}" for k, v in status["materials_with_feff_spectra"].items()))
     out.print(f"  FEFF sites done {status['feff_sites_done']}, median {status['feff_seconds_per_site_median']} s/site; "
               f"last result {status['last_result_age_s']} s ago")
+    return 0
+
+
+def _campaign_plan(config):
+    """The prepared materials, the reference solids and the plan of the campaign in ``config.workdir``."""
+    from ..corpus import plan_items, reference_materials
+    from ..corpus._structures import load_prepared
+
+    prepared = config.workdir / "materials.json.gz"
+    if not prepared.is_file():
+        raise CliError(f"no campaign in {config.workdir}: run `sfn-stream dataset build` first")
+    materials, _, _ = load_prepared(prepared)
+    references = reference_materials(config.metals)
+    return materials, references, plan_items(materials, references, config)
+
+
+def run_batch_export(args) -> int:
+    from ..corpus._batch import export_batch, write_batch
+
+    if args.sites < 1 or args.skip < 0:
+        raise CliError("--sites must be at least 1 and --skip at least 0")
+    config = _config(args)
+    config.retry_failed = args.retry_failed
+    materials, references, _ = _campaign_plan(config)
+    batch = export_batch(materials, references, config, args.sites, args.skip)
+    write_batch(batch, args.out)
+    summary = {"out": str(args.out), "items": len(batch["items"]), "pending_feff": batch["pending_feff"],
+               "skip": args.skip, "settings_key": batch["settings_key"], "bytes": args.out.stat().st_size}
+    if args.json:
+        print_json(summary)
+        return 0
+    console().print(f"{args.out}: {summary['items']} FEFF items (pending {summary['pending_feff']}, the first "
+                    f"{args.skip} left to the campaign), settings key {summary['settings_key']}, "
+                    f"{summary['bytes'] / 2**20:.1f} MiB")
+    return 0
+
+
+def run_batch_run(args) -> int:
+    from ..corpus.batch_run import run
+
+    try:
+        run(args)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    return 0
+
+
+def run_batch_import(args) -> int:
+    from ..corpus._batch import BatchError, import_results, read_records
+
+    if not args.results.is_file():
+        raise CliError(f"no results file {args.results}")
+    config = _config(args)
+    _, _, plan = _campaign_plan(config)
+    try:
+        counts = import_results(read_records(args.results), plan, config)
+    except BatchError as err:
+        raise CliError(str(err)) from err
+    if args.json:
+        print_json(counts)
+        return 0
+    console().print(f"{config.store.path}: imported {counts['imported']} records ({counts['ok']} ok, "
+                    f"{counts['failed']} failed), skipped {counts['skipped']} already done")
     return 0
 
 

@@ -4,6 +4,7 @@ Layer: above simulation/chemistry/spectra, below training. Structure sources (AM
 handed in by the caller, so nothing here reads ../shared or the training layer.
 """
 
+from ._batch import BatchError, export_batch, import_results, read_batch, run_batch, write_batch
 from ._build import assemble_from_workdir, build_corpus, default_settings, prepared_materials
 from ._calibration import (
     CALIBRATION_CANDIDATES,
@@ -81,6 +82,7 @@ __all__ = [
     "LABEL_PROVENANCE",
     "MAGNETIC_MOMENT_MIN",
     "SPLITS",
+    "BatchError",
     "CalibrationSite",
     "CampaignConfig",
     "CampaignSummary",
@@ -118,6 +120,8 @@ __all__ = [
     "energy_offset",
     "entry_from_cif",
     "execute",
+    "export_batch",
+    "import_results",
     "material_spectrum",
     "metal_site_groups",
     "metal_structure",
@@ -125,11 +129,13 @@ __all__ = [
     "plan_items",
     "prepare_materials",
     "prepared_materials",
+    "read_batch",
     "read_corpus",
     "read_manifest",
     "read_splits",
     "reference_materials",
     "rejection_tally",
+    "run_batch",
     "run_calibration",
     "run_campaign",
     "screen_entries",
@@ -137,4 +143,5 @@ __all__ = [
     "site_weighted_spectrum",
     "teacher_labels",
     "verify_corpus",
+    "write_batch",
 ]
