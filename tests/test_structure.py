@@ -207,3 +207,27 @@ def test_reflections_agree_with_pymatgen_xrdcalculator():
         near = np.abs(q - pq) < 2e-4
         if py > 1e-3 * max(pattern.y):
             assert intensity[near].sum() == pytest.approx(py, rel=0.02)
+
+
+def test_benchmark_runs_held_out_queries_in_parallel_with_the_same_records(oxide_templates):
+    """The benchmark runner on a two-item benchmark: the held-out item is removed from the templates,
+    hits are scored, and 2 worker processes give the records of 1, in query order."""
+    from sfn_stream.training._structure_benchmark import run_benchmark
+
+    def item(template_id, formula, system, anonymous, oxidation, cn):
+        return {"id": f"test-oxides:{template_id}", "origin": "test", "split": "dev", "n_elements": 2,
+                "formula": formula, "crystal_system": system, "anonymous": anonymous, "spacegroup_number": 0,
+                "oxidation": oxidation, "cn": cn, "duplicates": []}
+
+    benchmark = {"items": [
+        item("ZrO2-fluorite", "ZrO2", "cubic", "1-2", {"Zr": 4, "O": -2}, {}),  # no other cubic AB2: a miss
+        item("TiO2-anatase", "TiO2", "tetragonal", "1-2", {"Ti": 4, "O": -2}, {"Ti": 6}),  # rutile-SnO2 remains
+    ]}
+    serial = run_benchmark(benchmark, settings=("true",), split="dev", index=oxide_templates)
+    parallel = run_benchmark(benchmark, settings=("true",), split="dev", index=oxide_templates, workers=2)
+    assert [r["id"] for r in serial["records"]] == ["test-oxides:ZrO2-fluorite", "test-oxides:TiO2-anatase"]
+    assert [(r["top1"], r["template_type_available"]) for r in serial["records"]] == [(False, False), (True, True)]
+    assert "test-oxides:TiO2-anatase" not in [p[4] for p in serial["records"][1]["predicted"]]  # held out
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(parallel["records"]) == strip(serial["records"])
+    assert serial["summary"]["true"]["2"] == {**serial["summary"]["true"]["2"], "n": 2, "top1": 0.5}

@@ -37,6 +37,7 @@ def add_parser(sub) -> None:
     structure = which.add_parser("structure", help="structure-inference benchmark (needs ../shared; slow)")
     structure.add_argument("--settings", default="true,perturbed", help="input settings: true,perturbed")
     structure.add_argument("--split", choices=("test", "dev"), default="test")
+    structure.add_argument("--workers", type=int, default=1, help="queries run in this many processes (default 1)")
     structure.add_argument("--limit", type=int, help="at most this many materials per (origin, number of elements)")
     structure.add_argument("--measured", action="store_true", help="only the measured single-phase patterns")
     structure.add_argument("--no-measured", action="store_true", help="skip the measured patterns")
@@ -158,7 +159,7 @@ def run_evaluate(args) -> int:
         payload = {}
         if not args.measured:
             payload = run_benchmark(load_benchmark(), settings=settings, split=args.split, limit=args.limit,
-                                    progress=not args.json, log_path=args.log)
+                                    progress=not args.json, log_path=args.log, workers=args.workers)
         if not args.no_measured:
             payload["measured"] = run_measured()
     except SharedDataMissing as err:

@@ -170,6 +170,43 @@ def make_benchmark(
     }
 
 
+def extend_dev(benchmark: dict[str, Any], per_stratum: int, seed: int = 1, *, index=None) -> dict[str, Any]:
+    """Add dev materials (AMCSD only) until each (AMCSD, number of elements) stratum has ``per_stratum``.
+
+    The test items are left as they are; a new dev material never shares a reduced formula with
+    any test material, nor a (formula, space group) with any benchmark material. Eight dev
+    materials per stratum were too few to choose the scoring constants on.
+    """
+    from ..structure import template_index
+
+    if index is None:
+        index, _ = template_index(benchmark.get("template_sources", TEMPLATE_SOURCES))
+    rng = np.random.default_rng(seed)
+    items = list(benchmark["items"])
+    test_formulas = {it["formula"] for it in items if it["split"] == "test"}
+    taken = {(it["formula"], it["spacegroup_number"]) for it in items}
+    for n in (2, 3, 4, 5):
+        have = sum(1 for it in items if it["split"] == "dev" and it["origin"] == "amcsd" and it["n_elements"] == n)
+        pool = [(i, e) for i, e in enumerate(index.entries) if e.source == "amcsd" and len(e.counts) == n
+                and e.formula not in test_formulas and _usable(e)]
+        for k in rng.permutation(len(pool)):
+            if have >= per_stratum:
+                break
+            i, entry = pool[k]
+            key = (entry.formula, entry.spacegroup_number)
+            if key in taken:
+                continue
+            taken.add(key)
+            have += 1
+            items.append({
+                "id": entry.template_id, "origin": "amcsd", "split": "dev", "n_elements": n,
+                "formula": entry.formula, "crystal_system": entry.crystal_system,
+                "spacegroup_number": entry.spacegroup_number, "anonymous": entry.anonymous, **_labels(entry),
+                "duplicates": sorted(set(duplicate_templates(index.structure(i), entry.formula, index)) - {entry.template_id}),
+            })
+    return {**benchmark, "items": items, "dev_extension": {"amcsd_per_stratum": per_stratum, "seed": seed}}
+
+
 def save_benchmark(benchmark: dict[str, Any], path: Path = BENCHMARK_FILE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(benchmark, indent=1))
@@ -310,8 +347,13 @@ def summarize(records: Sequence[dict]) -> dict[str, Any]:
 def run_benchmark(
     benchmark: dict[str, Any], *, settings: Iterable[str] = ("true", "perturbed"), split: str = "test",
     limit: int | None = None, index=None, progress: bool = False, log_path: str | Path | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Run every benchmark item of ``split`` under each setting; records and summary."""
+    """Run every benchmark item of ``split`` under each setting; records and summary.
+
+    ``workers`` > 1 runs queries in that many processes (the index is sent to each once);
+    records keep the order of the queries whatever order they finish in.
+    """
     from ..structure import template_index
 
     if index is None:
@@ -326,29 +368,65 @@ def run_benchmark(
                 per[key] += 1
                 kept.append(it)
         items = kept
-    records = []
-    log = open(log_path, "a") if log_path else None
     todo = [(s, it) for s in settings for it in items]
-    iterator = todo
+    records: list[dict] = [{}] * len(todo)
+    log = open(log_path, "a") if log_path else None
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(todo, desc="structure benchmark", unit="query")
-    for setting, item in iterator:
-        try:
-            record = run_item(item, setting, index)
-        except Exception as err:  # a failing query is a miss, recorded with its error
-            record = {"id": item["id"], "origin": item["origin"], "n_elements": item["n_elements"], "setting": setting,
-                      "formula": item["formula"], "crystal_system": item["crystal_system"], "top1": False, "top5": False,
-                      "rank": None, "template_type_available": None, "predicted": [], "seconds": 0.0,
-                      "reason": f"error: {type(err).__name__}: {err}"}
-        records.append(record)
+        bar = tqdm(total=len(todo), desc="structure benchmark", unit="query")
+    try:
+        for k, record in _run_queries(todo, index, workers):
+            records[k] = record
+            if log:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if bar is not None:
+                bar.update()
+    finally:
         if log:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-    if log:
-        log.close()
+            log.close()
+        if bar is not None:
+            bar.close()
     return {"split": split, "summary": summarize(records), "records": records, "index": index.stats()}
+
+
+def _safe_query(item: dict, setting: str, index) -> dict[str, Any]:
+    try:
+        return run_item(item, setting, index)
+    except Exception as err:  # a failing query is a miss, recorded with its error
+        return {"id": item["id"], "origin": item["origin"], "n_elements": item["n_elements"], "setting": setting,
+                "formula": item["formula"], "crystal_system": item["crystal_system"], "top1": False, "top5": False,
+                "rank": None, "template_type_available": None, "predicted": [], "seconds": 0.0,
+                "reason": f"error: {type(err).__name__}: {err}"}
+
+
+_WORKER_INDEX = None
+
+
+def _init_worker(index) -> None:
+    global _WORKER_INDEX
+    _WORKER_INDEX = index
+
+
+def _worker_query(args) -> tuple[int, dict]:
+    k, setting, item = args
+    return k, _safe_query(item, setting, _WORKER_INDEX)
+
+
+def _run_queries(todo, index, workers: int):
+    """(position, record) of each (setting, item) of ``todo``, as they finish."""
+    if workers <= 1:
+        for k, (setting, item) in enumerate(todo):
+            yield k, _safe_query(item, setting, index)
+        return
+    import multiprocessing
+
+    jobs = [(k, setting, item) for k, (setting, item) in enumerate(todo)]
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    with context.Pool(workers, initializer=_init_worker, initargs=(index,)) as pool:
+        yield from pool.imap_unordered(_worker_query, jobs)
 
 
 # ------------------------------------------------------------------ measured patterns
@@ -445,16 +523,20 @@ def dev_score(records: Sequence[dict]) -> float:
 
 
 def main(argv=None) -> int:
-    """``python -m sfn_stream.training._structure_benchmark make``: draw and save the benchmark definition."""
+    """``python -m sfn_stream.training._structure_benchmark make|extend-dev``: draw and save the benchmark definition
+    (``extend-dev --dev-per-stratum 40 --seed 1`` adds AMCSD dev materials, test items unchanged)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("action", choices=("make",))
+    parser.add_argument("action", choices=("make", "extend-dev"))
     parser.add_argument("--per-stratum", type=int, default=30)
     parser.add_argument("--dev-per-stratum", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    benchmark = make_benchmark(args.per_stratum, args.dev_per_stratum, args.seed, progress=True)
+    if args.action == "extend-dev":
+        benchmark = extend_dev(load_benchmark(), args.dev_per_stratum, args.seed)
+    else:
+        benchmark = make_benchmark(args.per_stratum, args.dev_per_stratum, args.seed, progress=True)
     path = save_benchmark(benchmark)
     counts = defaultdict(int)
     for item in benchmark["items"]:
