@@ -231,3 +231,24 @@ def test_benchmark_runs_held_out_queries_in_parallel_with_the_same_records(oxide
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(parallel["records"]) == strip(serial["records"])
     assert serial["summary"]["true"]["2"] == {**serial["summary"]["true"]["2"], "n": 2, "top1": 0.5}
+
+
+def test_relax_refits_the_best_candidate_after_chgnet(oxide_templates):
+    """--relax 1: the best candidate is relaxed with CHGNet (real model), its pattern refitted; the score moves
+    by the change in similarity and every number of the relaxation travels with the candidate."""
+    pytest.importorskip("chgnet")
+    request = InferenceRequest(elements=("Ti", "O"), xrd=measured(rutile()), oxidation_states={"Ti": {4: 1.0}},
+                               coordination={"Ti": {6: 1.0}}, crystal_systems={"tetragonal": 1.0})
+    plain = infer_structures(request, index=oxide_templates)
+    relaxed = infer_structures(request, index=oxide_templates, relax=1)
+    best, before = relaxed.best, plain.best
+    assert (best.formula, best.spacegroup_symbol) == ("TiO2", "P4_2/mnm")
+    assert best.fit["relaxed"] and best.fit["relax_steps"] >= 1 and "relax" in relaxed.seconds
+    assert best.components["xrd_similarity_unrelaxed"] == pytest.approx(before.components["xrd_similarity"])
+    assert best.score - before.score == pytest.approx(
+        (best.components["xrd_similarity"] - before.components["xrd_similarity"]) / 0.02, abs=1e-6)
+    assert -12 < best.components["chgnet_energy_per_atom"] < -6  # rutile: about -9 eV/atom
+    a, _, c = best.structure.lattice.abc  # refitted to the measured cell after relaxation
+    assert a == pytest.approx(4.594 * 1.004, rel=0.01) and c == pytest.approx(2.959 * 1.004, rel=0.01)
+    assert not relaxed.candidates[1].fit.get("relaxed")
+    json.dumps(relaxed.to_dict())

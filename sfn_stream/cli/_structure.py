@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
                         help="template sources: amcsd, aflow, robocrys, materials_project, or CIF folders (comma list)")
     parser.add_argument("--cif-dir", action="append", default=[], type=Path, help="an extra folder of template CIFs")
     parser.add_argument("--top", type=int, default=5, help="number of candidates (default 5)")
+    parser.add_argument("--relax", type=int, default=0, metavar="N",
+                        help="relax the best N candidates with CHGNet and refit their patterns (needs chgnet; default 0)")
     parser.add_argument("--xanes-check", action="store_true", help="recompute XANES of the best candidates with FEFF")
     parser.add_argument("--xanes", action="append", default=[], metavar="EL=FILE", help="measured XANES for --xanes-check")
     parser.add_argument("--out", type=Path, help="folder for result.json and one CIF per candidate")
@@ -88,7 +90,14 @@ def _read_xanes(specs: list[str], elements) -> dict:
 
 
 def run_infer(args) -> int:
-    from ..structure import InferenceRequest, SourceUnavailable, StructureInputError, XrdInput, infer_structures
+    from ..structure import (
+        InferenceRequest,
+        RelaxationUnavailable,
+        SourceUnavailable,
+        StructureInputError,
+        XrdInput,
+        infer_structures,
+    )
 
     x, y, file_wavelength = read_powder(args.xrd)
     wavelength = args.wavelength or file_wavelength or (1.5406 if args.axis == "2theta" else None)
@@ -102,12 +111,14 @@ def run_infer(args) -> int:
         crystal_systems=_systems(args.crystal_system),
         xanes=_read_xanes(args.xanes, elements) if args.xanes else {},
     )
+    if args.relax < 0:
+        raise CliError("--relax must be 0 or more")
     if args.xanes_check and not args.xanes:
         raise CliError("--xanes-check needs at least one measured spectrum: --xanes Mn=FILE")
     try:
         result = infer_structures(request, sources=sources, top=args.top, xanes_check=args.xanes_check,
-                                  progress=not args.json, cache_dir=args.cache_dir)
-    except (StructureInputError, SourceUnavailable) as err:
+                                  progress=not args.json, cache_dir=args.cache_dir, relax=args.relax)
+    except (StructureInputError, SourceUnavailable, RelaxationUnavailable) as err:
         raise CliError(str(err)) from err
     payload = result.to_dict(structures=bool(args.out))
     if args.out:

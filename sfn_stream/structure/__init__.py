@@ -19,6 +19,7 @@ from ._index import (
 )
 from ._infer import Candidate, InferenceResult, infer_structures
 from ._pattern import PatternFit, Reflections, measured_profile, reflections
+from ._relax import RelaxationUnavailable, relax_structure
 from ._request import (
     CRYSTAL_SYSTEMS,
     InferenceRequest,
@@ -60,6 +61,7 @@ __all__ = [
     "PatternFit",
     "RawTemplate",
     "Reflections",
+    "RelaxationUnavailable",
     "ResolvedRequest",
     "RobocrysSource",
     "SourceUnavailable",
@@ -84,6 +86,7 @@ __all__ = [
     "measured_profile",
     "parse_assignments",
     "reflections",
+    "relax_structure",
     "resolve_request",
     "source_index",
     "substituted_structure",

@@ -32,6 +32,7 @@ from ._pattern import (
     measured_profile,
     reflections,
     refine_fit,
+    scaled_structure,
 )
 from ._request import InferenceRequest, ResolvedRequest, resolve_request
 from ._sources import DEFAULT_SOURCES
@@ -189,12 +190,14 @@ def infer_structures(
     exclude: Collection[str] = (),
     index: TemplateIndex | None = None,
     cache_dir: str | None = None,
+    relax: int = 0,
 ) -> InferenceResult:
     """Ranked candidate structures for ``request`` (see the module docstring for the score).
 
     ``sources``: template sources (names, folders or source objects; default amcsd, aflow, robocrys).
     ``exclude``: template ids left out (leave-one-out evaluation). ``index``: a prebuilt index
-    instead of ``sources``. Raises ``StructureInputError`` for malformed requests; a request
+    instead of ``sources``. ``relax``: relax this many of the best candidates with CHGNet and refit
+    their patterns before the XANES check (``chgnet`` needed; see ``_relax.py``). Raises ``StructureInputError`` for malformed requests; a request
     that simply has no answer returns an empty result with ``reason``.
     """
     from ..spectra import preprocess_xrd
@@ -318,6 +321,12 @@ def infer_structures(
         candidates.append(_candidate(len(candidates) + 1, score, float(prob), item, entry))
         if len(candidates) >= top:
             break
+    if relax and candidates:
+        from ._relax import relax_candidates
+
+        t0 = time.perf_counter()
+        notes.extend(relax_candidates(candidates, measured, wavelength, XRD_TEMPERATURE, count=relax))
+        seconds["relax"] = time.perf_counter() - t0
     if xanes_check and candidates:
         from ._xanes_check import add_xanes_agreement
 
@@ -358,14 +367,8 @@ def _refine_diverse(scored: list[_Pending], measured, wavelength: float) -> list
 
 
 def _candidate(rank: int, score: float, prob: float, item: _Pending, entry) -> Candidate:
-    from pymatgen.core import Lattice
-
     fit = item.fit
-    structure = item.structure.copy()
-    a, b, c = (length * s for length, s in zip(structure.lattice.abc, fit.axis_scales))
-    structure = structure.__class__(
-        Lattice.from_parameters(a, b, c, *structure.lattice.angles), structure.species, structure.frac_coords
-    )
+    structure = scaled_structure(item.structure, fit.axis_scales)
     components = {
         "xrd_similarity": fit.similarity,
         "xrd_term": fit.similarity / XRD_TEMPERATURE,

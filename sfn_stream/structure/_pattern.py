@@ -314,3 +314,12 @@ def refine_fit(refl: Reflections, measured: MeasuredProfile, wavelength: float, 
 def simulated_profile(refl: Reflections, measured: MeasuredProfile, fit: PatternFit, wavelength: float) -> np.ndarray:
     """The candidate's fitted profile on the measured Q grid (for plots and reports)."""
     return _sim_profile(refl, measured, fit.axis_scales, fit.zero_shift_deg, wavelength)
+
+
+def scaled_structure(structure, axis_scales):
+    """``structure`` with its cell lengths multiplied by ``axis_scales`` (angles and fractional coordinates kept)."""
+    from pymatgen.core import Lattice
+
+    a, b, c = (length * s for length, s in zip(structure.lattice.abc, axis_scales))
+    return structure.__class__(Lattice.from_parameters(a, b, c, *structure.lattice.angles),
+                               structure.species, structure.frac_coords)
