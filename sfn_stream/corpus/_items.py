@@ -91,6 +91,7 @@ def run_feff_inputs(inputs: list[tuple[dict, str]], workdir: str, timeout: float
             continue
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+            _remove_if_empty(Path(workdir))  # the item's own folder, once no attempt is left in it
         return {
             "energy": np.round(spectrum.energy, 3).tolist(),
             "mu": np.round(spectrum.mu, 6).tolist(),
@@ -100,6 +101,13 @@ def run_feff_inputs(inputs: list[tuple[dict, str]], workdir: str, timeout: float
             "failed_attempts": attempts,
         }
     raise ValueError("no FEFF settings given")
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty, or already gone
+        pass
 
 
 def compute_labels(structure: dict, metals: list[str]) -> dict:
