@@ -44,7 +44,7 @@ SUBSTITUTION_WEIGHT = 0.5
 # With true oxidation states every charge-balanced stoichiometry has prior 1 (CaMnAlO4, Ca2MnAlO5, ...),
 # and a larger formula unit fits a pattern more easily (more reflections, more freedom). An Occam
 # prior against formula-unit size, chosen on the dev split of the structure benchmark (mean top-1
-# over strata 0.708 -> 0.725; better on both halves of a two-fold split, 10 tried among 0, 3, 5, 10, 20, 30).
+# over strata 0.708 -> 0.725; better on both halves of a two-fold split; 1, 3, 5, 10, 20, 30 tried).
 FORMULA_SIZE_WEIGHT = 10.0
 CN_FLOOR = 0.05  # P(CN) never below this: CN predictions err, and templates' CrystalNN too
 CN_UNKNOWN = 0.2
@@ -197,8 +197,9 @@ def infer_structures(
     ``sources``: template sources (names, folders or source objects; default amcsd, aflow, robocrys).
     ``exclude``: template ids left out (leave-one-out evaluation). ``index``: a prebuilt index
     instead of ``sources``. ``relax``: relax this many of the best candidates with CHGNet and refit
-    their patterns before the XANES check (``chgnet`` needed; see ``_relax.py``). Raises ``StructureInputError`` for malformed requests; a request
-    that simply has no answer returns an empty result with ``reason``.
+    their patterns before the XANES check (``chgnet`` needed; see ``_relax.py``). Raises
+    ``StructureInputError`` for malformed requests; a request that simply has no answer returns an
+    empty result with ``reason``.
     """
     from ..spectra import preprocess_xrd
 

@@ -71,7 +71,8 @@ def relax_candidates(candidates, measured, wavelength: float, temperature: float
             fit = refine_fit(refl, measured, wavelength, scale)
             symmetry = _symmetry(relaxed)
         except Exception as err:  # one failed relaxation leaves that candidate as it was
-            notes.append(f"{candidate.formula} ({candidate.template_id}): relaxation failed: {type(err).__name__}: {err}")
+            why = f"{type(err).__name__}: {err}"
+            notes.append(f"{candidate.formula} ({candidate.template_id}): relaxation failed: {why}")
             continue
         before = candidate.components["xrd_similarity"]
         candidate.components.update({
