@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import gzip
 import json
-import os
 import socket
 import tempfile
 import threading
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ._campaign import ResultStore, pending_items, plan_items
 from ._items import Item, execute
 from ._sandbox import Sandbox
 
@@ -46,7 +46,6 @@ def export_batch(materials, references, config, sites: int, skip: int = 0) -> di
     """
     from .. import __version__
     from ..simulation._feff import feff_input
-    from ._campaign import pending_items, plan_items
 
     plan = plan_items(materials, references, config)
     pending, _, _ = pending_items(plan, config.store, config.retry_failed)
@@ -105,18 +104,8 @@ def _item(record: dict[str, Any]) -> Item:
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """The JSON lines of a results file (a line cut short by a kill is left out)."""
-    records = []
-    path = Path(path)
-    if not path.is_file():
-        return records
-    with path.open() as fh:
-        for line in fh:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    """The records of a results file (a line cut short by a kill is left out)."""
+    return list(ResultStore(path).records())
 
 
 def run_batch(
@@ -136,9 +125,9 @@ def run_batch(
     started = time.monotonic()
     stop_at = None if time_limit is None else started + time_limit
     batch = read_batch(batch_path)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    have = {r.get("key") for r in read_records(out)}
+    results = ResultStore(out)  # the campaign's own format: a line cut by a kill is repaired on the next append
+    results.path.touch()  # exists after any run, empty when nothing finished
+    have = {r.get("key") for r in results.records()}
     todo = [(_item(entry["item"]), [(i["settings"], i["inp"]) for i in entry["inputs"]], entry["timeout"])
             for entry in batch["items"] if entry["item"]["key"] not in have]
     host = socket.gethostname()
@@ -148,7 +137,7 @@ def run_batch(
     sandboxes: list[Sandbox] = []
     total = len(todo)
 
-    with tempfile.TemporaryDirectory(prefix="sfn-feff-batch-", dir=scratch) as tmp, out.open("a") as fh:
+    with tempfile.TemporaryDirectory(prefix="sfn-feff-batch-", dir=scratch) as tmp:
 
         def worker() -> None:
             sandbox = Sandbox()
@@ -167,9 +156,7 @@ def run_batch(
                             counts["stopped"] += 1  # cut short by the time limit: left for another run
                             continue
                         record["host"] = host
-                        fh.write(json.dumps(record, separators=(",", ":")) + "\n")
-                        fh.flush()
-                        os.fsync(fh.fileno())
+                        results.append(record)
                         counts["ok" if record["ok"] else "failed"] += 1
                         done = counts["ok"] + counts["failed"]
                         log(f"{item.key} ok={record['ok']} {record['seconds']:.1f} s {done}/{total}")
@@ -185,14 +172,14 @@ def run_batch(
         finally:  # an interrupt: kill what still runs (each sandbox's FEFF stages with it)
             for sandbox in list(sandboxes):
                 sandbox.close()
-    feff_seconds = sorted(r["value"]["feff_seconds"] for r in read_records(out)
+    feff_seconds = sorted(r["value"]["feff_seconds"] for r in results.records()
                           if r.get("ok") and r.get("key") in {item.key for item, _, _ in todo})
     return {
         "items": len(batch["items"]), "already_in_out": len(batch["items"]) - total, "ok": counts["ok"],
         "failed": counts["failed"], "stopped_at_time_limit": counts["stopped"],
         "not_started": total - sum(counts.values()), "seconds": round(time.monotonic() - started, 1),
         "feff_seconds_median": feff_seconds[len(feff_seconds) // 2] if feff_seconds else None,
-        "host": host, "out": str(out),
+        "host": host, "out": str(results.path),
     }
 
 
