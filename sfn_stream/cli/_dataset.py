@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .._feff_batch_options import add_batch_run_arguments
 from ._common import CliError, console, print_json
 
 DEFAULT_WORKDIR = Path("sfn-data") / "corpus-campaign"
@@ -77,17 +78,8 @@ def add_parser(sub) -> None:
     export.add_argument("--json", action="store_true")
     export.set_defaults(run=run_batch_export)
 
-    # the options of `python -m sfn_stream.corpus.batch_run` (declared here too: importing the corpus
-    # package for its parser would slow every sfn-stream command down)
     batch_run = which.add_parser("batch-run", help="run an offline FEFF batch (needs only numpy and feff10)")
-    batch_run.add_argument("batch", type=Path, help="batch file from `sfn-stream dataset batch-export`")
-    batch_run.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                           help="FEFF processes at a time (default: the CPUs)")
-    batch_run.add_argument("--out", type=Path, required=True,
-                           help="results, one JSON line per finished item (appended; keys there are not rerun)")
-    batch_run.add_argument("--time-limit", type=float,
-                           help="seconds: start no item after this and stop the running ones (they are not written)")
-    batch_run.add_argument("--scratch", type=Path, help="folder for the FEFF runs (default: the system's temp folder)")
+    add_batch_run_arguments(batch_run)  # the same options as `python -m sfn_stream.corpus.batch_run`
     batch_run.set_defaults(run=run_batch_run)
 
     batch_import = which.add_parser("batch-import", help="append an offline batch's results to the campaign")

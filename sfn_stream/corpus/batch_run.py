@@ -11,20 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("batch", type=Path, help="batch file from `sfn-stream dataset batch-export`")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="FEFF processes at a time (default: the CPUs)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="results, one JSON line per finished item (appended; keys there are not rerun)")
-    parser.add_argument("--time-limit", type=float,
-                        help="seconds: start no item after this and stop the running ones (they are not written)")
-    parser.add_argument("--scratch", type=Path, help="folder for the FEFF runs (default: the system's temp folder)")
+from .._feff_batch_options import add_batch_run_arguments
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -40,7 +29,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sfn_stream.corpus.batch_run", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    add_batch_run_arguments(parser)
     args = parser.parse_args(argv)
     try:
         run(args)
