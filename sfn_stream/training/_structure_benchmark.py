@@ -127,6 +127,17 @@ def duplicate_templates(structure, formula: str, index) -> list[str]:
     return out
 
 
+def _benchmark_item(entry, structure, origin: str, split: str, index) -> dict[str, Any]:
+    """One benchmark material: its labels and the template ids equal to it (left out of its query)."""
+    duplicates = set(duplicate_templates(structure, entry.formula, index)) - {entry.template_id}
+    return {
+        "id": entry.template_id, "origin": origin, "split": split, "n_elements": len(entry.counts),
+        "formula": entry.formula, "crystal_system": entry.crystal_system,
+        "spacegroup_number": entry.spacegroup_number, "anonymous": entry.anonymous, **_labels(entry),
+        "duplicates": sorted(duplicates),
+    }
+
+
 def make_benchmark(
     per_stratum: int = 30, dev_per_stratum: int = 8, seed: int = 0, *, progress: bool = False, index=None
 ) -> dict[str, Any]:
@@ -154,13 +165,7 @@ def make_benchmark(
         for origin, pool in (("amcsd", chosen), ("omnixas_cu", chosen_mp)):
             for j, (entry, structure) in enumerate(pool):
                 split = "dev" if j < dev_per_stratum else "test"
-                items.append({
-                    "id": entry.template_id, "origin": origin, "split": split, "n_elements": n,
-                    "formula": entry.formula, "crystal_system": entry.crystal_system,
-                    "spacegroup_number": entry.spacegroup_number, "anonymous": entry.anonymous,
-                    **_labels(entry),
-                    "duplicates": sorted(set(duplicate_templates(structure, entry.formula, index)) - {entry.template_id}),
-                })
+                items.append(_benchmark_item(entry, structure, origin, split, index))
     return {
         "description": "structure-inference benchmark: materials, true labels, template ids left out per query",
         "seed": seed, "per_stratum": per_stratum, "dev_per_stratum": dev_per_stratum,
@@ -198,12 +203,7 @@ def extend_dev(benchmark: dict[str, Any], per_stratum: int, seed: int = 1, *, in
                 continue
             taken.add(key)
             have += 1
-            items.append({
-                "id": entry.template_id, "origin": "amcsd", "split": "dev", "n_elements": n,
-                "formula": entry.formula, "crystal_system": entry.crystal_system,
-                "spacegroup_number": entry.spacegroup_number, "anonymous": entry.anonymous, **_labels(entry),
-                "duplicates": sorted(set(duplicate_templates(index.structure(i), entry.formula, index)) - {entry.template_id}),
-            })
+            items.append(_benchmark_item(entry, index.structure(i), "amcsd", "dev", index))
     return {**benchmark, "items": items, "dev_extension": {"amcsd_per_stratum": per_stratum, "seed": seed}}
 
 
