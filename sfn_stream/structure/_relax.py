@@ -31,16 +31,27 @@ def _optimizer():
         from chgnet.model import StructOptimizer
     except ImportError as err:
         raise RelaxationUnavailable("--relax needs chgnet: pip install 'sfn-stream[data]'") from err
-    torch.set_num_threads(1)  # a few small cells: threads only contend with the caller's other work
     with contextlib.redirect_stdout(io.StringIO()):  # CHGNet announces itself on stdout (breaks --json)
         return StructOptimizer()
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Small cells: more threads only contend with the caller's other work. The caller's setting is restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def relax_structure(structure, optimizer=None, *, steps: int = RELAX_STEPS, fmax: float = RELAX_FMAX):
     """(relaxed structure, CHGNet energy per atom in eV, optimiser steps taken)."""
-
     optimizer = optimizer or _optimizer()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with _one_torch_thread(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         result = optimizer.relax(structure.copy(), fmax=fmax, steps=steps, relax_cell=True, verbose=False)
     final = result["final_structure"]
