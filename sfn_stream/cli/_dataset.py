@@ -39,6 +39,11 @@ def add_parser(sub) -> None:
                        help="only write the corpus from what the campaign has finished so far")
     build.add_argument("--assemble-every", type=float, default=1800.0,
                        help="rewrite the corpus folder every this many seconds while running (default 1800)")
+    build.add_argument("--seed-from", type=Path, metavar="CORPUS",
+                       help="take the FEFF spectra (at the campaign's settings) and failures of this corpus "
+                            "snapshot as done, so that they are not computed again (default: the --out corpus "
+                            "when it exists)")
+    build.add_argument("--no-seed", action="store_true", help="do not seed the campaign from a corpus snapshot")
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--json", action="store_true")
     build.set_defaults(run=run_build)
@@ -185,6 +190,7 @@ def run_build(args) -> int:
     config.max_materials_per_metal = args.max_per_metal
     config.retry_failed = args.retry_failed
     out_dir = args.out or CORPUS_DIR
+    seeded = None if args.no_seed else _seed(config, args.seed_from, out_dir)
     if args.assemble_only:
         if not (config.workdir / "materials.json.gz").is_file():
             raise CliError(f"no campaign in {config.workdir}: run `sfn-stream dataset build` first")
@@ -200,7 +206,7 @@ def run_build(args) -> int:
         progress=not args.no_progress,
     )
     if args.json:
-        print_json({"campaign": summary.to_dict(), "corpus": manifest})
+        print_json({"campaign": summary.to_dict(), "seeded": seeded, "corpus": manifest})
         return 0
     out = console()
     out.print(f"campaign: {summary.ran} items run ({summary.succeeded} ok, {summary.failed} failed) in "
@@ -208,6 +214,25 @@ def run_build(args) -> int:
               f"{summary.skipped_failed} failed before (--retry-failed runs them)")
     _print_manifest(manifest, out_dir, False)
     return 0
+
+
+def _seed(config, seed_from: Path | None, out_dir: Path) -> dict | None:
+    """Seed the campaign from ``seed_from``, or from ``out_dir`` when that holds a corpus."""
+    from ..corpus import SeedError, seed_campaign
+
+    source = seed_from or out_dir
+    if not (Path(source) / "corpus.json").is_file():
+        if seed_from is not None:
+            raise CliError(f"--seed-from {seed_from}: no corpus there (no corpus.json)")
+        return None
+    try:
+        seeded = seed_campaign(config.store, source, config.settings.key())
+    except SeedError as err:
+        raise CliError(f"{err}; use --no-seed to build without it") from err
+    if seeded["spectra"] or seeded["failures"]:
+        console().print(f"seeded from {source}: {seeded['spectra']} material spectra and {seeded['failures']} "
+                        f"failed items taken as done ({seeded['already_present']} were here already)")
+    return seeded
 
 
 def _print_manifest(manifest: dict, out_dir, as_json: bool) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ..simulation._feff import FeffSettings
 from ._items import ITEM_KINDS, ITEM_VERSIONS, Item, execute
 from ._sandbox import Sandbox
+from ._seed import seeded_sites
 from ._structures import CORPUS_METALS, SOURCE_PRIORITY, CorpusMaterial
 
 log = logging.getLogger(__name__)
@@ -175,12 +176,20 @@ class CampaignSummary:
         return dict(self.__dict__)
 
 
+def _covered_by_seed(item: Item, seeded: dict[tuple[str, str], set[int]]) -> bool:
+    return item.kind == "feff" and item.site in seeded.get((item.material_id, item.element), ())
+
+
 def pending_items(plan: Sequence[Item], store: ResultStore, retry_failed: bool) -> tuple[list[Item], int, int]:
+    """Items without a record; done counts FEFF sites covered by a seeded material spectrum too."""
     latest = store.latest()
+    seeded = {key: seeded_sites(latest, key) for key in {i.version for i in plan if i.kind == "feff"}}
     pending, done, failed = [], 0, 0
     for item in plan:
         record = latest.get(item.key)
-        if record is None:
+        if record is None and item.kind == "feff" and _covered_by_seed(item, seeded[item.version]):
+            done += 1
+        elif record is None:
             pending.append(item)
         elif record.get("ok"):
             done += 1
@@ -327,13 +336,17 @@ def campaign_status(materials: Sequence[CorpusMaterial], references: Sequence[Co
     and the pace of the last hour of FEFF sites (from the store's file times and record seconds)."""
     plan = plan_items(materials, references, config)
     latest = config.store.latest()
+    seeded = seeded_sites(latest, config.settings.key())
     by_kind: dict[str, Counter] = {}
     for item in plan:
         record = latest.get(item.key)
-        state = "pending" if record is None else ("done" if record.get("ok") else "failed")
+        if record is None:
+            state = "seeded" if _covered_by_seed(item, seeded) else "pending"
+        else:
+            state = "done" if record.get("ok") else "failed"
         by_kind.setdefault(item.kind, Counter())[state] += 1
     done_sites = {(i.material_id, i.element, i.site) for i in plan if i.kind == "feff"
-                  and latest.get(i.key, {}).get("ok")}
+                  and (latest.get(i.key, {}).get("ok") or _covered_by_seed(i, seeded))}
     complete: Counter = Counter()
     for material in materials:
         for metal in material.metals:
@@ -349,6 +362,7 @@ def campaign_status(materials: Sequence[CorpusMaterial], references: Sequence[Co
         "items": {kind: dict(counts) for kind, counts in by_kind.items()},
         "materials_with_feff_spectra": {metal: complete.get(metal, 0) for metal in config.metals},
         "feff_sites_done": len(feff_seconds),
+        "feff_spectra_seeded": len(seeded),
         "feff_seconds_per_site_median": sorted(feff_seconds)[len(feff_seconds) // 2] if feff_seconds else None,
         "last_result_age_s": None if modified is None else round(time.time() - modified),
     }

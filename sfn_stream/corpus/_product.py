@@ -24,7 +24,7 @@ import hashlib
 import io
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -33,6 +33,7 @@ import numpy as np
 from .._files import file_sha256
 from ..simulation._feff import FeffSettings
 from ._items import ITEM_VERSIONS
+from ._seed import SEED_KIND
 from ._spectra import IncompleteSpectrum, edge_positions, energy_offset, material_spectrum
 from ._splits import SPLITS, assign_splits
 from ._structures import CORPUS_METALS, CorpusMaterial, Rejection, rejection_tally
@@ -104,6 +105,22 @@ class CampaignResults:
     sticks: dict[str, dict]
     teacher: dict[str, dict]
     failures: list[dict]
+    # material spectra seeded from an earlier snapshot (sfn_stream.corpus._seed), per (material, metal)
+    seeded: dict[tuple[str, str], dict] = field(default_factory=dict)
+    seeded_from: tuple[str, ...] = ()
+
+    def spectrum(self, material: CorpusMaterial, metal: str) -> dict:
+        """The material's spectrum for ``metal``: from its site results, else a seeded one made of the
+        same sites; IncompleteSpectrum when neither is there."""
+        groups = material.site_groups[metal]
+        try:
+            return material_spectrum(groups, self.feff.get((material.material_id, metal), {}))
+        except IncompleteSpectrum:
+            seeded = self.seeded.get((material.material_id, metal))
+            if seeded is None or (seeded["site_indices"], seeded["multiplicities"]) != (
+                    [g[0] for g in groups], [len(g) for g in groups]):
+                raise
+            return seeded
 
     @classmethod
     def from_records(cls, records: Iterable[dict], settings_key: str) -> CampaignResults:
@@ -112,19 +129,23 @@ class CampaignResults:
         latest: dict[str, dict] = {}
         for record in records:
             latest[record["key"]] = record
-        failures = []
+        failures, seeded, origins = [], {}, set()
         for record in latest.values():
             kind = record["kind"]
-            wanted = settings_key if kind == "feff" else ITEM_VERSIONS.get(kind)
+            wanted = settings_key if kind in ("feff", SEED_KIND) else ITEM_VERSIONS.get(kind)
             if record["version"] != wanted:
                 continue
             if not record["ok"]:
                 failures.append(record)
+            elif kind == SEED_KIND:
+                seeded[(record["material_id"], record["element"])] = record["value"]
+                origins.add(record["seeded_from"]["content_hash"])
             elif kind == "feff":
                 feff[(record["material_id"], record["element"])][record["site"]] = record["value"]
             else:
                 per_kind[kind][record["material_id"]] = record["value"]
-        return cls(dict(feff), per_kind["labels"], per_kind["sticks"], per_kind["teacher"], failures)
+        return cls(dict(feff), per_kind["labels"], per_kind["sticks"], per_kind["teacher"], failures, seeded,
+                   tuple(sorted(origins)))
 
 
 def reference_summary(references: Sequence[CorpusMaterial], results: CampaignResults) -> dict[str, Any]:
@@ -133,8 +154,7 @@ def reference_summary(references: Sequence[CorpusMaterial], results: CampaignRes
     for reference in references:
         for metal in reference.metals:
             try:
-                spectrum = material_spectrum(reference.site_groups[metal],
-                                             results.feff.get((reference.material_id, metal), {}))
+                spectrum = results.spectrum(reference, metal)
             except IncompleteSpectrum:
                 continue
             if reference.material_id.startswith("metal-"):
@@ -231,8 +251,7 @@ def assemble_corpus(
                 rows.append(_absorber_row(material, metal, labels, None, "omnixas_cu", None, omnixas_cu_offset))
                 continue
             try:
-                spectrum = material_spectrum(material.site_groups[metal],
-                                             results.feff.get((material.material_id, metal), {}))
+                spectrum = results.spectrum(material, metal)
             except IncompleteSpectrum:
                 continue
             rows.append(_absorber_row(material, metal, labels, spectrum, "feff10", key, offsets.get(metal)))
@@ -265,6 +284,8 @@ def assemble_corpus(
         "teachers": _teacher_versions(results),
         "energy_offsets": offsets,
         "rejections": rejection_tally(rejections),
+        # content hashes of the snapshots whose material spectra seeded this campaign (sfn_stream.corpus._seed)
+        "seeded_from": list(results.seeded_from),
     }
     manifest.update(corpus_counts(material_rows, absorber_rows))
     manifest["files"] = {name: file_sha256(out_dir / name) for name in DATA_FILES}
