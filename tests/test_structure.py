@@ -4,6 +4,7 @@ empty answers, malformed requests, the index cache, and the reflection calculato
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -251,4 +252,8 @@ def test_relax_refits_the_best_candidate_after_chgnet(oxide_templates):
     a, _, c = best.structure.lattice.abc  # refitted to the measured cell after relaxation
     assert a == pytest.approx(4.594 * 1.004, rel=0.01) and c == pytest.approx(2.959 * 1.004, rel=0.01)
     assert not relaxed.candidates[1].fit.get("relaxed")
+    # the probabilities follow the scores after relaxation (softmax with the unrelaxed others)
+    first, second = relaxed.candidates[:2]
+    assert math.log(first.probability / second.probability) == pytest.approx(first.score - second.score, abs=1e-6)
+    assert best.score != pytest.approx(before.score, abs=1e-4)
     json.dumps(relaxed.to_dict())

@@ -10,7 +10,8 @@ Score (natural-log units, higher is better), with every term reported as a named
           - FORMULA_SIZE_WEIGHT * ln N(atoms per formula unit)   simpler formulas first
 
 ``probability`` is the softmax of the scores over all fitted candidates: a relative confidence
-among the candidates considered, not the chance that the sample is any of them.
+among the candidates considered, not the chance that the sample is any of them. Relaxation and the
+XANES check change some scores; the softmax is then taken again.
 """
 
 from __future__ import annotations
@@ -312,16 +313,15 @@ def infer_structures(
     scores = np.array([s for s, _ in final])
     probs = np.exp(scores - scores.max())
     probs /= probs.sum()
-    candidates, seen = [], set()
+    candidates, seen, others = [], set(), []
     for (score, item), prob in zip(final, probs):
         entry = index.entries[item.index]
         key = (item.formula.reduced_formula, entry.spacegroup_number)
-        if key in seen:
+        if key in seen or len(candidates) >= top:
+            others.append(score)
             continue
         seen.add(key)
         candidates.append(_candidate(len(candidates) + 1, score, float(prob), item, entry))
-        if len(candidates) >= top:
-            break
     if relax and candidates:
         from ._relax import relax_candidates
 
@@ -334,7 +334,19 @@ def infer_structures(
         t0 = time.perf_counter()
         notes.extend(add_xanes_agreement(candidates, request))
         seconds["xanes_check"] = time.perf_counter() - t0
+    if (relax or xanes_check) and candidates:
+        _renormalise(candidates, others)
     return result(candidates, None, [f.to_dict() for f in formula_list], counts)
+
+
+def _renormalise(candidates: list[Candidate], other_scores: Sequence[float]) -> None:
+    """Probabilities again after relaxation or the XANES check changed some scores: the softmax over
+    the candidates' scores now and the other refined candidates' scores (those did not change)."""
+    scores = np.array([c.score for c in candidates] + list(other_scores))
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    for candidate, prob in zip(candidates, probs):
+        candidate.probability = float(prob)
 
 
 def _prune(pending: list[_Pending], index: TemplateIndex) -> list[_Pending]:
