@@ -53,12 +53,15 @@ def test_a_seeded_campaign_computes_no_feff_and_reassembles_the_same_corpus(corp
         assert after.loc[mid, "e0"] == before.loc[mid, "e0"]
 
 
-def test_seeding_is_idempotent_and_ignores_other_settings(corpus, tmp_path):
+def test_seeding_is_idempotent_and_ignores_other_settings(corpus, campaign, tmp_path):  # noqa: F811
     snapshot, _ = corpus
     config = _fresh(tmp_path)
     seed_campaign(config.store, snapshot, FAST.key())
     second = seed_campaign(config.store, snapshot, FAST.key())
     assert (second["spectra"], second["already_present"]) == (0, 3)
+    # the campaign that wrote the snapshot has the site results: nothing to seed there
+    own = campaign["config"].store
+    assert seed_campaign(own, snapshot, FAST.key())["spectra"] == 0
     other = FeffSettings(scf_radius=None, fms_radius=4.0, cluster_radius=5.0)
     assert seed_campaign(_fresh(tmp_path, "other").store, snapshot, other.key())["spectra"] == 0
 
@@ -75,6 +78,12 @@ def test_a_seed_made_of_other_sites_leaves_those_sites_to_compute(corpus, tmp_pa
     pending, done, _ = pending_items(plan_items(materials, [], config), config.store, retry_failed=False)
     assert done == 2
     assert [(i.kind, i.material_id) for i in pending if i.kind == "feff"] == [("feff", "amcsd-00013")]
+
+
+def test_a_build_seeded_from_a_folder_without_a_corpus_is_a_clear_error(tmp_path, capsys):
+    assert main(["dataset", "build", "--workdir", str(tmp_path / "w"), "--seed-from", str(tmp_path)]) == 2
+    assert "no corpus there" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_a_changed_snapshot_is_refused_and_the_campaign_left_as_it_was(corpus, tmp_path):

@@ -71,15 +71,23 @@ def _failure_records(path: Path, origin: dict) -> Iterator[dict[str, Any]]:
                    "seconds": float(row["seconds"]) if row["seconds"] else None, "seeded_from": origin}
 
 
+def _sites_done(seed: dict, latest: Mapping[str, dict]) -> bool:
+    from ._items import Item
+
+    return all(latest.get(Item("feff", seed["material_id"], seed["version"], seed["element"], site).key, {}).get("ok")
+               for site in seed["value"]["site_indices"])
+
+
 def seed_campaign(store, corpus_dir: str | Path, settings_key: str) -> dict[str, Any]:
     """Append the snapshot's records that ``store`` lacks; returns what was added.
 
-    Idempotent: a key already in the store (seeded before, or computed here) is left as it is.
+    Idempotent: a key already in the store (seeded before, or computed here) is left as it is, and so
+    is a spectrum whose sites all have results here (a snapshot this campaign wrote itself).
     """
-    present = set(store.latest())
+    latest = store.latest()
     added = {"spectra": 0, "failures": 0, "already_present": 0}
     for record in seed_records(corpus_dir, settings_key):
-        if record["key"] in present:
+        if record["key"] in latest or (record["ok"] and _sites_done(record, latest)):
             added["already_present"] += 1
             continue
         store.append(record)
