@@ -55,3 +55,25 @@ def test_settings_keys_follow_the_settings():
     assert "no SCF" in FAST.describe() and "FMS 3 A" in FAST.describe()
     text = feff_input(_fcc_cu(), 0, FAST)
     assert "SCF" not in text and "FMS 3.0 0" in text
+
+
+def _isolated_ni() -> Structure:
+    """A toy oxide whose Ni has no other Ni within 5.5 A (the cluster of FAST reaches 5 A)."""
+    return Structure(Lattice.cubic(5.5), ["Ni", "O", "O", "O"], [[0, 0, 0], [0.36, 0, 0], [0, 0.36, 0], [0, 0, 0.36]])
+
+
+def test_an_element_outside_the_cluster_gets_no_potential():
+    text = feff_input(_isolated_ni(), 0, FAST)
+    potentials = text.split("POTENTIALS", 1)[1].split("ATOMS", 1)[0].split()
+    rows = [potentials[i:i + 7] for i in range(0, len(potentials), 7)]
+    assert [(row[0], row[2]) for row in rows] == [("0", "Ni"), ("1", "O")]
+    atoms = [line.split() for line in text.split("ATOMS", 1)[1].splitlines()[1:-1]]
+    assert {a[3] for a in atoms} == {"0", "1"} and len(atoms) > 1
+
+
+@pytest.mark.slow
+def test_an_isolated_absorber_runs(tmp_path):
+    """FEFF stopped in RDINP ("No atoms or overlap cards for unique pot 1") while the absorber's
+    element had a potential without atoms in the cluster."""
+    spectrum = run_feff(feff_input(_isolated_ni(), 0, FAST), tmp_path / "ni", FAST, timeout=600)
+    assert len(spectrum.energy) > 100 and abs(find_e0(spectrum.energy, spectrum.mu) - k_edge_energy("Ni")) < 25

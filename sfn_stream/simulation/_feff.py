@@ -90,23 +90,25 @@ class FeffSpectrum:
 def feff_input(structure, absorber_index: int, settings: FeffSettings = OMNIXAS, title: str = "") -> str:
     """feff.inp text for the K edge of site ``absorber_index``.
 
-    Unique potentials are one per element (absorber as ipot 0); their stoichiometry
-    (xnatph) is the unit cell's composition, as FEFF expects for the interstitial density.
+    Unique potentials are one per element of the cluster around the absorber (absorber as ipot 0);
+    their stoichiometry (xnatph) is the unit cell's composition, as FEFF expects for the interstitial
+    density. An element with no atom in the cluster gets no potential: FEFF stops in RDINP on a
+    potential without atoms ("No atoms or overlap cards for unique pot"), which happens to the
+    absorber's own element when no other atom of it lies within the cluster radius.
     """
+    from pymatgen.core import Element
     from pymatgen.io.feff.inputs import Atoms
 
     absorber = structure[absorber_index].specie.symbol
-    elements = sorted({site.specie.symbol for site in structure}, key=lambda el: (el != absorber, el))
+    cluster = Atoms(structure, absorber_index, settings.cluster_radius).cluster
+    elements = sorted({site.specie.symbol for site in list(cluster)[1:]}, key=lambda el: (el != absorber, el))
     counts = structure.composition.element_composition
     ipot = {el: i + 1 for i, el in enumerate(elements)}
     lines = [f"TITLE {title or structure.composition.reduced_formula}", *settings.cards(), "", "POTENTIALS"]
-    from pymatgen.core import Element
-
     lines.append(f"    0  {Element(absorber).Z:3d}  {absorber:<4s}  -1  -1  0.0001  0")
     for el in elements:
         lines.append(f"  {ipot[el]:3d}  {Element(el).Z:3d}  {el:<4s}  -1  -1  {counts[el]:g}  0")
     lines += ["", "ATOMS"]
-    cluster = Atoms(structure, absorber_index, settings.cluster_radius).cluster
     for i, site in enumerate(cluster):
         pot = 0 if i == 0 else ipot[site.specie.symbol]
         x, y, z = site.coords
