@@ -235,6 +235,19 @@ def test_a_changed_file_fails_verification(corpus, tmp_path):
     assert corpus_info(copy)["hash_verified"] is False
 
 
+def test_failures_are_listed_for_the_materials_of_the_corpus_only(campaign, tmp_path):
+    import csv
+    import gzip
+
+    config, materials = campaign["config"], campaign["materials"]
+    failed = [{**Item("sticks", mid, "sticks1").to_dict(), "ok": False, "error": "ValueError: no Nh", "seconds": 0.1}
+              for mid in ("amcsd-00011", "amcsd-99999")]  # the second was screened out since it failed
+    records = [r for r in config.store.records() if r["key"] != failed[0]["key"]] + failed
+    assemble_corpus(materials, [], [], records, FAST, tmp_path)
+    with gzip.open(tmp_path / "failures.csv.gz", "rt") as fh:
+        assert [row["material_id"] for row in csv.DictReader(fh)] == ["amcsd-00011"]
+
+
 def test_dataset_info_on_a_missing_corpus_is_a_clear_error(tmp_path, capsys):
     assert main(["dataset", "info", str(tmp_path)]) == 2
     assert "dataset build" in capsys.readouterr().err

@@ -148,6 +148,12 @@ class CampaignResults:
                    tuple(sorted(origins)))
 
 
+def _failures_of(results: CampaignResults, materials: Sequence[CorpusMaterial]) -> list[dict]:
+    """Failed items of these materials (a structure screened out since its failure is not listed)."""
+    ids = {m.material_id for m in materials}
+    return [r for r in results.failures if r["material_id"] in ids]
+
+
 def reference_summary(references: Sequence[CorpusMaterial], results: CampaignResults) -> dict[str, Any]:
     """Metal energy offsets (per element, these settings) and E0 shifts of the oxide pairs."""
     offsets, oxides = {}, {}
@@ -273,7 +279,7 @@ def assemble_corpus(
     _write_csv(out_dir / "rejections.csv.gz", ["source", "source_id", "name", "reason"],
                sorted((r.to_dict() for r in rejections), key=lambda r: (r["source"], r["source_id"])))
     _write_csv(out_dir / "failures.csv.gz", ["key", "kind", "material_id", "element", "site", "error", "seconds"],
-               sorted(results.failures, key=lambda r: r["key"]))
+               sorted(_failures_of(results, [*materials, *references]), key=lambda r: r["key"]))
     manifest = {
         "format_version": FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
