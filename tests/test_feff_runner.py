@@ -1,5 +1,6 @@
 """The FEFF10 runner end to end on fcc Cu with fast settings (no SCF, FMS 3 A: ~15 s on one idle core),
-as a campaign item runs it (with a fallback), a timeout, the xmu.dat reader and settings keys."""
+as a campaign item runs it (with a fallback), a timeout, the xmu.dat reader and settings keys; an
+isolated absorber; FEFF's own diagnosis on a failure."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from sfn_stream.corpus._items import compute_feff_site
-from sfn_stream.simulation import FeffSettings, FeffTimeout, feff_input, read_xmu, run_feff
+from sfn_stream.simulation import FeffRunError, FeffSettings, FeffTimeout, feff_input, read_xmu, run_feff
 from sfn_stream.spectra import find_e0, k_edge_energy
 
 FAST = FeffSettings(scf_radius=None, fms_radius=3.0, cluster_radius=5.0)
@@ -77,3 +78,10 @@ def test_an_isolated_absorber_runs(tmp_path):
     element had a potential without atoms in the cluster."""
     spectrum = run_feff(feff_input(_isolated_ni(), 0, FAST), tmp_path / "ni", FAST, timeout=600)
     assert len(spectrum.energy) > 100 and abs(find_e0(spectrum.energy, spectrum.mu) - k_edge_energy("Ni")) < 25
+
+
+def test_a_failure_carries_feffs_own_diagnosis(tmp_path):
+    text = feff_input(_isolated_ni(), 0, FAST)
+    text = text.replace("\n\nATOMS", "\n    2   28  Ni    -1  -1  1  0\n\nATOMS")  # a potential without atoms
+    with pytest.raises(FeffRunError, match="stage 'rdinp' failed.*No atoms or overlap cards for unique pot 2"):
+        run_feff(text, tmp_path / "ni", FAST, timeout=60)

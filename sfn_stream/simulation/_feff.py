@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -123,6 +124,23 @@ def read_xmu(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return table[:, 0], table[:, 3], table[:, 4]
 
 
+_DIAGNOSTIC = re.compile(r"fatal|error|cannot|no atoms|bad counts|too many|try to|not converge", re.I)
+
+
+def feff_diagnosis(workdir: str | Path, limit: int = 3) -> str:
+    """FEFF's own words on a failure: the first distinct diagnostic lines of its log*.dat files
+    ("Fatal error in subroutine corval. Try to reduce ca1 in the SCF card.")"""
+    found: list[str] = []
+    for log in sorted(Path(workdir).glob("log*.dat")):
+        for line in log.read_text(errors="replace").splitlines():
+            line = " ".join(line.replace(":WARNING", "").split())
+            if _DIAGNOSTIC.search(line) and line not in found and "SEND a bug report" not in line:
+                found.append(line)
+                if len(found) == limit:
+                    return " | ".join(found)
+    return " | ".join(found)
+
+
 def run_feff(
     inp: str,
     workdir: str | Path,
@@ -158,7 +176,9 @@ def run_feff(
     except Exception as err:
         if "timed out" in str(err):
             raise FeffTimeout(f"FEFF passed its {timeout:g} s limit in {workdir}: {err}") from err
-        raise FeffRunError(f"FEFF failed in {workdir}: {err}") from err
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FeffRunError(f"FEFF failed: {first_line}; FEFF's log: {feff_diagnosis(workdir) or '-'} "
+                           f"(in {workdir})") from err
     xmu = workdir / "xmu.dat"
     if not xmu.is_file():
         raise FeffRunError(f"FEFF wrote no xmu.dat in {workdir}")
