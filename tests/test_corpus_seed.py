@@ -110,3 +110,20 @@ def test_dataset_status_counts_seeded_sites(corpus, tmp_path, monkeypatch, capsy
     assert status["items"]["feff"] == {"seeded": 3, "pending": 7}
     assert status["materials_with_feff_spectra"] == {"Ti": 1, "Cu": 1, "Fe": 1}
     assert status["feff_spectra_seeded"] == 3
+
+
+def test_a_fresh_workdir_seeds_itself_from_the_corpus_it_writes(corpus, tmp_path, monkeypatch, capsys):
+    """`dataset build` on a new machine: its --out corpus seeds the campaign, so writing the corpus
+    from a workdir without results keeps every committed spectrum instead of emptying the corpus."""
+    snapshot, manifest = corpus
+    committed = tmp_path / "committed"
+    shutil.copytree(snapshot, committed)
+    monkeypatch.setitem(CALIBRATION_CANDIDATES, "test_fast", FAST)
+    workdir = tmp_path / "fresh"
+    save_prepared(workdir / "materials.json.gz", _materials(), [], {"test": "minerals"})
+    assert main(["dataset", "build", "--workdir", str(workdir), "--out", str(committed), "--assemble-only",
+                 "--settings", "test_fast", "--metals", "Ti,Cu,Fe", "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)  # --json: the manifest alone on stdout
+    assert written["n_materials"] == manifest["n_materials"] == 3
+    assert written["seeded_from"] == [manifest["content_hash"]]
+    assert pd.read_parquet(committed / "absorbers.parquet")["mu"].map(len).min() > 100

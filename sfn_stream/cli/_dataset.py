@@ -190,7 +190,7 @@ def run_build(args) -> int:
     config.max_materials_per_metal = args.max_per_metal
     config.retry_failed = args.retry_failed
     out_dir = args.out or CORPUS_DIR
-    seeded = None if args.no_seed else _seed(config, args.seed_from, out_dir)
+    seeded = None if args.no_seed else _seed(config, args.seed_from, out_dir, quiet=args.json)
     if args.assemble_only:
         if not (config.workdir / "materials.json.gz").is_file():
             raise CliError(f"no campaign in {config.workdir}: run `sfn-stream dataset build` first")
@@ -216,7 +216,7 @@ def run_build(args) -> int:
     return 0
 
 
-def _seed(config, seed_from: Path | None, out_dir: Path) -> dict | None:
+def _seed(config, seed_from: Path | None, out_dir: Path, quiet: bool = False) -> dict | None:
     """Seed the campaign from ``seed_from``, or from ``out_dir`` when that holds a corpus."""
     from ..corpus import SeedError, seed_campaign
 
@@ -229,7 +229,7 @@ def _seed(config, seed_from: Path | None, out_dir: Path) -> dict | None:
         seeded = seed_campaign(config.store, source, config.settings.key())
     except SeedError as err:
         raise CliError(f"{err}; use --no-seed to build without it") from err
-    if seeded["spectra"] or seeded["failures"]:
+    if (seeded["spectra"] or seeded["failures"]) and not quiet:
         console().print(f"seeded from {source}: {seeded['spectra']} material spectra and {seeded['failures']} "
                         f"failed items taken as done ({seeded['already_present']} were here already)")
     return seeded
