@@ -87,6 +87,19 @@ def test_rejected_structures_are_skipped_with_their_reason():
     assert kept[0].site_groups == {"Ti": [[0, 1]]}
 
 
+def test_a_cif_whose_sites_lack_stated_elements_is_rejected():
+    """Montroseite VO(OH) refined without its H reads as VO2 (and bond valences then say V4+)."""
+    from pymatgen.io.cif import CifWriter
+
+    cif = str(CifWriter(_rutile()))
+    assert entry_from_cif("amcsd", "11", "rutile", cif).structure is not None
+    without_h = cif.replace("_chemical_formula_sum   'Ti2 O4'", "_chemical_formula_sum   'Ti O2 H'")
+    assert without_h != cif
+    assert entry_from_cif("amcsd", "73", "montroseite-like", without_h).reject_reason == "missing_atoms: H"
+    # a synthetic compound's AMCSD name is its formula: the name counts too
+    assert entry_from_cif("amcsd", "75", "Ti N6 O2 H18", cif).reject_reason == "missing_atoms: H,N"
+
+
 def test_duplicates_across_sources_are_merged_onto_the_amcsd_entry():
     strained = _rutile()
     strained.scale_lattice(strained.volume * 1.02)

@@ -6,6 +6,7 @@ Project structures from ../shared), so that this layer does not reach into the t
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -78,8 +79,36 @@ class Rejection:
         return {"source": self.source, "source_id": self.source_id, "name": self.name, "reason": self.reason}
 
 
+_FORMULA_NAME = re.compile(r"^\s*(\(?[A-Z][a-z]?\d*(\.\d+)?\)?\d*\s*)+$")  # "Cl3 Cr H12 O6", not "Hematite"
+_FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+['\"]?([^'\"\n]+)", re.M)
+
+
+def stated_elements(cif_text: str, name: str = "") -> set[str]:
+    """Elements the CIF says the compound has: its ``_chemical_formula_sum`` and, for synthetic
+    compounds whose AMCSD name is a formula ("Co H18 I N6 O4 S"), the name."""
+    from pymatgen.core import Composition
+
+    texts = _FORMULA_SUM.findall(cif_text) + ([name] if _FORMULA_NAME.match(name or "") else [])
+    elements: set[str] = set()
+    for text in texts:
+        try:
+            elements |= {el.symbol for el in Composition(text.strip()).elements}
+        except Exception:  # an odd formula string says nothing we can use
+            continue
+    return elements
+
+
+def missing_atoms_reason(structure, cif_text: str, name: str = "") -> str | None:
+    """``missing_atoms: H`` when the sites lack elements the CIF states: X-ray refinements often leave
+    out H (VO(OH) montroseite reads as VO2, and bond valences then call it V4+), some AMCSD entries
+    keep only part of a complex ([Co(NH3)6]-bearing CoSI reads as CoSI)."""
+    missing = stated_elements(cif_text, name) - {el.symbol for el in structure.composition.elements}
+    return f"missing_atoms: {','.join(sorted(missing))}" if missing else None
+
+
 def entry_from_cif(source: str, source_id: str, name: str, text: str) -> SourceEntry:
-    """A source entry from CIF text; an unreadable CIF becomes a rejected entry with its reason."""
+    """A source entry from CIF text; an unreadable CIF, or one whose sites lack elements its formula
+    states, becomes a rejected entry with its reason."""
     from io import StringIO
 
     from pymatgen.io.cif import CifParser
@@ -92,6 +121,9 @@ def entry_from_cif(source: str, source_id: str, name: str, text: str) -> SourceE
         return SourceEntry(source, source_id, name, None, f"cif_unreadable: {type(err).__name__}")
     if not structures:
         return SourceEntry(source, source_id, name, None, "cif_no_structure")
+    reason = missing_atoms_reason(structures[0], text, name)
+    if reason:
+        return SourceEntry(source, source_id, name, None, reason)
     return SourceEntry(source, source_id, name, structures[0])
 
 

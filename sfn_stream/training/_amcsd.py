@@ -58,8 +58,12 @@ def iter_amcsd_structures(
     """Yield ``(amcsd_id, mineral_name, Structure | None, reject_reason)`` for each CIF.
 
     Rejection reasons (``structure`` is None): ``missing_cif``, ``cif_unreadable: <error>``,
-    ``cif_no_structure``, ``no_sites``, ``disordered`` (partial occupancy, when ``ordered_only``).
+    ``cif_no_structure``, ``no_sites``, ``missing_atoms: <elements>`` (the CIF's formula, or a name
+    that is a formula, has elements without sites), ``disordered`` (partial occupancy, when
+    ``ordered_only``).
     """
+    from ..corpus import missing_atoms_reason
+
     db = amcsd_database()
     for amcsd_id in amcsd_ids() if ids is None else ids:
         try:
@@ -77,6 +81,8 @@ def iter_amcsd_structures(
         structure, reason = _parse_cif(cif)
         if structure is not None and len(structure) == 0:
             structure, reason = None, "no_sites"
+        if structure is not None and (missing := missing_atoms_reason(structure, cif.ciftext, name)):
+            structure, reason = None, missing
         if structure is not None and ordered_only and not structure.is_ordered:
             structure, reason = None, "disordered"
         yield AmcsdEntry(amcsd_id, name, structure, reason)
