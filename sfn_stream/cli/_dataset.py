@@ -171,7 +171,7 @@ def _source_entries(names: list[str]):
         if "amcsd" in names:
             from ..training import iter_amcsd_structures
 
-            for entry in iter_amcsd_structures():
+            for entry in iter_amcsd_structures(complete_only=True):
                 yield SourceEntry("amcsd", str(entry.amcsd_id), entry.mineral_name, entry.structure,
                                   entry.reject_reason)
         if "omnixas" in names:

@@ -53,14 +53,15 @@ def _parse_cif(cif) -> tuple[Any, str | None]:
 
 
 def iter_amcsd_structures(
-    ids: Iterable[int] | None = None, *, ordered_only: bool = True
+    ids: Iterable[int] | None = None, *, ordered_only: bool = True, complete_only: bool = False
 ) -> Iterator[AmcsdEntry]:
     """Yield ``(amcsd_id, mineral_name, Structure | None, reject_reason)`` for each CIF.
 
     Rejection reasons (``structure`` is None): ``missing_cif``, ``cif_unreadable: <error>``,
-    ``cif_no_structure``, ``no_sites``, ``missing_atoms: <elements>`` (the CIF's formula, or a name
-    that is a formula, has elements without sites), ``disordered`` (partial occupancy, when
-    ``ordered_only``).
+    ``cif_no_structure``, ``no_sites``, ``missing_atoms: <elements>`` (when ``complete_only``: the
+    CIF's formula, or a name that is a formula, has elements without sites; the corpus needs it for
+    its chemistry labels, PXRD hardly sees the H that is usually missing), ``disordered`` (partial
+    occupancy, when ``ordered_only``).
     """
     from ..corpus import missing_atoms_reason
 
@@ -81,8 +82,9 @@ def iter_amcsd_structures(
         structure, reason = _parse_cif(cif)
         if structure is not None and len(structure) == 0:
             structure, reason = None, "no_sites"
-        if structure is not None and (missing := missing_atoms_reason(structure, cif.ciftext, name)):
-            structure, reason = None, missing
         if structure is not None and ordered_only and not structure.is_ordered:
             structure, reason = None, "disordered"
+        missing = complete_only and structure is not None and missing_atoms_reason(structure, cif.ciftext, name)
+        if missing:
+            structure, reason = None, missing
         yield AmcsdEntry(amcsd_id, name, structure, reason)
