@@ -193,7 +193,7 @@ def pending_items(plan: Sequence[Item], store: ResultStore, retry_failed: bool) 
     pending, done, failed = [], 0, 0
     for item in plan:
         record = latest.get(item.key)
-        if record is None and item.kind == "feff" and _covered_by_seed(item, seeded[item.version]):
+        if record is None and _covered_by_seed(item, seeded.get(item.version, {})):
             done += 1
         elif record is None:
             pending.append(item)

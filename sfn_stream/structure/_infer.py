@@ -310,18 +310,15 @@ def infer_structures(
         score = sim / XRD_TEMPERATURE + item.log_prior
         final.append((score, item))
     final.sort(key=lambda t: -t[0])
-    scores = np.array([s for s, _ in final])
-    probs = np.exp(scores - scores.max())
-    probs /= probs.sum()
     candidates, seen, others = [], set(), []
-    for (score, item), prob in zip(final, probs):
+    for score, item in final:
         entry = index.entries[item.index]
         key = (item.formula.reduced_formula, entry.spacegroup_number)
         if key in seen or len(candidates) >= top:
             others.append(score)
             continue
         seen.add(key)
-        candidates.append(_candidate(len(candidates) + 1, score, float(prob), item, entry))
+        candidates.append(_candidate(len(candidates) + 1, score, 0.0, item, entry))
     if relax and candidates:
         from ._relax import relax_candidates
 
@@ -334,14 +331,15 @@ def infer_structures(
         t0 = time.perf_counter()
         notes.extend(add_xanes_agreement(candidates, request))
         seconds["xanes_check"] = time.perf_counter() - t0
-    if (relax or xanes_check) and candidates:
-        _renormalise(candidates, others)
+    _set_probabilities(candidates, others)
     return result(candidates, None, [f.to_dict() for f in formula_list], counts)
 
 
-def _renormalise(candidates: list[Candidate], other_scores: Sequence[float]) -> None:
-    """Probabilities again after relaxation or the XANES check changed some scores: the softmax over
-    the candidates' scores now and the other refined candidates' scores (those did not change)."""
+def _set_probabilities(candidates: list[Candidate], other_scores: Sequence[float]) -> None:
+    """Softmax over the candidates' final scores (after relaxation or the XANES check, if any) and the
+    scores of the refined candidates not returned."""
+    if not candidates:
+        return
     scores = np.array([c.score for c in candidates] + list(other_scores))
     probs = np.exp(scores - scores.max())
     probs /= probs.sum()
