@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from sfn_stream.streaming import run_service
+    from sfn_stream.live.plugin import run_service
 
     def ready():
         print(f"sfn-stream service ready: {args.zmq} -> {args.tiled}", flush=True)

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiled_service(tmp_path_factory):
-    from sfn_stream.catalog import TiledService
+    from sfn_stream.live.catalog import TiledService
 
     service = TiledService(tmp_path_factory.mktemp("tiled"))
     yield service
@@ -21,14 +21,14 @@ def client(tiled_service):
 
 @pytest.fixture(scope="session")
 def demo_sample():
-    from sfn_stream.beamline import load_demo_sample
+    from sfn_stream.simulated_beamline import load_demo_sample
 
     return load_demo_sample()
 
 
 @pytest.fixture
 def beamline(demo_sample):
-    from sfn_stream.beamline import simulated_beamline
+    from sfn_stream.simulated_beamline import simulated_beamline
 
     return simulated_beamline(demo_sample, seed=3)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from sfn_stream.chemistry import (
+from sfn_stream.core.chemistry import (
     DESCRIPTOR_NAMES,
     UnknownElementError,
     absorber_labels,

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from sfn_stream.beamline import xanes_energies
+from sfn_stream.simulated_beamline import xanes_energies
 from sfn_stream.cli import main
-from sfn_stream.training._shared import have_shared, shared_dir
+from sfn_stream.offline.shared import have_shared, shared_dir
 
 
 def _measured_xanes_file(path, beamline):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sfn_stream.predict import CompositionError, parse_elements
-from sfn_stream.streaming import RunConvention
+from sfn_stream.core.predict import CompositionError, parse_elements
+from sfn_stream.live.plugin import RunConvention
 
 
 def _keys(*names, dtype="number"):

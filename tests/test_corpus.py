@@ -17,7 +17,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from sfn_stream.cli import main
-from sfn_stream.corpus import (
+from sfn_stream.offline.corpus import (
     CampaignConfig,
     Item,
     ItemTimeout,
@@ -34,7 +34,7 @@ from sfn_stream.corpus import (
     run_campaign,
     screen_entries,
 )
-from sfn_stream.simulation import FeffSettings
+from sfn_stream.core.simulation import FeffSettings
 
 FAST = FeffSettings(scf_radius=None, fms_radius=3.0, cluster_radius=5.0)
 
@@ -148,7 +148,7 @@ def test_sandbox_stops_a_call_past_its_limit_and_recovers():
 
 def _synthetic_feff(store: ResultStore, materials, settings: FeffSettings) -> None:
     """A smooth K edge per computed site, recorded as the campaign would (see module docstring)."""
-    from sfn_stream.spectra import k_edge_energy
+    from sfn_stream.core.spectra import k_edge_energy
 
     for material in materials:
         for metal, groups in material.site_groups.items():
@@ -292,7 +292,7 @@ def test_splits_keep_formulas_together_and_earlier_assignments_fixed():
 
 
 def test_teacher_labels_on_rock_salt():
-    from sfn_stream.corpus import teacher_labels
+    from sfn_stream.offline.corpus import teacher_labels
 
     nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
     labels = teacher_labels(nacl)

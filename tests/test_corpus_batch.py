@@ -1,5 +1,5 @@
 """Offline FEFF batches: export from a tiny campaign (cuprite + the Cu references), run with
-``python -m sfn_stream.corpus.batch_run`` where pymatgen, scipy, Dask, tqdm and torch cannot be
+``python -m sfn_stream.offline.corpus.batch_run`` where pymatgen, scipy, Dask, tqdm and torch cannot be
 imported, import into the campaign's store; refusals, a second import, the time limit.
 
 The campaign's settings are the fast ones of test_corpus (no SCF, FMS 3 A: fcc Cu in ~15 s),
@@ -20,7 +20,7 @@ import pytest
 from test_corpus import FAST, _cuprite
 
 from sfn_stream.cli import main
-from sfn_stream.corpus import (
+from sfn_stream.offline.corpus import (
     CALIBRATION_CANDIDATES,
     CampaignConfig,
     Item,
@@ -31,8 +31,8 @@ from sfn_stream.corpus import (
     reference_materials,
     screen_entries,
 )
-from sfn_stream.corpus._calibration import corpus_fallbacks
-from sfn_stream.corpus._structures import save_prepared
+from sfn_stream.offline.corpus._calibration import corpus_fallbacks
+from sfn_stream.offline.corpus._structures import save_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("pymatgen", "scipy", "dask", "distributed", "tqdm", "torch")
@@ -71,11 +71,11 @@ def _blocked_path(tmp: Path) -> Path:
 
 
 def _batch_run(campaign, batch: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
-    """``python -m sfn_stream.corpus.batch_run`` with the heavy packages blocked (sandboxes inherit it)."""
+    """``python -m sfn_stream.offline.corpus.batch_run`` with the heavy packages blocked (sandboxes inherit it)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_blocked_path(campaign["tmp"])), str(ROOT)]),
            "PYTHONUNBUFFERED": "1"}
     code = ("import runpy, sys; sys.argv[0] = 'batch_run'\n"
-            "try:\n    runpy.run_module('sfn_stream.corpus.batch_run', run_name='__main__')\n"
+            "try:\n    runpy.run_module('sfn_stream.offline.corpus.batch_run', run_name='__main__')\n"
             "finally:\n"
             f"    print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & set({BLOCKED!r})))")
     return subprocess.run([sys.executable, "-c", code, str(batch), "--out", str(out), *options],

@@ -14,7 +14,7 @@ import pytest
 from test_corpus import FAST, _materials, campaign, corpus  # noqa: F401 (module fixtures)
 
 from sfn_stream.cli import main
-from sfn_stream.corpus import (
+from sfn_stream.offline.corpus import (
     CALIBRATION_CANDIDATES,
     CampaignConfig,
     SeedError,
@@ -24,8 +24,8 @@ from sfn_stream.corpus import (
     run_campaign,
     seed_campaign,
 )
-from sfn_stream.corpus._structures import save_prepared
-from sfn_stream.simulation import FeffSettings
+from sfn_stream.offline.corpus._structures import save_prepared
+from sfn_stream.core.simulation import FeffSettings
 
 
 def _fresh(tmp_path, name="fresh"):

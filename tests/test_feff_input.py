@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Structure
 
-from sfn_stream.simulation import OMNIXAS, feff_input
-from sfn_stream.training._shared import have_shared, shared_path
+from sfn_stream.core.simulation import OMNIXAS, feff_input
+from sfn_stream.offline.shared import have_shared, shared_path
 
 
 def _atoms_block(text: str) -> np.ndarray:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from sfn_stream.corpus._items import compute_feff_site
-from sfn_stream.simulation import FeffRunError, FeffSettings, FeffTimeout, feff_input, read_xmu, run_feff
-from sfn_stream.spectra import find_e0, k_edge_energy
+from sfn_stream.offline.corpus._items import compute_feff_site
+from sfn_stream.core.simulation import FeffRunError, FeffSettings, FeffTimeout, feff_input, read_xmu, run_feff
+from sfn_stream.core.spectra import find_e0, k_edge_energy
 
 FAST = FeffSettings(scf_radius=None, fms_radius=3.0, cluster_radius=5.0)
 

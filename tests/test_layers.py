@@ -18,10 +18,10 @@ def test_import_linter_contracts_hold():
 
 
 @pytest.mark.parametrize("module, forbidden", [
-    ("sfn_stream.spectra", ["torch", "bluesky", "tiled", "event_model", "ophyd"]),
-    ("sfn_stream.chemistry", ["torch", "bluesky", "tiled"]),
-    ("sfn_stream.predict", ["bluesky", "tiled", "event_model", "ophyd"]),
-    ("sfn_stream.catalog", ["torch", "bluesky"]),
+    ("sfn_stream.core.spectra", ["torch", "bluesky", "tiled", "event_model", "ophyd"]),
+    ("sfn_stream.core.chemistry", ["torch", "bluesky", "tiled"]),
+    ("sfn_stream.core.predict", ["bluesky", "tiled", "event_model", "ophyd"]),
+    ("sfn_stream.live.catalog", ["torch", "bluesky"]),
 ])
 def test_importing_a_layer_pulls_in_nothing_heavy(module, forbidden):
     code = (f"import sys, {module}; "

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sfn_stream.spectra import (
+from sfn_stream.core.spectra import (
     SpectrumFileError,
     absorber_from_filename,
     preprocess_xanes_file,
@@ -15,7 +15,7 @@ from sfn_stream.spectra import (
     read_xy,
     xanes_channels,
 )
-from sfn_stream.training._shared import have_shared, shared_dir
+from sfn_stream.offline.shared import have_shared, shared_dir
 
 DATA = Path(__file__).parent / "data"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from bluesky.callbacks.zmq import Publisher
 
-from sfn_stream.beamline import xanes_scan
-from sfn_stream.streaming import XANES_STREAM
+from sfn_stream.simulated_beamline import xanes_scan
+from sfn_stream.live.plugin import XANES_STREAM
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sfn_stream.chemistry import UnknownElementError, descriptor_table
-from sfn_stream.nn import SpecFusionNet, UnsupportedAbsorberError, encode_compounds
+from sfn_stream.core.chemistry import UnknownElementError, descriptor_table
+from sfn_stream.core.networks import SpecFusionNet, UnsupportedAbsorberError, encode_compounds
 
 L = 200
 
@@ -111,7 +111,7 @@ def test_input_validation():
 
 
 def test_vectorised_ensemble_matches_member_by_member():
-    from sfn_stream.nn import StackedEnsemble
+    from sfn_stream.core.networks import StackedEnsemble
 
     torch.manual_seed(1)
     members = [SpecFusionNet(descriptor_table(), d_model=16, n_heads=2, n_layers=1, cnn_channels=4).eval() for _ in range(3)]

@@ -10,10 +10,10 @@ from bluesky import preprocessors as bpp
 from bluesky.utils import RunEngineInterrupted
 from event_model import compose_run, pack_event_page
 
-from sfn_stream.beamline import powder_scan, xanes_energies, xanes_scan
-from sfn_stream.catalog import runs_where
-from sfn_stream.predict import XanesPredictor
-from sfn_stream.streaming import XANES_STREAM, XRD_STREAM, Predictors, SfnPlugin, make_tiled_writer, window_energies
+from sfn_stream.simulated_beamline import powder_scan, xanes_energies, xanes_scan
+from sfn_stream.live.catalog import runs_where
+from sfn_stream.core.predict import XanesPredictor
+from sfn_stream.live.plugin import XANES_STREAM, XRD_STREAM, Predictors, SfnPlugin, make_tiled_writer, window_energies
 
 XANES_FIELDS = {"absorber", "status", "quality_flags", "reason", "bundle_id", "oxidation_state",
                 "oxidation_state_confidence", "coordination_number", "coordination_number_confidence",
@@ -210,7 +210,7 @@ def test_xrd_frames_are_predicted_live(RE, plugin, beamline, client):
 
 def test_external_hdf5_frames_are_read_and_predicted(tmp_path, client, demo_sample):
     """A detector that writes frames to HDF5 (StreamResource/StreamDatum), as ophyd-async ones do."""
-    from sfn_stream.beamline import PowderDetector
+    from sfn_stream.simulated_beamline import PowderDetector
 
     detector = PowderDetector(name="pd", wavelength=demo_sample.wavelength, seed=5)
     detector.load_sticks(demo_sample.sticks_q, demo_sample.sticks_intensity)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from sfn_stream.structure import (
+from sfn_stream.core.structure import (
     InferenceRequest,
     StructureInputError,
     StructureSource,
@@ -22,7 +22,7 @@ from sfn_stream.structure import (
     reflections,
     source_index,
 )
-from sfn_stream.structure import _index as index_module
+from sfn_stream.core.structure import _index as index_module
 
 # One lab measurement (Cu K-alpha1+2), fixed so that the tests are deterministic.
 LAB = dict(
@@ -67,8 +67,8 @@ def ordered_spinel(a_site="Mg", b1="Fe", b2="Al", a=8.08):
 
 def measured(structure, seed=0):
     """Counts vs 2theta of ``structure`` as the project's simulator measures it (lab conditions above)."""
-    from sfn_stream.simulation import q_to_two_theta, stick_pattern, synthesize_pattern
-    from sfn_stream.spectra import XRD_Q_GRID
+    from sfn_stream.core.simulation import q_to_two_theta, stick_pattern, synthesize_pattern
+    from sfn_stream.core.spectra import XRD_Q_GRID
 
     details = synthesize_pattern(stick_pattern(structure), XRD_Q_GRID, np.random.default_rng(seed),
                                  conditions=dict(LAB), return_details=True)
@@ -195,7 +195,7 @@ def test_index_round_trips_from_its_cache(oxide_templates, cache, monkeypatch):
 def test_reflections_agree_with_pymatgen_xrdcalculator():
     from pymatgen.analysis.diffraction.xrd import XRDCalculator
 
-    from sfn_stream.structure._pattern import lorentz_polarization
+    from sfn_stream.core.structure._pattern import lorentz_polarization
 
     structure = brownmillerite()
     refl = reflections(structure, "orthorhombic", q_max=5.0)
@@ -213,7 +213,7 @@ def test_reflections_agree_with_pymatgen_xrdcalculator():
 def test_benchmark_runs_held_out_queries_in_parallel_with_the_same_records(oxide_templates):
     """The benchmark runner on a two-item benchmark: the held-out item is removed from the templates,
     hits are scored, and 2 worker processes give the records of 1, in query order."""
-    from sfn_stream.training._structure_benchmark import run_benchmark
+    from sfn_stream.offline.training._structure_benchmark import run_benchmark
 
     def item(template_id, formula, system, anonymous, oxidation, cn):
         return {"id": f"test-oxides:{template_id}", "origin": "test", "split": "dev", "n_elements": 2,

@@ -16,9 +16,9 @@ import pytest
 from pymatgen.core import Composition, Lattice, Structure
 from tiled.queries import Contains, Key
 
-from sfn_stream.beamline import powder_scan, xanes_scan
-from sfn_stream.catalog import runs_where
-from sfn_stream.streaming import (
+from sfn_stream.simulated_beamline import powder_scan, xanes_scan
+from sfn_stream.live.catalog import runs_where
+from sfn_stream.live.plugin import (
     STRUCTURE_KIND,
     STRUCTURE_STREAM,
     XANES_STREAM,
@@ -27,7 +27,7 @@ from sfn_stream.streaming import (
     StructureInferenceOptions,
     make_tiled_writer,
 )
-from sfn_stream.structure import StructureSource
+from sfn_stream.core.structure import StructureSource
 
 
 def delafossite(m: str, a: float, c: float, z: float) -> Structure:

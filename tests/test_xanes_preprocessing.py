@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sfn_stream.spectra import (
+from sfn_stream.core.spectra import (
     TRANSITION_METALS_3D,
     XANES_WINDOW,
     UnknownEdgeError,
@@ -21,7 +21,7 @@ from sfn_stream.spectra import (
     preprocess_xanes,
     preprocess_xanes_file,
 )
-from sfn_stream.training._shared import have_shared, shared_dir
+from sfn_stream.offline.shared import have_shared, shared_dir
 
 CU = 8979.0
 
@@ -422,7 +422,7 @@ def test_metal_foils_land_within_3_ev_or_are_shifted_copies(measured):
 @needs_shared
 @pytest.mark.shared
 def test_feff_site_spectra_take_the_same_path():
-    from sfn_stream.training._shared import omnixas_site_spectra
+    from sfn_stream.offline.shared import omnixas_site_spectra
 
     spectra = omnixas_site_spectra()
     keys = sorted(spectra)[::100]
@@ -443,8 +443,8 @@ def test_every_raised_flag_is_documented():
     """All flag codes in the source are listed in XANES_FLAGS (the plugin documents them from there)."""
     import re
 
-    import sfn_stream.spectra._xanes as module
-    from sfn_stream.spectra import XANES_FLAGS
+    import sfn_stream.core.spectra._xanes as module
+    from sfn_stream.core.spectra import XANES_FLAGS
 
     source = Path(module.__file__).read_text()
     raised = {code: kind for kind, code in re.findall(r'log\.(warn|fatal)\(\s*"([a-z0-9_]+)"', source)}

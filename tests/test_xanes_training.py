@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sfn_stream.nn import XANES_CARD_KEYS, UnsupportedAbsorberError, XanesEnsemble, load_bundle, models_dir
-from sfn_stream.nn._bundle import CARD_KEYS
-from sfn_stream.spectra import k_edge_energy
-from sfn_stream.training import (
+from sfn_stream.core.networks import XANES_CARD_KEYS, UnsupportedAbsorberError, XanesEnsemble, load_bundle, models_dir
+from sfn_stream.core.networks._bundle import CARD_KEYS
+from sfn_stream.core.spectra import k_edge_energy
+from sfn_stream.offline.training import (
     Augmentation,
     TrainConfig,
     XanesDataset,
@@ -19,8 +19,8 @@ from sfn_stream.training import (
     train_xanes_bundle,
     window_sample,
 )
-from sfn_stream.training._shared import have_shared
-from sfn_stream.training._xanes import augmented_views, gaussian_broaden
+from sfn_stream.offline.shared import have_shared
+from sfn_stream.offline.training._xanes import augmented_views, gaussian_broaden
 
 E_CU = k_edge_energy("Cu")
 
@@ -55,7 +55,7 @@ def test_multiplicity_weights_and_common_grid():
 
 
 def test_a_group_without_any_spectrum_is_an_error():
-    from sfn_stream.training import SiteCoverageError
+    from sfn_stream.offline.training import SiteCoverageError
 
     energy, mu = _feff_like(2.0)
     with pytest.raises(SiteCoverageError, match=r"\[3, 4\]"):
@@ -64,7 +64,7 @@ def test_a_group_without_any_spectrum_is_an_error():
 
 @pytest.mark.skipif(not have_shared(), reason="needs ../shared (OmniXAS Cu)")
 def test_material_spectrum_of_a_three_site_omnixas_material():
-    from sfn_stream.training import material_spectrum
+    from sfn_stream.offline.training import material_spectrum
 
     spectrum = material_spectrum("mp-1021507")  # Ba2Y(CuO2)3: three inequivalent Cu sites
     assert spectrum.weights == (1, 1, 1) and len(spectrum.site_keys) == 3
@@ -106,7 +106,7 @@ def test_energy_jitter_moves_window_and_e0_shift_together():
 
 
 def test_energy_offset_is_measured_from_a_feff_metal_spectrum(tmp_path):
-    from sfn_stream.training import measure_feff_energy_offset, recorded_energy_offset
+    from sfn_stream.offline.training import measure_feff_energy_offset, recorded_energy_offset
 
     energy, mu = _feff_like(edge=0.0, start=-6.0)
     energy = energy + 7.5  # a FEFF-like scale 7.5 eV above the tabulated edge
@@ -119,7 +119,7 @@ def test_energy_offset_is_measured_from_a_feff_metal_spectrum(tmp_path):
 
 
 def test_blanking_covers_where_computed_spectra_lack_data():
-    from sfn_stream.training._xanes import blank_points
+    from sfn_stream.offline.training._xanes import blank_points
 
     energy, mu = _feff_like(4.0, start=-2.0)  # data start 2 eV below the tabulated edge
     sample = window_sample("s", "CuO", energy, mu, absorber="Cu", energy_offset=0.0, labels={})
@@ -212,7 +212,7 @@ def test_committed_bundle_loads_and_its_card_is_complete():
     assert card["preprocessing"]["energy_offset"]["energy_offset"] != 0
     ensemble = XanesEnsemble.from_bundle(bundle)
     energy, mu = _feff_like(2.0)
-    from sfn_stream.spectra import preprocess_xanes
+    from sfn_stream.core.spectra import preprocess_xanes
 
     window = preprocess_xanes(energy, mu, absorber="Cu")
     result = ensemble.predict(["Cu", "O"], {"Cu": (window.mu, window.e0_shift)})
@@ -220,7 +220,7 @@ def test_committed_bundle_loads_and_its_card_is_complete():
 
 
 def test_committed_splits_are_disjoint_by_formula():
-    from sfn_stream.training import read_omnixas_labels, read_splits
+    from sfn_stream.offline.training import read_omnixas_labels, read_splits
 
     splits = read_splits()
     formulas = {mid: row["formula"] for mid, row in read_omnixas_labels().items()}

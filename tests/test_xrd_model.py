@@ -7,8 +7,8 @@ import pytest
 from pymatgen.analysis.diffraction.xrd import XRDCalculator
 from pymatgen.core import Lattice, Structure
 
-from sfn_stream.nn import CRYSTAL_SYSTEMS, XrdClassifier, load_bundle, models_dir
-from sfn_stream.simulation import (
+from sfn_stream.core.networks import CRYSTAL_SYSTEMS, XrdClassifier, load_bundle, models_dir
+from sfn_stream.core.simulation import (
     StickTable,
     lorentz_polarization,
     q_to_two_theta,
@@ -16,8 +16,8 @@ from sfn_stream.simulation import (
     stick_pattern,
     synthesize_pattern,
 )
-from sfn_stream.spectra import XRD_Q_GRID, XrdInputError, preprocess_xrd
-from sfn_stream.training._xrd import assign_splits, structure_record, train_xrd_bundle
+from sfn_stream.core.spectra import XRD_Q_GRID, XrdInputError, preprocess_xrd
+from sfn_stream.offline.training._xrd import assign_splits, structure_record, train_xrd_bundle
 
 
 def rock_salt(a=5.64, cation="Na", anion="Cl"):

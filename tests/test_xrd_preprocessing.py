@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from sfn_stream.spectra import (
+from sfn_stream.core.spectra import (
     XRD_Q_GRID,
     PdCifError,
     XrdInputError,
@@ -15,7 +15,7 @@ from sfn_stream.spectra import (
     snip_background,
     two_theta_to_q,
 )
-from sfn_stream.training._shared import have_shared, shared_path
+from sfn_stream.offline.shared import have_shared, shared_path
 
 D_SPACINGS = np.array([3.2, 2.5, 1.9, 1.45, 1.2])  # A
 HEIGHTS = np.array([1.0, 0.6, 0.8, 0.3, 0.5])

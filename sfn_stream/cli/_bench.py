@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     stream.add_argument("--scans", type=int, default=20, help="scans per configuration (default 20)")
     stream.add_argument("--json", action="store_true")
     stream.set_defaults(run=run_stream)
-    from ..benchmarks import BENCHMARKS
+    from sfn_stream.offline.evaluation import BENCHMARKS
 
     for name, (_, help_text) in BENCHMARKS.items():
         other = which.add_parser(name, help=help_text, add_help=False)
@@ -43,9 +43,9 @@ def run_module(args) -> int:
     """Hand the rest of the command line to the benchmark module's own parser."""
     import importlib
 
-    from ..benchmarks import BENCHMARKS
+    from sfn_stream.offline.evaluation import BENCHMARKS
 
-    module = importlib.import_module(f"sfn_stream.benchmarks.{BENCHMARKS[args.bench_name][0]}")
+    module = importlib.import_module(f"sfn_stream.offline.evaluation.{BENCHMARKS[args.bench_name][0]}")
     return module.main(args.argv)
 
 
@@ -69,9 +69,9 @@ def _percentile(values, q) -> float:
 def run_stream(args) -> int:
     from bluesky import RunEngine
 
-    from ..beamline import load_demo_sample, simulated_beamline, xanes_scan
-    from ..catalog import TiledService
-    from ..streaming import SfnPlugin, make_tiled_writer
+    from sfn_stream.simulated_beamline import load_demo_sample, simulated_beamline, xanes_scan
+    from sfn_stream.live.catalog import TiledService
+    from sfn_stream.live.plugin import SfnPlugin, make_tiled_writer
 
     if args.scans < 1:
         raise CliError("--scans must be at least 1")

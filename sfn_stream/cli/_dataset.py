@@ -1,7 +1,7 @@
 """``sfn-stream dataset build|status|info|calibrate|bench|batch-*``: the XANES + PXRD training corpus (issue 3).
 
 This module wires the structure sources (AMCSD from ``larixite``, OmniXAS from ../shared, both read
-by the training layer) into :mod:`sfn_stream.corpus`, which stays below the training layer.
+by the training layer) into :mod:`sfn_stream.offline.corpus`, which stays below the training layer.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .._feff_batch_options import add_batch_run_arguments
+from sfn_stream.core.paths import DOCS_DIR
+from sfn_stream.offline.batch_options import add_batch_run_arguments
 from ._common import CliError, console, print_json
 
 DEFAULT_WORKDIR = Path("sfn-data") / "corpus-campaign"
@@ -84,7 +85,7 @@ def add_parser(sub) -> None:
     export.set_defaults(run=run_batch_export)
 
     batch_run = which.add_parser("batch-run", help="run an offline FEFF batch (needs only numpy and feff10)")
-    add_batch_run_arguments(batch_run)  # the same options as `python -m sfn_stream.corpus.batch_run`
+    add_batch_run_arguments(batch_run)  # the same options as `python -m sfn_stream.offline.corpus.batch_run`
     batch_run.set_defaults(run=run_batch_run)
 
     batch_import = which.add_parser("batch-import", help="append an offline batch's results to the campaign")
@@ -114,8 +115,8 @@ def _campaign_options(parser) -> None:
 
 
 def _config(args):
-    from ..corpus import CALIBRATION_CANDIDATES, CORPUS_METALS, CampaignConfig, corpus_settings
-    from ..corpus._calibration import corpus_fallbacks
+    from sfn_stream.offline.corpus import CALIBRATION_CANDIDATES, CORPUS_METALS, CampaignConfig, corpus_settings
+    from sfn_stream.offline.corpus import corpus_fallbacks
 
     if args.settings:
         if args.settings not in CALIBRATION_CANDIDATES:
@@ -135,7 +136,7 @@ def _config(args):
     config = CampaignConfig(workdir=Path(args.workdir), settings=settings, fallbacks=fallbacks, metals=metals,
                             nice=args.nice)
     if args.kinds:
-        from ..corpus import ITEM_KINDS
+        from sfn_stream.offline.corpus import ITEM_KINDS
 
         kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
         if not kinds or set(kinds) - set(ITEM_KINDS):
@@ -148,7 +149,7 @@ def _config(args):
 
 def _source_entries(names: list[str]):
     """A callable giving the SourceEntry stream, and a description of the sources for the manifest."""
-    from ..corpus import SourceEntry
+    from sfn_stream.offline.corpus import SourceEntry
 
     unknown = set(names) - {"amcsd", "omnixas"}
     if unknown:
@@ -159,7 +160,7 @@ def _source_entries(names: list[str]):
 
         described["amcsd"] = f"AMCSD shipped in larixite {larixite.__version__} (Downs & Hall-Wallace 2003)"
     if "omnixas" in names:
-        from ..training._shared import have_shared
+        from sfn_stream.offline.shared import have_shared
 
         if have_shared():
             described["omnixas"] = "OmniXAS Cu (Materials Project structures, FEFF 9.9.1), ../shared/data/omnixas_cu"
@@ -169,13 +170,13 @@ def _source_entries(names: list[str]):
 
     def entries():
         if "amcsd" in names:
-            from ..training import iter_amcsd_structures
+            from sfn_stream.offline.training import iter_amcsd_structures
 
             for entry in iter_amcsd_structures(complete_only=True):
                 yield SourceEntry("amcsd", str(entry.amcsd_id), entry.mineral_name, entry.structure,
                                   entry.reject_reason)
         if "omnixas" in names:
-            from ..training._shared import omnixas_structures
+            from sfn_stream.offline.shared import omnixas_structures
 
             for mp_id, structure in sorted(omnixas_structures().items()):
                 yield SourceEntry("omnixas", mp_id, "", structure)
@@ -184,7 +185,7 @@ def _source_entries(names: list[str]):
 
 
 def run_build(args) -> int:
-    from ..corpus import CORPUS_DIR, assemble_from_workdir, build_corpus
+    from sfn_stream.offline.corpus import CORPUS_DIR, assemble_from_workdir, build_corpus
 
     config = _config(args)
     config.max_materials_per_metal = args.max_per_metal
@@ -218,7 +219,7 @@ def run_build(args) -> int:
 
 def _seed(config, seed_from: Path | None, out_dir: Path, quiet: bool = False) -> dict | None:
     """Seed the campaign from ``seed_from``, or from ``out_dir`` when that holds a corpus."""
-    from ..corpus import SeedError, seed_campaign
+    from sfn_stream.offline.corpus import SeedError, seed_campaign
 
     source = seed_from or out_dir
     if not (Path(source) / "corpus.json").is_file():
@@ -245,8 +246,8 @@ def _print_manifest(manifest: dict, out_dir, as_json: bool) -> None:
 
 
 def run_status(args) -> int:
-    from ..corpus import campaign_status, reference_materials
-    from ..corpus._structures import load_prepared
+    from sfn_stream.offline.corpus import campaign_status, reference_materials
+    from sfn_stream.offline.corpus import load_prepared
 
     config = _config(args)
     prepared = config.workdir / "materials.json.gz"
@@ -270,8 +271,8 @@ def run_status(args) -> int:
 
 def _campaign_plan(config):
     """The prepared materials, the reference solids and the plan of the campaign in ``config.workdir``."""
-    from ..corpus import plan_items, reference_materials
-    from ..corpus._structures import load_prepared
+    from sfn_stream.offline.corpus import plan_items, reference_materials
+    from sfn_stream.offline.corpus import load_prepared
 
     prepared = config.workdir / "materials.json.gz"
     if not prepared.is_file():
@@ -282,7 +283,7 @@ def _campaign_plan(config):
 
 
 def run_batch_export(args) -> int:
-    from ..corpus._batch import export_batch, write_batch
+    from sfn_stream.offline.corpus import export_batch, write_batch
 
     if args.sites < 1 or args.skip < 0:
         raise CliError("--sites must be at least 1 and --skip at least 0")
@@ -303,7 +304,7 @@ def run_batch_export(args) -> int:
 
 
 def run_batch_run(args) -> int:
-    from ..corpus.batch_run import run
+    from sfn_stream.offline.corpus.batch_run import run
 
     try:
         run(args)
@@ -313,7 +314,7 @@ def run_batch_run(args) -> int:
 
 
 def run_batch_import(args) -> int:
-    from ..corpus._batch import BatchError, import_results, read_records
+    from sfn_stream.offline.corpus import BatchError, import_results, read_records
 
     if not args.results.is_file():
         raise CliError(f"no results file {args.results}")
@@ -332,7 +333,7 @@ def run_batch_import(args) -> int:
 
 
 def run_info(args) -> int:
-    from ..corpus import CORPUS_DIR, CorpusMissing, corpus_info
+    from sfn_stream.offline.corpus import CORPUS_DIR, CorpusMissing, corpus_info
 
     path = args.path or CORPUS_DIR
     try:
@@ -364,7 +365,7 @@ def run_info(args) -> int:
 def run_calibrate(args) -> int:
     import json
 
-    from ..corpus import (
+    from sfn_stream.offline.corpus import (
         CALIBRATION_CANDIDATES,
         CORPUS_DIR,
         calibration_markdown,
@@ -373,8 +374,8 @@ def run_calibrate(args) -> int:
         choose_settings,
         run_calibration,
     )
-    from ..corpus._calibration import read_rows, rescore
-    from ..training._shared import SharedDataMissing, omnixas_site_spectra, omnixas_structures
+    from sfn_stream.offline.corpus import read_rows, rescore
+    from sfn_stream.offline.shared import SharedDataMissing, omnixas_site_spectra, omnixas_structures
 
     names = [n.strip() for n in args.candidates.split(",")] if args.candidates else list(CALIBRATION_CANDIDATES)
     unknown = [n for n in names if n not in CALIBRATION_CANDIDATES]
@@ -392,7 +393,7 @@ def run_calibrate(args) -> int:
     else:
         rows = run_calibration(sites, candidates, results, args.workdir / "runs", timeout=args.timeout,
                                log=lambda line: console().print(line))
-    from ..corpus._build import omnixas_cu_offset
+    from sfn_stream.offline.corpus import omnixas_cu_offset
 
     reference_offset = args.reference_offset if args.reference_offset is not None else omnixas_cu_offset()
     table = calibration_table(rescore(rows, sites, reference_offset), candidates, keys=[s.key for s in sites])
@@ -404,7 +405,7 @@ def run_calibrate(args) -> int:
     site_list = [{"key": s.key, "formula": s.formula} for s in sites]
     repro_path = args.workdir / "cu2o_reproduction.json"
     reproduction = json.loads(repro_path.read_text()) if repro_path.is_file() else None
-    doc = args.doc or Path(__file__).resolve().parents[2] / "docs" / "feff-calibration.md"
+    doc = args.doc or DOCS_DIR / "feff-calibration.md"
     notes = (f"OmniXAS-settings fcc Cu offset used for the calibrated scale: {reference_offset:+.2f} eV.\n\n"
              if reference_offset is not None else "")
     if args.notes:
@@ -427,8 +428,8 @@ def run_calibrate(args) -> int:
 
 def run_bench(args) -> int:
     """Same FEFF sites, run by a local Dask cluster of each size in turn, in one process."""
-    from ..corpus import CampaignConfig, CorpusMaterial, corpus_settings, metal_site_groups, run_campaign
-    from ..corpus._structures import _OXIDES, _build, metal_structure
+    from sfn_stream.offline.corpus import CampaignConfig, CorpusMaterial, corpus_settings, metal_site_groups, run_campaign
+    from sfn_stream.offline.corpus import metal_structure, oxide_structure
 
     try:
         worker_counts = [int(w) for w in args.workers.split(",")]
@@ -436,14 +437,14 @@ def run_bench(args) -> int:
         raise CliError(f"--workers must be comma-separated integers, got {args.workers!r}") from err
     if args.sites < 1 or min(worker_counts) < 1:
         raise CliError("--sites and every worker count must be at least 1")
-    from ..corpus import CALIBRATION_CANDIDATES
+    from sfn_stream.offline.corpus import CALIBRATION_CANDIDATES
 
     if args.settings and args.settings not in CALIBRATION_CANDIDATES:
         raise CliError(f"unknown --settings {args.settings!r}; choose one of {', '.join(CALIBRATION_CANDIDATES)}")
     settings = CALIBRATION_CANDIDATES[args.settings] if args.settings else corpus_settings()
     # Small, fixed structures, each site computed as its own material, repeated as needed. Rock-salt FeO
     # is left out: its SCF loop diverges at the chosen settings (the campaign's fallback handles it).
-    base = [_build(*_OXIDES[name]) for name in ("Cu2O", "CuO", "Fe2O3")] + [metal_structure("Fe")]
+    base = [oxide_structure(name) for name in ("Cu2O", "CuO", "Fe2O3")] + [metal_structure("Fe")]
     materials = []
     for i in range(args.sites):
         structure = base[i % len(base)]

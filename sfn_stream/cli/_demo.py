@@ -40,9 +40,9 @@ def _fresh_folder(out: Path) -> Path:
 def run(args) -> int:
     from bluesky import RunEngine
 
-    from ..beamline import load_demo_sample, powder_scan, simulated_beamline, xanes_scan
-    from ..catalog import TiledService
-    from ..streaming import SfnPlugin, make_tiled_writer
+    from sfn_stream.simulated_beamline import load_demo_sample, powder_scan, simulated_beamline, xanes_scan
+    from sfn_stream.live.catalog import TiledService
+    from sfn_stream.live.plugin import SfnPlugin, make_tiled_writer
     from ._live import LiveDisplay, ScanProgress
 
     out = console()
@@ -124,7 +124,7 @@ def _num(value) -> str | None:
 
 
 def _run_queries(out, client, summaries) -> None:
-    from ..catalog import runs_where, samples_where
+    from sfn_stream.live.catalog import runs_where, samples_where
 
     out.rule("Tiled queries over stop.sfn.*")
     xrd, xanes = summaries["xrd"] or {}, summaries["xanes"] or {}

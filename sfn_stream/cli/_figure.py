@@ -20,8 +20,8 @@ def demo_figure(path: Path, xanes_run, xrd_run, sample) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..spectra import preprocess_xanes
-    from ..streaming import XANES_STREAM, XRD_STREAM, window_energies
+    from sfn_stream.core.spectra import preprocess_xanes
+    from sfn_stream.live.plugin import XANES_STREAM, XRD_STREAM, window_energies
 
     primary = xanes_run["primary"].read()
     window = preprocess_xanes(_column(primary, "energy"), i0=_column(primary, "i0"), it=_column(primary, "it"),
@@ -67,7 +67,7 @@ def demo_figure(path: Path, xanes_run, xrd_run, sample) -> None:
 
 def _probability_bars(ax, xanes, xrd, stop_x, sample) -> None:
     """Horizontal bars of every class with probability >= 2 %, grouped by task."""
-    from ..streaming import class_probabilities
+    from sfn_stream.live.plugin import class_probabilities
 
     groups = [(f"{sample.absorber} oxidation state", xanes, "oxidation_state", list(range(8))),
               (f"{sample.absorber} CN", xanes, "coordination_number", list(range(1, 13))),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..streaming import XANES_STREAM, XRD_STREAM
+from sfn_stream.live.plugin import XANES_STREAM, XRD_STREAM
 
 
 class ScanProgress:

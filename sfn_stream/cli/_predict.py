@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
 
 
 def run_xanes(args) -> int:
-    from ..predict import PredictorError, xanes_predictor
-    from ..spectra import SpectrumFileError, absorber_from_filename, read_spectrum, xanes_channels
+    from sfn_stream.core.predict import PredictorError, xanes_predictor
+    from sfn_stream.core.spectra import SpectrumFileError, absorber_from_filename, read_spectrum, xanes_channels
 
     try:
         channels = xanes_channels(read_spectrum(args.file))
@@ -55,7 +55,7 @@ def run_xanes(args) -> int:
 
 
 def run_xrd(args) -> int:
-    from ..predict import xrd_predictor
+    from sfn_stream.core.predict import xrd_predictor
 
     x, y, wavelength = read_powder(args.file)
     wavelength = args.wavelength or wavelength or 1.5406
@@ -65,7 +65,7 @@ def run_xrd(args) -> int:
 
 def read_powder(path: Path):
     """(x, intensity, wavelength or None) of a powder pattern file: a pdCIF or columns."""
-    from ..spectra import SpectrumFileError, read_pdcif, read_xy
+    from sfn_stream.core.spectra import SpectrumFileError, read_pdcif, read_xy
 
     if not path.is_file():
         raise CliError(f"{path}: no such file")
@@ -81,7 +81,7 @@ def read_powder(path: Path):
 
 
 def _elements(text: str) -> list[str]:
-    from ..predict import parse_elements
+    from sfn_stream.core.predict import parse_elements
 
     return parse_elements(text)[0]
 

@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..catalog import TiledService, TiledServiceError
+    from sfn_stream.live.catalog import TiledService, TiledServiceError
 
     try:
         service = TiledService(args.data_dir, api_key=args.api_key, host=args.host, port=args.port,

@@ -50,7 +50,7 @@ def add_parser(sub) -> None:
 
 
 def _tables(values: list[str], what: str) -> dict:
-    from ..structure import StructureInputError, parse_assignments
+    from sfn_stream.core.structure import StructureInputError, parse_assignments
 
     out = {}
     for text in values:
@@ -75,7 +75,7 @@ def _systems(text: str | None) -> dict | None:
 
 
 def _read_xanes(specs: list[str], elements) -> dict:
-    from ..spectra import SpectrumFileError, preprocess_xanes_file
+    from sfn_stream.core.spectra import SpectrumFileError, preprocess_xanes_file
 
     out = {}
     for spec in specs:
@@ -90,7 +90,7 @@ def _read_xanes(specs: list[str], elements) -> dict:
 
 
 def run_infer(args) -> int:
-    from ..structure import (
+    from sfn_stream.core.structure import (
         InferenceRequest,
         RelaxationUnavailable,
         SourceUnavailable,
@@ -155,8 +155,8 @@ def _print_result(result, out: Path | None) -> None:
 
 
 def run_evaluate(args) -> int:
-    from ..training._shared import SharedDataMissing, have_shared
-    from ..training._structure_benchmark import BENCHMARK_FILE, load_benchmark, run_benchmark, run_measured
+    from sfn_stream.offline.shared import SharedDataMissing, have_shared
+    from sfn_stream.offline.training import BENCHMARK_FILE, load_benchmark, run_benchmark, run_measured
 
     if not have_shared():
         raise CliError("the structure benchmark needs ../shared (set SFN_SHARED)")

@@ -17,10 +17,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..nn import models_dir
-    from ..predict import XANES_BUNDLE, XRD_BUNDLE
-    from ..training import SharedDataMissing
-    from ..training._shared import shared_dir
+    from sfn_stream.core.networks import models_dir
+    from sfn_stream.core.predict import XANES_BUNDLE, XRD_BUNDLE
+    from sfn_stream.offline.training import SharedDataMissing
+    from sfn_stream.offline.shared import shared_dir
 
     options = {"seed": args.seed, "progress": True}
     if args.epochs:
@@ -28,11 +28,11 @@ def run(args) -> int:
     try:
         shared_dir()  # say so before any work (the readers behind it cache what they load)
         if args.model == "xanes":
-            from ..training import train_xanes_bundle
+            from sfn_stream.offline.training import train_xanes_bundle
 
             bundle = train_xanes_bundle(args.out or models_dir() / XANES_BUNDLE, **options)
         else:
-            from ..training import train_xrd_bundle
+            from sfn_stream.offline.training import train_xrd_bundle
 
             bundle = train_xrd_bundle(args.out or models_dir() / XRD_BUNDLE, **options)
     except SharedDataMissing as err:

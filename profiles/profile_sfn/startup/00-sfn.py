@@ -16,9 +16,9 @@ import os
 
 from bluesky import RunEngine
 
-from sfn_stream.beamline import load_demo_sample, powder_scan, simulated_beamline, xanes_scan  # noqa: F401
-from sfn_stream.catalog import TiledService, runs_where, samples_where  # noqa: F401
-from sfn_stream.streaming import SfnPlugin, make_tiled_writer
+from sfn_stream.simulated_beamline import load_demo_sample, powder_scan, simulated_beamline, xanes_scan  # noqa: F401
+from sfn_stream.live.catalog import TiledService, runs_where, samples_where  # noqa: F401
+from sfn_stream.live.plugin import SfnPlugin, make_tiled_writer
 
 RE = RunEngine({})
 sample = load_demo_sample()

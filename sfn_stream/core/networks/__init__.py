@@ -1,0 +1,40 @@
+"""Neural networks and model bundles. Knows nothing of Bluesky or Tiled."""
+
+from ._bundle import BundleError, ModelBundle, load_bundle, models_dir, save_bundle
+from ._specfusion import (
+    ELEMENT_TASK_CLASSES,
+    MultiScaleSpectrumEncoder,
+    SpecFusionNet,
+    StackedEnsemble,
+    UnsupportedAbsorberError,
+    XANES_CARD_KEYS,
+    XanesEnsemble,
+    encode_compounds,
+    ensemble_outputs,
+)
+from ._xrd_net import CRYSTAL_SYSTEMS, XrdClassifier, XrdCnnTransformer
+
+from ._specfusion import EncodedBatch
+from ._xrd_net import architecture_of
+
+__all__ = [
+    "EncodedBatch",
+    "architecture_of",
+    "CRYSTAL_SYSTEMS",
+    "XrdClassifier",
+    "XrdCnnTransformer",
+    "BundleError",
+    "ELEMENT_TASK_CLASSES",
+    "ModelBundle",
+    "MultiScaleSpectrumEncoder",
+    "SpecFusionNet",
+    "StackedEnsemble",
+    "UnsupportedAbsorberError",
+    "XANES_CARD_KEYS",
+    "XanesEnsemble",
+    "encode_compounds",
+    "ensemble_outputs",
+    "load_bundle",
+    "models_dir",
+    "save_bundle",
+]

@@ -1,0 +1,158 @@
+"""Predictors: preprocessing + a model bundle -> :class:`Prediction`.
+
+They are what the CLI and the Bluesky plugin call. Bundles are loaded once per process
+and cached; every prediction carries the bundle id, the preprocessing parameters and the
+quality flags of the scan it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from sfn_stream.core.networks import load_bundle, models_dir
+from ._composition import parse_elements
+from ._results import ClassPrediction, Prediction, ValuePrediction
+
+XANES_BUNDLE = "xanes-specfusion"
+XRD_BUNDLE = "xrd-crystal-system"
+
+
+class PredictorError(ValueError):
+    """A request no model can answer (unsupported absorber, unknown element ...)."""
+
+
+def _limit_torch_threads() -> None:
+    """One intra-op thread unless $SFN_TORCH_THREADS says otherwise: single spectra are tiny, and on a
+    busy 2-core machine two threads made one PXRD prediction 15-30 times slower than one."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("SFN_TORCH_THREADS", "1")))
+
+
+def _status(flags: Sequence[str]) -> str:
+    return "flagged" if flags else "ok"
+
+
+class XanesPredictor:
+    """Oxidation state, coordination number (per absorber) and density from a K-edge scan."""
+
+    def __init__(self, bundle_path: str | Path | None = None):
+        from sfn_stream.core.networks import XanesEnsemble
+
+        _limit_torch_threads()
+        self.bundle = load_bundle(bundle_path or models_dir() / XANES_BUNDLE)
+        self.ensemble = XanesEnsemble.from_bundle(self.bundle)
+
+    @property
+    def supported_absorbers(self) -> tuple[str, ...]:
+        return tuple(self.ensemble.supported_absorbers)
+
+    def check_request(self, absorber: str, elements: Sequence[str]) -> None:
+        """Raise :class:`PredictorError` for requests this bundle cannot serve."""
+        if absorber not in self.supported_absorbers:
+            raise PredictorError(
+                f"no XANES model supports the {absorber} K edge yet (bundle {self.bundle.id} "
+                f"supports: {', '.join(self.supported_absorbers)})"
+            )
+        if absorber not in elements:
+            raise PredictorError(f"the absorber {absorber} is not among the sample's elements {list(elements)}")
+
+    def predict_window(self, window, composition: str | Sequence[str], *, extra_flags=()) -> Prediction:
+        """Predict from a preprocessed :class:`~sfn_stream.core.spectra.XanesWindow`."""
+        elements, fractions = parse_elements(composition)
+        flags = [*window.flags, *extra_flags]
+        inputs = {"absorber": window.absorber, "elements": elements, "fractions": fractions}
+        if not window.usable:
+            return Prediction.failed("xanes", "insufficient_data", window.reason, bundle_id=self.bundle.id,
+                                     flags=flags, preprocessing=window.to_dict(), inputs=inputs)
+        self.check_request(window.absorber, elements)
+        raw = self.ensemble.predict(elements, {window.absorber: (window.mu, window.e0_shift)}, fractions)
+        properties = {
+            name: ValuePrediction(value=float(v["mean"]), std=float(v["std"]), unit=v.get("unit", ""))
+            for name, v in raw.get("compound", {}).items()
+        }
+        per_element = {
+            element: {task: ClassPrediction.from_probabilities(v["classes"], v["probabilities"])
+                      for task, v in tasks.items()}
+            for element, tasks in raw.get("per_element", {}).items()
+        }
+        return Prediction(kind="xanes", status=_status(flags), bundle_id=self.bundle.id, properties=properties,
+                          per_element=per_element, quality_flags=flags, messages=list(window.messages),
+                          preprocessing=window.to_dict(), inputs=inputs)
+
+    def predict_scan(self, energy, mu=None, *, absorber: str, composition, i0=None, it=None, ifluor=None,
+                     iref=None, extra_flags=()):
+        """Preprocess a scan (mu or raw channels) and predict; returns ``(prediction, window)``."""
+        from sfn_stream.core.spectra import preprocess_xanes
+
+        window = preprocess_xanes(energy, mu, i0=i0, it=it, ifluor=ifluor, iref=iref, absorber=absorber)
+        return self.predict_window(window, composition, extra_flags=extra_flags), window
+
+
+class XrdPredictor:
+    """Crystal system from a powder pattern."""
+
+    def __init__(self, bundle_path: str | Path | None = None):
+        from sfn_stream.core.networks import XrdClassifier
+
+        _limit_torch_threads()
+        self.bundle = load_bundle(bundle_path or models_dir() / XRD_BUNDLE)
+        self.classifier = XrdClassifier.from_bundle(self.bundle)
+
+    def predict_pattern_on_grid(self, pattern, *, extra_flags=()) -> Prediction:
+        """Predict from a preprocessed :class:`~sfn_stream.core.spectra.XrdPattern`."""
+        flags = [*pattern.flags, *extra_flags]
+        if not pattern.usable:
+            return Prediction.failed("xrd", "insufficient_data", pattern.reason, bundle_id=self.bundle.id,
+                                     flags=flags, preprocessing=pattern.to_dict())
+        raw = self.classifier.predict(np.asarray(pattern.intensity, dtype=np.float32))
+        properties = {task: ClassPrediction.from_probabilities(v["classes"], v["probabilities"])
+                      for task, v in raw.items()}
+        return Prediction(kind="xrd", status=_status(flags), bundle_id=self.bundle.id, properties=properties,
+                          quality_flags=flags, messages=list(pattern.messages), preprocessing=pattern.to_dict())
+
+    def predict_pattern(self, x, intensity, *, axis: str = "2theta", wavelength: float | None = None,
+                        extra_flags=()):
+        """Preprocess a 1D pattern (2theta at ``wavelength``, or Q) and predict; returns ``(prediction, pattern)``."""
+        from sfn_stream.core.spectra import preprocess_xrd
+
+        pattern = preprocess_xrd(x, intensity, axis=axis, wavelength=wavelength)
+        return self.predict_pattern_on_grid(pattern, extra_flags=extra_flags), pattern
+
+
+@lru_cache(maxsize=4)
+def xanes_predictor(bundle_path: str | None = None) -> XanesPredictor:
+    """The process-wide XANES predictor (loaded once)."""
+    return XanesPredictor(bundle_path)
+
+
+@lru_cache(maxsize=4)
+def xrd_predictor(bundle_path: str | None = None) -> XrdPredictor:
+    """The process-wide PXRD predictor (loaded once)."""
+    return XrdPredictor(bundle_path)
+
+
+def summarize(prediction: Prediction, absorber: str | None = None) -> dict:
+    """Flat, queryable summary of a prediction (what goes into ``stop['sfn']``)."""
+    summary: dict = {"status": prediction.status, "bundle_id": prediction.bundle_id,
+                     "quality_flags": list(prediction.quality_flags), "reason": prediction.reason}
+    for name, value in prediction.properties.items():
+        summary.update(_flatten(name, value))
+    if absorber and absorber in prediction.per_element:
+        for name, value in prediction.per_element[absorber].items():
+            summary.update(_flatten(name, value))
+        state = summary.get("oxidation_state")
+        if state is not None:
+            summary["species"] = f"{absorber}{int(state)}+" if int(state) > 0 else absorber
+    return summary
+
+
+def _flatten(name: str, value: ClassPrediction | ValuePrediction) -> Mapping:
+    if isinstance(value, ClassPrediction):
+        return {name: value.value, f"{name}_confidence": round(value.confidence, 4)}
+    return {name: round(value.value, 4), f"{name}_std": round(value.std, 4), f"{name}_unit": value.unit}

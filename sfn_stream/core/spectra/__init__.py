@@ -1,0 +1,44 @@
+"""Preprocessing of measured and computed spectra (no Bluesky, no torch).
+
+XANES: tabulated K edges, file readers and the Athena/Larch-style normalisation onto the
+model window (``preprocess_xanes``).
+"""
+
+from ._edges import K_EDGE_ENERGIES, TRANSITION_METALS_3D, UnknownEdgeError, edge_energy, k_edge_energy
+from ._readers import (
+    SpectrumFile,
+    SpectrumFileError,
+    absorber_from_filename,
+    preprocess_xanes_file,
+    read_spectrum,
+    read_xy,
+    xanes_channels,
+)
+from ._xanes import (
+    E0_METHOD,
+    XANES_DEFAULTS,
+    XANES_FLAGS,
+    XANES_WINDOW,
+    NormalizationDefaults,
+    WindowDefinition,
+    XanesInputError,
+    XanesWindow,
+    find_e0,
+    find_first_inflection,
+    preprocess_xanes,
+)
+from ._pdcif import PdCifError, PdCifProfile, parse_cif_blocks, read_pdcif
+from ._xrd import (
+    XRD_Q_GRID,
+    XrdInputError,
+    XrdPattern,
+    finish_on_grid,
+    preprocess_xrd,
+    rebin_to_grid,
+    snip_background,
+    two_theta_to_q,
+)
+from ._xrd import BACKGROUND
+from ._xrd import XRD_Q_MIN
+from ._xrd import XRD_Q_POINTS
+from ._xrd import XRD_Q_STEP

@@ -1,0 +1,451 @@
+"""The corpus product: parquet tables + stick patterns + manifest, with a content hash.
+
+Layout of a corpus folder (``data/corpus`` in the repository):
+
+- ``materials.parquet``  one row per material: ids, formula, exact labels, teacher labels, split
+- ``absorbers.parquet``  one row per (material, 3d metal): site labels, spectrum on FEFF's native
+                         grid (float32 lists) with E0 and the metal energy offset to apply
+- ``sticks.npz``         PXRD stick patterns (:class:`sfn_stream.core.simulation.StickTable`)
+- ``splits.json``        material ids per split (fixed: ids keep their split as the corpus grows)
+- ``references.json``    FEFF metal offsets per element and the oxide chemical-shift check
+- ``rejections.csv.gz``  every structure left out, with its reason; ``failures.csv.gz``: failed items
+- ``corpus.json``        manifest: version, settings, label provenance, counts, per-file and corpus hash
+
+OmniXAS materials carry no spectrum here (their spectra come from ../shared and are not ours to
+commit): their Cu rows say ``spectrum_source = "omnixas_cu"`` and have empty arrays.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import gzip
+import hashlib
+import io
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from sfn_stream.core import paths
+from sfn_stream.core.files import file_sha256
+from sfn_stream.core.simulation import FeffSettings
+from ._items import ITEM_VERSIONS, SEED_KIND
+from ._spectra import IncompleteSpectrum, edge_positions, energy_offset, material_spectrum
+from ._splits import SPLITS, assign_splits
+from ._structures import CORPUS_METALS, CorpusMaterial, Rejection, rejection_tally
+
+FORMAT_VERSION = "1"
+CORPUS_DIR = paths.CORPUS_DIR
+MANIFEST = "corpus.json"
+DATA_FILES = ("materials.parquet", "absorbers.parquet", "sticks.npz", "splits.json", "references.json",
+              "rejections.csv.gz", "failures.csv.gz")
+
+LABEL_PROVENANCE = {
+    "density": "exact: pymatgen Structure.density (g/cm3)",
+    "space_group_symbol": "exact: spglib through pymatgen SpacegroupAnalyzer, symprec 0.1",
+    "space_group_number": "exact: spglib through pymatgen SpacegroupAnalyzer, symprec 0.1",
+    "crystal_system": "exact: spglib through pymatgen SpacegroupAnalyzer, symprec 0.1",
+    "oxidation_state": "exact: pymatgen BVAnalyzer (bond valence, O'Keeffe & Brese 1991); where it fails "
+                       "Composition.oxi_state_guesses; all-metal 0. The method of each row is in "
+                       "absorbers.oxidation_method (sfn_stream.core.chemistry.oxidation_states)",
+    "coordination_number": "exact: pymatgen CrystalNN (Pan et al. 2021) on the oxidation-state-decorated "
+                           "structure, per inequivalent site, multiplicity-weighted (sfn_stream.core.chemistry)",
+    "band_gap": "teacher: CGCNN band-gap, gated by CGCNN semi-metal-classification (metal -> 0 eV)",
+    "is_metal": "teacher: CGCNN semi-metal-classification, P(metal) >= 0.5",
+    "formation_energy_per_atom": "teacher: CGCNN formation-energy-per-atom (eV/atom)",
+    "fermi_level": "teacher: CGCNN efermi (eV)",
+    "is_magnetic": "teacher: CHGNet site magnetic moments, any |m| >= 0.5 muB",
+    "gap_type": "empty: direct/indirect gap needs DFT band structures; no offline source",
+    "magnetic_ordering": "empty: needs DFT magnetic orderings; no offline source",
+}
+
+TEACHER_COLUMNS = ("band_gap", "is_metal", "metal_probability", "formation_energy_per_atom", "fermi_level",
+                   "is_magnetic", "max_site_moment")
+LABEL_COLUMNS = ("density", "crystal_system", "space_group_number", *TEACHER_COLUMNS, "gap_type",
+                 "magnetic_ordering")
+
+
+def _schemas():
+    import pyarrow as pa
+
+    materials = pa.schema([
+        ("material_id", pa.string()), ("source", pa.string()), ("source_id", pa.string()),
+        ("name", pa.string()), ("formula", pa.string()), ("elements", pa.list_(pa.string())),
+        ("metals", pa.list_(pa.string())), ("n_sites", pa.int32()), ("duplicates", pa.list_(pa.string())),
+        ("split", pa.string()), ("density", pa.float64()), ("space_group_symbol", pa.string()),
+        ("space_group_number", pa.int16()), ("crystal_system", pa.string()),
+        ("band_gap", pa.float64()), ("is_metal", pa.bool_()), ("metal_probability", pa.float64()),
+        ("formation_energy_per_atom", pa.float64()), ("fermi_level", pa.float64()),
+        ("is_magnetic", pa.bool_()), ("max_site_moment", pa.float64()),
+        ("gap_type", pa.string()), ("magnetic_ordering", pa.string()), ("teacher", pa.string()),
+    ])
+    absorbers = pa.schema([
+        ("material_id", pa.string()), ("element", pa.string()), ("n_sites", pa.int32()),
+        ("n_inequivalent", pa.int32()), ("site_indices", pa.list_(pa.int32())),
+        ("multiplicities", pa.list_(pa.int32())), ("oxidation_state_mean", pa.float64()),
+        ("oxidation_state_class", pa.int16()), ("oxidation_method", pa.string()), ("cn_mean", pa.float64()),
+        ("cn_class", pa.int16()), ("cn_mixed", pa.bool_()), ("site_cns", pa.list_(pa.int16())),
+        ("spectrum_source", pa.string()), ("settings_key", pa.string()), ("e0", pa.float64()),
+        ("energy_offset", pa.float64()), ("energy", pa.list_(pa.float32())), ("mu", pa.list_(pa.float32())),
+        ("feff_seconds", pa.float64()), ("fallback_sites", pa.int16()),
+    ])
+    return materials, absorbers
+
+
+@dataclass
+class CampaignResults:
+    """The store's records, indexed: FEFF site results per (material, metal), and per-material items."""
+
+    feff: dict[tuple[str, str], dict[int, dict]]
+    labels: dict[str, dict]
+    sticks: dict[str, dict]
+    teacher: dict[str, dict]
+    failures: list[dict]
+    # material spectra seeded from an earlier snapshot (sfn_stream.offline.corpus._seed), per (material, metal)
+    seeded: dict[tuple[str, str], dict] = field(default_factory=dict)
+    seeded_from: tuple[str, ...] = ()
+
+    def spectrum(self, material: CorpusMaterial, metal: str) -> dict:
+        """The material's spectrum for ``metal``: from its site results, else a seeded one made of the
+        same sites; IncompleteSpectrum when neither is there."""
+        groups = material.site_groups[metal]
+        try:
+            return material_spectrum(groups, self.feff.get((material.material_id, metal), {}))
+        except IncompleteSpectrum:
+            seeded = self.seeded.get((material.material_id, metal))
+            if seeded is None or (seeded["site_indices"], seeded["multiplicities"]) != (
+                    [g[0] for g in groups], [len(g) for g in groups]):
+                raise
+            return seeded
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict], settings_key: str) -> CampaignResults:
+        feff: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+        per_kind: dict[str, dict[str, dict]] = {"labels": {}, "sticks": {}, "teacher": {}}
+        latest: dict[str, dict] = {}
+        for record in records:
+            latest[record["key"]] = record
+        failures, seeded, origins = [], {}, set()
+        for record in latest.values():
+            kind = record["kind"]
+            wanted = settings_key if kind in ("feff", SEED_KIND) else ITEM_VERSIONS.get(kind)
+            if record["version"] != wanted:
+                continue
+            if not record["ok"]:
+                failures.append(record)
+            elif kind == SEED_KIND:
+                seeded[(record["material_id"], record["element"])] = record["value"]
+                origins.add(record["seeded_from"]["content_hash"])
+            elif kind == "feff":
+                feff[(record["material_id"], record["element"])][record["site"]] = record["value"]
+            else:
+                per_kind[kind][record["material_id"]] = record["value"]
+        return cls(dict(feff), per_kind["labels"], per_kind["sticks"], per_kind["teacher"], failures, seeded,
+                   tuple(sorted(origins)))
+
+
+def _failures_of(results: CampaignResults, materials: Sequence[CorpusMaterial]) -> list[dict]:
+    """Failed items of these materials (a structure screened out since its failure is not listed)."""
+    ids = {m.material_id for m in materials}
+    return [r for r in results.failures if r["material_id"] in ids]
+
+
+def reference_summary(references: Sequence[CorpusMaterial], results: CampaignResults) -> dict[str, Any]:
+    """Metal energy offsets (per element, these settings) and E0 shifts of the oxide pairs."""
+    offsets, oxides = {}, {}
+    for reference in references:
+        for metal in reference.metals:
+            try:
+                spectrum = results.spectrum(reference, metal)
+            except IncompleteSpectrum:
+                continue
+            if reference.material_id.startswith("metal-"):
+                offsets[metal] = energy_offset(spectrum["energy"], spectrum["mu"], metal)
+            else:
+                oxides[reference.name] = {"element": metal, "fallback_sites": spectrum["fallback_sites"],
+                                          "feff_edge": edge_positions(spectrum["energy"], spectrum["mu"])}
+    for name, entry in oxides.items():
+        offset = offsets.get(entry["element"], {}).get("energy_offset")
+        entry["calibrated_edge"] = None if offset is None else {k: v - offset for k, v in entry["feff_edge"].items()}
+    shifts = {}
+    for low, high in (("Cu2O", "CuO"), ("FeO", "Fe2O3")):
+        if low in oxides and high in oxides:
+            shifts[f"{high} - {low}"] = {k: oxides[high]["feff_edge"][k] - oxides[low]["feff_edge"][k]
+                                         for k in oxides[low]["feff_edge"]}
+    return {"energy_offsets": offsets, "oxides": oxides, "chemical_shifts_eV": shifts,
+            "note": "chemical shifts per edge definition; half_height is the stable one (see "
+                    "sfn_stream.offline.corpus.edge_positions); an offset is the same constant for both compounds of "
+                    "one element, so the shift survives the calibration by construction"}
+
+
+def _absorber_row(material: CorpusMaterial, metal: str, labels: dict | None, spectrum: dict | None,
+                  source: str, settings_key: str | None, offset: float | None) -> dict[str, Any]:
+    groups = material.site_groups[metal]
+    site = (labels or {}).get("absorbers", {}).get(metal, {})
+    return {
+        "material_id": material.material_id, "element": metal, "n_sites": sum(len(g) for g in groups),
+        "n_inequivalent": len(groups), "site_indices": [g[0] for g in groups],
+        "multiplicities": [len(g) for g in groups],
+        "oxidation_state_mean": site.get("oxidation_state_mean"),
+        "oxidation_state_class": site.get("oxidation_state_class"),
+        "oxidation_method": site.get("oxidation_method"), "cn_mean": site.get("cn_mean"),
+        "cn_class": site.get("cn_class"), "cn_mixed": site.get("cn_mixed"),
+        "site_cns": list(site["site_cns"]) if site.get("site_cns") is not None else None,
+        "spectrum_source": source, "settings_key": settings_key,
+        "e0": None if spectrum is None else spectrum["e0"],
+        "energy_offset": offset,
+        "energy": None if spectrum is None else np.asarray(spectrum["energy"], np.float32).tolist(),
+        "mu": None if spectrum is None else np.asarray(spectrum["mu"], np.float32).tolist(),
+        "feff_seconds": None if spectrum is None else spectrum["feff_seconds"],
+        "fallback_sites": None if spectrum is None else spectrum["fallback_sites"],
+    }
+
+
+def _material_row(material: CorpusMaterial, labels: dict | None, teacher: dict | None) -> dict[str, Any]:
+    labels, teacher = labels or {}, teacher or {}
+    return {
+        "material_id": material.material_id, "source": material.source, "source_id": material.source_id,
+        "name": material.name, "formula": material.formula,
+        "elements": sorted(el.symbol for el in material.structure.composition.elements),
+        "metals": material.metals, "n_sites": len(material.structure), "duplicates": material.duplicates,
+        "split": None, "density": labels.get("density"), "space_group_symbol": labels.get("space_group_symbol"),
+        "space_group_number": labels.get("space_group_number"), "crystal_system": labels.get("crystal_system"),
+        **{column: teacher.get(column) for column in TEACHER_COLUMNS},
+        "gap_type": None, "magnetic_ordering": None,
+        "teacher": json.dumps(teacher["teachers"], sort_keys=True) if teacher.get("teachers") else None,
+    }
+
+
+def assemble_corpus(
+    materials: Sequence[CorpusMaterial],
+    references: Sequence[CorpusMaterial],
+    rejections: Sequence[Rejection],
+    records: Iterable[dict],
+    settings: FeffSettings,
+    out_dir: str | Path = CORPUS_DIR,
+    *,
+    sources: Mapping[str, str] | None = None,
+    metals: Sequence[str] = CORPUS_METALS,
+    omnixas_cu_offset: float | None = None,
+) -> dict[str, Any]:
+    """Write the corpus folder from a campaign's results; returns the manifest.
+
+    A material enters once one of its metals has a complete spectrum (all inequivalent sites), or
+    an OmniXAS Cu spectrum. Existing ``splits.json`` assignments in ``out_dir`` are kept.
+    ``omnixas_cu_offset``: the energy offset of the OmniXAS settings (FEFF fcc Cu at SCF 7 A, FMS 9 A),
+    stored on the OmniXAS Cu rows; None leaves it empty there.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = settings.key()
+    results = CampaignResults.from_records(records, key)
+    refs = reference_summary(references, results)
+    refs["omnixas_cu_energy_offset"] = omnixas_cu_offset
+    offsets = {el: entry["energy_offset"] for el, entry in refs["energy_offsets"].items()}
+    material_rows, absorber_rows, in_corpus = [], [], []
+    for material in materials:
+        labels = results.labels.get(material.material_id)
+        rows = []
+        for metal in material.metals:
+            if metal not in metals:
+                continue
+            if material.source == "omnixas" and metal == "Cu":
+                rows.append(_absorber_row(material, metal, labels, None, "omnixas_cu", None, omnixas_cu_offset))
+                continue
+            try:
+                spectrum = results.spectrum(material, metal)
+            except IncompleteSpectrum:
+                continue
+            rows.append(_absorber_row(material, metal, labels, spectrum, "feff10", key, offsets.get(metal)))
+        if rows:
+            absorber_rows += rows
+            material_rows.append(_material_row(material, labels, results.teacher.get(material.material_id)))
+            in_corpus.append(material)
+    previous = read_splits(out_dir)
+    strata = _strata(material_rows, absorber_rows)
+    splits = assign_splits(((r["material_id"], r["formula"], strata[r["material_id"]]) for r in material_rows),
+                           previous=previous)
+    for row in material_rows:
+        row["split"] = splits[row["material_id"]]
+    _write_tables(out_dir, material_rows, absorber_rows)
+    _write_sticks(out_dir, in_corpus, results, material_rows)
+    (out_dir / "splits.json").write_text(json.dumps(
+        {split: sorted(mid for mid, s in splits.items() if s == split) for split in SPLITS}, indent=0) + "\n")
+    (out_dir / "references.json").write_text(json.dumps(refs, indent=1, sort_keys=True) + "\n")
+    _write_csv(out_dir / "rejections.csv.gz", ["source", "source_id", "name", "reason"],
+               sorted((r.to_dict() for r in rejections), key=lambda r: (r["source"], r["source_id"])))
+    _write_csv(out_dir / "failures.csv.gz", ["key", "kind", "material_id", "element", "site", "error", "seconds"],
+               sorted(_failures_of(results, [*materials, *references]), key=lambda r: r["key"]))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "feff_settings": {**settings.to_dict(), "key": key, "description": settings.describe()},
+        "item_versions": ITEM_VERSIONS,
+        "sources": dict(sources or {}),
+        "label_provenance": LABEL_PROVENANCE,
+        "teachers": _teacher_versions(results),
+        "energy_offsets": offsets,
+        "rejections": rejection_tally(rejections),
+        # content hashes of the snapshots whose material spectra seeded this campaign (sfn_stream.offline.corpus._seed)
+        "seeded_from": list(results.seeded_from),
+    }
+    manifest.update(corpus_counts(material_rows, absorber_rows))
+    manifest["files"] = {name: file_sha256(out_dir / name) for name in DATA_FILES}
+    manifest["content_hash"] = content_hash(manifest["files"])
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
+    return manifest
+
+
+def _strata(material_rows, absorber_rows) -> dict[str, list[str]]:
+    system = {row["material_id"]: row["crystal_system"] or "unknown" for row in material_rows}
+    strata: dict[str, list[str]] = defaultdict(list)
+    for a in absorber_rows:
+        strata[a["material_id"]].append(f"{a['element']}|{system[a['material_id']]}")
+    return strata
+
+
+def _teacher_versions(results: CampaignResults) -> dict[str, str]:
+    names = Counter(json.dumps(value.get("teachers"), sort_keys=True) for value in results.teacher.values())
+    return json.loads(names.most_common(1)[0][0]) if names else {}
+
+
+def corpus_counts(material_rows: Sequence[dict], absorber_rows: Sequence[dict]) -> dict[str, Any]:
+    """The figures `dataset info` prints: per absorber, per crystal system, per source, labels, splits."""
+    with_spectrum = [a for a in absorber_rows if a["spectrum_source"] in ("feff10", "omnixas_cu")]
+    per_absorber = Counter(a["element"] for a in with_spectrum)
+    computed = Counter(a["element"] for a in with_spectrum if a["spectrum_source"] == "feff10")
+    amcsd = {r["material_id"] for r in material_rows if r["source"] == "amcsd"}
+    amcsd_per_absorber = Counter(a["element"] for a in with_spectrum if a["material_id"] in amcsd)
+    label_coverage = {column: sum(r[column] is not None for r in material_rows) for column in LABEL_COLUMNS}
+    for column in ("oxidation_state_class", "cn_class"):
+        label_coverage[f"absorber_{column}"] = sum(a[column] is not None for a in absorber_rows)
+    return {
+        "n_materials": len(material_rows),
+        "n_absorber_spectra": len(with_spectrum),
+        "materials_per_source": dict(Counter(r["source"] for r in material_rows)),
+        "materials_per_absorber": {el: per_absorber.get(el, 0) for el in CORPUS_METALS},
+        "materials_per_absorber_feff10": {el: computed.get(el, 0) for el in CORPUS_METALS},
+        "amcsd_materials_per_absorber": {el: amcsd_per_absorber.get(el, 0) for el in CORPUS_METALS},
+        "materials_per_crystal_system": dict(Counter(r["crystal_system"] or "unknown" for r in material_rows)),
+        "label_coverage": label_coverage,
+        "absorber_rows": len(absorber_rows),
+        "splits": dict(Counter(r["split"] for r in material_rows)),
+    }
+
+
+def _write_tables(out_dir: Path, material_rows, absorber_rows) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    materials_schema, absorbers_schema = _schemas()
+    material_rows = sorted(material_rows, key=lambda r: r["material_id"])
+    absorber_rows = sorted(absorber_rows, key=lambda r: (r["material_id"], r["element"]))
+    for name, rows, schema in (("materials.parquet", material_rows, materials_schema),
+                               ("absorbers.parquet", absorber_rows, absorbers_schema)):
+        table = pa.Table.from_pylist(rows, schema=schema)
+        pq.write_table(table, out_dir / name, compression="zstd", compression_level=19,
+                       use_dictionary=True, write_statistics=False)
+
+
+def _write_sticks(out_dir: Path, in_corpus: Sequence[CorpusMaterial], results: CampaignResults,
+                  material_rows: Sequence[dict]) -> None:
+    from sfn_stream.core.simulation import StickPattern, StickTable
+
+    rows = {row["material_id"]: row for row in material_rows}
+    records = []
+    for material in sorted(in_corpus, key=lambda m: m.material_id):
+        sticks = results.sticks.get(material.material_id)
+        if sticks is None:
+            continue
+        row = rows[material.material_id]
+        pattern = StickPattern(np.asarray(sticks["q"], float), np.asarray(sticks["intensity"], float),
+                               np.asarray(sticks["hkl"], np.int16).reshape(-1, 3))
+        records.append({"id": material.material_id, "formula": material.formula,
+                        "spacegroup": row["space_group_number"] or 0,
+                        "crystal_system": row["crystal_system"] or "unknown", "sticks": pattern})
+    StickTable.from_records(records, info={"source": "pymatgen XRDCalculator via sfn_stream.core.simulation."
+                                                     "stick_pattern", "version": ITEM_VERSIONS["sticks"]}
+                            ).save(out_dir / "sticks.npz")
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    # mtime=0: the same rows give the same bytes, so the content hash only moves with content
+    with gzip.GzipFile(path, "wb", mtime=0) as fh:
+        fh.write(text.getvalue().encode())
+
+
+def content_hash(files: Mapping[str, str]) -> str:
+    """sha256 over the sorted ``name sha256`` lines of the data files."""
+    text = "".join(f"{name} {files[name]}\n" for name in sorted(files))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+class CorpusMissing(FileNotFoundError):
+    """No corpus at that path (build one with `sfn-stream dataset build`)."""
+
+
+def read_splits(corpus_dir: str | Path = CORPUS_DIR) -> dict[str, str]:
+    path = Path(corpus_dir) / "splits.json"
+    if not path.is_file():
+        return {}
+    return {mid: split for split, ids in json.loads(path.read_text()).items() for mid in ids}
+
+
+def read_manifest(corpus_dir: str | Path = CORPUS_DIR) -> dict[str, Any]:
+    path = Path(corpus_dir) / MANIFEST
+    if not path.is_file():
+        raise CorpusMissing(f"no corpus manifest at {path}: build one with `sfn-stream dataset build`")
+    return json.loads(path.read_text())
+
+
+def verify_corpus(corpus_dir: str | Path = CORPUS_DIR) -> dict[str, Any]:
+    """Recompute the per-file hashes; ``ok`` False names the files that changed since the manifest."""
+    manifest = read_manifest(corpus_dir)
+    files = {name: file_sha256(Path(corpus_dir) / name) for name in manifest["files"]}
+    changed = sorted(name for name in files if files[name] != manifest["files"][name])
+    return {"ok": not changed and content_hash(files) == manifest["content_hash"], "changed": changed,
+            "content_hash": content_hash(files)}
+
+
+def read_corpus(corpus_dir: str | Path = CORPUS_DIR):
+    """(materials, absorbers) as pandas DataFrames."""
+    import pandas as pd
+
+    read_manifest(corpus_dir)
+    return (pd.read_parquet(Path(corpus_dir) / "materials.parquet"),
+            pd.read_parquet(Path(corpus_dir) / "absorbers.parquet"))
+
+
+def corpus_info(corpus_dir: str | Path = CORPUS_DIR, verify: bool = True) -> dict[str, Any]:
+    """Counts and hash of a corpus, recomputed from its tables (and checked against the manifest)."""
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(corpus_dir)
+    materials = pq.read_table(Path(corpus_dir) / "materials.parquet").to_pylist()
+    absorbers = pq.read_table(Path(corpus_dir) / "absorbers.parquet",
+                              columns=["material_id", "element", "spectrum_source", "oxidation_state_class",
+                                       "cn_class"]).to_pylist()
+    info = {"path": str(corpus_dir), "format_version": manifest["format_version"],
+            "created": manifest["created"], "content_hash": manifest["content_hash"],
+            "feff_settings": manifest["feff_settings"]["description"],
+            "feff_settings_key": manifest["feff_settings"]["key"]}
+    info.update(corpus_counts(materials, absorbers))
+    info["n_sticks"] = int(len(np.load(Path(corpus_dir) / "sticks.npz")["ids"]))
+    info["teachers"] = manifest.get("teachers", {})
+    info["energy_offsets"] = manifest.get("energy_offsets", {})
+    info["rejections"] = manifest.get("rejections", {})
+    if verify:
+        info["hash_verified"] = verify_corpus(corpus_dir)["ok"]
+    return info

@@ -1,0 +1,15 @@
+"""Benchmarks that print figures (``sfn-stream bench NAME``); timings live here, never in tests.
+
+Each module has ``main(argv) -> int``. ``larch_compare`` needs xraylarch, which is not a
+dependency: run it as ``python -m sfn_stream.offline.evaluation.larch_compare`` from a Python that has it.
+"""
+
+# name on the command line -> (module, one-line help)
+BENCHMARKS = {
+    "measured-xanes": ("measured_xanes", "preprocess every measured XANES file of ../shared (table, foil E0)"),
+    "feff-xanes": ("feff_xanes", "preprocess all OmniXAS Cu FEFF site spectra (usable fraction, E0 spread)"),
+    "larch-compare": ("larch_compare", "our E0/normalisation against xraylarch's (needs xraylarch)"),
+    "feff-cu2o": ("feff_cu2o_reproduction", "rerun raw_example_mp-361_Cu2O's feff.inp and compare (hours)"),
+    "xanes-model": ("xanes_model_eval", "XANES bundle: test-split metrics, measured dev set, inference time"),
+    "xrd-model": ("xrd_model_eval", "XRD bundle: test-split metrics, measured dev patterns, per-frame time"),
+}
