@@ -135,3 +135,26 @@ def test_blanked_window_points_are_ignored():
     b[30] += 5.0
     out_c, _ = _run(net, [(["Cu", "O"], {"Cu": (b, 1.0)}, None)])
     assert not _same(out_a["compound_mean"], out_c["compound_mean"])
+
+
+def test_vectorised_ensemble_runs_without_dropout_whatever_the_members_mode():
+    from sfn_stream.core.networks import StackedEnsemble
+
+    torch.manual_seed(3)
+    members = [SpecFusionNet(descriptor_table(), d_model=16, n_heads=2, n_layers=1, cnn_channels=4, dropout=0.5) for _ in range(2)]
+    batch = encode_compounds([(["Cu", "O"], {"Cu": (_window(14), 1.0)}, None)], spectrum_length=L)
+    training_mode = StackedEnsemble(members)(*batch.as_args())  # members left in training mode
+    evaluated = StackedEnsemble([m.eval() for m in members])(*batch.as_args())
+    assert _same(training_mode["compound_mean"], evaluated["compound_mean"])
+    assert _same(training_mode["element_logits"]["oxidation_state"], evaluated["element_logits"]["oxidation_state"])
+
+
+def test_vectorised_ensemble_gives_identical_compounds_identical_results():
+    from sfn_stream.core.networks import StackedEnsemble
+
+    torch.manual_seed(4)
+    members = [SpecFusionNet(descriptor_table(), d_model=16, n_heads=2, n_layers=1, cnn_channels=4).eval() for _ in range(2)]
+    compound = (["Cu", "O"], {"Cu": (_window(15), 1.0)}, None)
+    out = StackedEnsemble(members)(*encode_compounds([compound] * 3, spectrum_length=L).as_args())
+    assert torch.equal(out["compound_mean"][:, 0], out["compound_mean"][:, 2])
+    assert torch.equal(out["element_logits"]["oxidation_state"][:, 0], out["element_logits"]["oxidation_state"][:, 2])

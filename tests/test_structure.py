@@ -213,7 +213,7 @@ def test_reflections_agree_with_pymatgen_xrdcalculator():
 def test_benchmark_runs_held_out_queries_in_parallel_with_the_same_records(oxide_templates):
     """The benchmark runner on a two-item benchmark: the held-out item is removed from the templates,
     hits are scored, and 2 worker processes give the records of 1, in query order."""
-    from sfn_stream.offline.training._structure_benchmark import run_benchmark
+    from sfn_stream.offline.evaluation.structure_benchmark import run_benchmark
 
     def item(template_id, formula, system, anonymous, oxidation, cn):
         return {"id": f"test-oxides:{template_id}", "origin": "test", "split": "dev", "n_elements": 2,

@@ -15,6 +15,7 @@ from ._descriptors import (
     raw_descriptors,
 )
 from ._labels import (
+    CRYSTAL_SYSTEMS,
     SYMPREC,
     AbsorberLabels,
     OxidationStates,
@@ -31,6 +32,7 @@ from ._labels import (
 )
 
 __all__ = [
+    "CRYSTAL_SYSTEMS",
     "DESCRIPTOR_NAMES",
     "ELEMENT_TYPES",
     "MAX_Z",

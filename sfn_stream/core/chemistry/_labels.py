@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 
 SYMPREC = 0.1
+# The seven crystal systems, lowest symmetry first; the PXRD classifier's class order.
+CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sfn_stream.core.files import file_sha256
-from sfn_stream.core.paths import models_dir  # re-exported: where bundles live
+from sfn_stream.core.paths import models_dir  # noqa: F401 (re-exported: where bundles live)
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.pt"

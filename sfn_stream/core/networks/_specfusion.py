@@ -18,6 +18,7 @@ ICML 2017) with one temperature per task fitted on the validation split.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import threading
@@ -310,44 +311,12 @@ def encode_compounds(
 # --- ensemble ------------------------------------------------------------------------------------
 
 
-def _stack(members: Sequence[nn.Module], name: str) -> torch.Tensor:
-    return torch.stack([dict(m.named_parameters())[name].detach() for m in members])
-
-
-def _stacked_mlp(members, prefix: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(weight^T, bias) per Linear of a Sequential(Linear, GELU, [Dropout,] Linear), stacked over members."""
-    first = dict(members[0].named_modules())[prefix]
-    return [
-        (_stack(members, f"{prefix}.{i}.weight").transpose(1, 2).contiguous(), _stack(members, f"{prefix}.{i}.bias"))
-        for i, layer in enumerate(first)
-        if isinstance(layer, nn.Linear)
-    ]
-
-
-def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Per-member linear layer: x (E or 1, ..., in), weight_t (E, in, out), bias (E, out) -> (E, ..., out)."""
-    e = weight_t.shape[0]
-    shape = x.shape
-    flat = x.reshape(shape[0], -1, shape[-1]).expand(e, -1, -1)
-    return torch.baddbmm(bias.unsqueeze(1), flat, weight_t).view(e, *shape[1:-1], weight_t.shape[-1])
-
-
-def _mlp_apply(x: torch.Tensor, layers) -> torch.Tensor:
-    (w1, b1), (w2, b2) = layers
-    return _linear(nn.functional.gelu(_linear(x, w1, b1)), w2, b2)
-
-
-def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    view = (weight.shape[0],) + (1,) * (x.dim() - 2) + (weight.shape[1],)
-    return nn.functional.layer_norm(x, x.shape[-1:]) * weight.view(view) + bias.view(view)
-
-
 class StackedEnsemble:
-    """The ensemble members evaluated as one wide network (inference only).
+    """The ensemble members evaluated in one vectorised pass (inference only).
 
-    Every layer carries a leading member dimension (batched matmuls, one convolution with the members'
-    filters side by side), so one pass costs about as many operations as one member. The results
-    equal calling each member in turn (tested).
+    ``SpecFusionNet.forward`` runs once under ``torch.vmap`` over the members' stacked weights, so
+    there is one forward pass to maintain and a pass costs about as many operations as one member.
+    Outputs carry a leading member dimension; dropout is off (the template member is in eval mode).
     """
 
     def __init__(self, members: Sequence[SpecFusionNet]):
@@ -357,94 +326,32 @@ class StackedEnsemble:
         configs = {json.dumps(m.config, sort_keys=True) for m in members}
         if len(configs) != 1:
             raise ValueError("ensemble members must share one architecture")
-        base = members[0]
+        self._template = copy.deepcopy(members[0]).eval()
+        # functional_call swaps the template's tensors in place: one call at a time (the ensemble is shared).
+        self._template_lock = threading.Lock()
         self.n_members = len(members)
-        self.config = dict(base.config)
-        self.compound_regressions = base.compound_regressions
-        self.element_tasks = dict(base.element_tasks)
-        self.descriptors, self.is_tm, self.input_mask = base.descriptors, base.is_tm, base.input_mask
-        self.target_mean = torch.stack([m.target_mean for m in members])  # (E, R)
-        self.target_std = torch.stack([m.target_std for m in members])
-        self.tm_encoder = _stacked_mlp(members, "tm_encoder")
-        self.other_encoder = _stacked_mlp(members, "other_encoder")
-        self.no_spectrum = _stack(members, "no_spectrum")
-        self.fuse = _stacked_mlp(members, "fuse")
-        enc = base.spectrum_encoder
-        self.kernels, self.width, self.pool_size = enc.kernels, enc.width, enc.pool_size
-        with torch.no_grad():
-            first = [m.spectrum_encoder._stacked(m.spectrum_encoder.first) for m in members]
-            second = [m.spectrum_encoder._stacked(m.spectrum_encoder.second) for m in members]
-        self.conv1 = (torch.cat([w for w, _ in first]), torch.cat([b for _, b in first]))
-        self.conv2 = (torch.cat([w for w, _ in second]), torch.cat([b for _, b in second]))
-        self.project = (_stack(members, "spectrum_encoder.project.0.weight").transpose(1, 2).contiguous(),
-                        _stack(members, "spectrum_encoder.project.0.bias"))
-        self.with_shift = (_stack(members, "spectrum_encoder.with_shift.weight").transpose(1, 2).contiguous(),
-                           _stack(members, "spectrum_encoder.with_shift.bias"))
-        self.blocks = []
-        for i, block in enumerate(base.attention):
-            p = f"attention.{i}"
-            self.blocks.append({
-                "n_heads": block.n_heads,
-                "norm_attention": (_stack(members, f"{p}.norm_attention.weight"), _stack(members, f"{p}.norm_attention.bias")),
-                "qkv": (_stack(members, f"{p}.qkv.weight").transpose(1, 2).contiguous(), _stack(members, f"{p}.qkv.bias")),
-                "out": (_stack(members, f"{p}.out.weight").transpose(1, 2).contiguous(), _stack(members, f"{p}.out.bias")),
-                "norm_feed_forward": (_stack(members, f"{p}.norm_feed_forward.weight"), _stack(members, f"{p}.norm_feed_forward.bias")),
-                "feed_forward": _stacked_mlp(members, f"{p}.feed_forward"),
-            })
-        self.norm = (_stack(members, "norm.weight"), _stack(members, "norm.bias"))
-        self.compound_head = _stacked_mlp(members, "compound_head")
-        self.element_heads = {name: _stacked_mlp(members, f"element_heads.{name}") for name in self.element_tasks}
+        self.config = dict(self._template.config)
+        self.compound_regressions = self._template.compound_regressions
+        self.element_tasks = dict(self._template.element_tasks)
+        params, buffers = torch.func.stack_module_state(members)
+        self._weights = {name: tensor.detach() for name, tensor in {**params, **buffers}.items()}
+        # Linear weights are stored (in, out) and handed over as transposed views, so that x @ W^T
+        # multiplies a contiguous matrix: with the (out, in) layout the small-batch matmul kernels round
+        # rows differently, and identical compounds in one batch would get slightly different results.
+        for name, module in self._template.named_modules():
+            if isinstance(module, nn.Linear):
+                weight = self._weights[f"{name}.weight"]
+                self._weights[f"{name}.weight"] = weight.transpose(1, 2).contiguous().transpose(1, 2)
+        self.target_mean = self._weights["target_mean"]  # (E, R)
+        self.target_std = self._weights["target_std"]
 
-    def _spectra(self, spectra: torch.Tensor, e0_shift: torch.Tensor) -> torch.Tensor:
-        """(M, L) windows -> (E, M, d) spectral embeddings."""
-        e, groups = self.n_members, len(self.kernels)
-        pad = self.width // 2
-        x = nn.functional.gelu(nn.functional.conv1d((spectra * self.input_mask).unsqueeze(1), *self.conv1, padding=pad))
-        x = nn.functional.gelu(nn.functional.conv1d(x, *self.conv2, padding=pad, stride=2, groups=e * groups))
-        x = nn.functional.adaptive_avg_pool1d(x, self.pool_size)  # (M, E * 3C, P)
-        x = x.view(x.shape[0], e, -1).transpose(0, 1)  # (E, M, 3C * P)
-        features = nn.functional.gelu(_linear(x, *self.project))
-        shift = (e0_shift / E0_SHIFT_SCALE).view(1, -1, 1).expand(e, -1, 1)
-        return _linear(torch.cat([features, shift], dim=-1), *self.with_shift)
-
-    def _attention(self, x: torch.Tensor, padding: torch.Tensor, block: dict) -> torch.Tensor:
-        e, b, n, d = x.shape
-        h = block["n_heads"]
-        qkv = _linear(_layer_norm(x, *block["norm_attention"]), *block["qkv"])
-        q, k, v = qkv.view(e, b, n, 3, h, d // h).permute(3, 0, 1, 4, 2, 5)  # each (E, B, H, N, dh)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // h)
-        scores = scores.masked_fill(padding[None, :, None, None, :], float("-inf"))
-        attended = (scores.softmax(-1) @ v).transpose(2, 3).reshape(e, b, n, d)
-        x = x + _linear(attended, *block["out"])
-        return x + _mlp_apply(_layer_norm(x, *block["norm_feed_forward"]), block["feed_forward"])
+    def _member_forward(self, weights: dict[str, torch.Tensor], *inputs: torch.Tensor) -> dict[str, Any]:
+        return torch.func.functional_call(self._template, weights, inputs)
 
     def __call__(self, z, fractions, spectra, e0_shift, has_spectrum) -> dict[str, Any]:
-        with torch.no_grad():
-            e = self.n_members
-            present = z > 0
-            has_spectrum = has_spectrum & present
-            tokens_in = torch.cat([self.descriptors[z], fractions.unsqueeze(-1)], dim=-1).unsqueeze(0)
-            is_tm = (self.is_tm[z] & present).unsqueeze(-1)
-            element = torch.where(is_tm, _mlp_apply(tokens_in, self.tm_encoder), _mlp_apply(tokens_in, self.other_encoder))
-            spectral = self.no_spectrum[:, None, None, :].expand_as(element).clone()
-            if bool(has_spectrum.any()):
-                spectral[:, has_spectrum] = self._spectra(spectra[has_spectrum], e0_shift[has_spectrum])
-            fused = element + _mlp_apply(torch.cat([element, spectral], dim=-1), self.fuse)
-            tokens = torch.where(is_tm, fused, element)
-            tokens = torch.where(present.unsqueeze(-1), tokens, torch.zeros_like(tokens))
-            for block in self.blocks:
-                tokens = self._attention(tokens, ~present, block)
-            tokens = _layer_norm(tokens, *self.norm)
-            weights = present.unsqueeze(-1).to(tokens.dtype)
-            pooled = (tokens * weights).sum(2) / weights.sum(1).clamp(min=1.0)
-            raw = _mlp_apply(pooled, self.compound_head).view(e, -1, len(self.compound_regressions), 2)
-            return {
-                "compound_mean": raw[..., 0],
-                "compound_log_var": raw[..., 1].clamp(-10.0, 6.0),
-                "element_logits": {name: _mlp_apply(tokens, head) for name, head in self.element_heads.items()},
-            }
-
-
+        members_forward = torch.vmap(self._member_forward, in_dims=(0, None, None, None, None, None))
+        with torch.no_grad(), self._template_lock:
+            return members_forward(self._weights, z, fractions, spectra, e0_shift, has_spectrum)
 
 
 def ensemble_outputs(

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
 from sfn_stream.core.spectra import XRD_Q_POINTS, XrdInputError
 from ._bundle import ModelBundle
-
-CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 
 
 class XrdCnnTransformer(nn.Module):

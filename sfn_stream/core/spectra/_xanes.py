@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from sfn_stream.core.serialize import json_safe
 from ._edges import K_EDGE_ENERGIES, edge_energy
 
 __all__ = [
@@ -209,22 +210,7 @@ class XanesWindow:
         if arrays:
             for name in ("energy", "mu", "energy_full", "norm_full", "flat_full"):
                 out[name] = getattr(self, name).tolist()
-        return _json_safe(out)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
+        return json_safe(out)
 
 
 # ----------------------------------------------------------------------------- E0

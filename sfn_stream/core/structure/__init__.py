@@ -6,6 +6,8 @@ substitutes the elements, fits each candidate's simulated PXRD to the measured p
 returns the ranked candidates with named score components.
 """
 
+from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS  # re-exported: requests name crystal systems
+
 from ._formulas import MIXED_VALENCE_PRIOR, Formula, charge_options, enumerate_formulas, formula_prior
 from ._index import (
     TemplateEntry,
@@ -21,7 +23,6 @@ from ._infer import Candidate, InferenceResult, infer_structures
 from ._pattern import PatternFit, Reflections, measured_profile, reflections
 from ._relax import RelaxationUnavailable, relax_structure
 from ._request import (
-    CRYSTAL_SYSTEMS,
     InferenceRequest,
     ResolvedRequest,
     StructureInputError,
@@ -44,12 +45,14 @@ from ._sources import (
     make_source,
 )
 from ._substitute import ElementMapping, element_mappings, ionic_radius, substituted_structure
+from .amcsd import AmcsdEntry, amcsd_ids, iter_amcsd_structures
 
 __all__ = [
     "CRYSTAL_SYSTEMS",
     "DEFAULT_SOURCES",
     "MIXED_VALENCE_PRIOR",
     "AflowSource",
+    "AmcsdEntry",
     "AmcsdSource",
     "Candidate",
     "CifFolderSource",
@@ -71,6 +74,7 @@ __all__ = [
     "TemplateIndex",
     "TemplateSource",
     "XrdInput",
+    "amcsd_ids",
     "anonymous_key",
     "build_index",
     "cache_dir",
@@ -82,6 +86,7 @@ __all__ = [
     "formula_prior",
     "infer_structures",
     "ionic_radius",
+    "iter_amcsd_structures",
     "make_source",
     "measured_profile",
     "parse_assignments",

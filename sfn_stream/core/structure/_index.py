@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -312,13 +311,3 @@ def template_index(sources: Sequence[Any], *, directory: str | Path | None = Non
         return TemplateIndex([], np.zeros((0, 3, 3)), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=int), np.zeros((0, 3))), skipped
     return TemplateIndex.concat(parts), skipped
 
-
-def mean_cn(pairs) -> float | None:
-    if not pairs:
-        return None
-    total = sum(m for _, m in pairs)
-    return sum(c * m for c, m in pairs) / total if total else None
-
-
-def is_finite(x) -> bool:
-    return x is not None and math.isfinite(x)

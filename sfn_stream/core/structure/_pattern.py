@@ -311,11 +311,6 @@ def refine_fit(refl: Reflections, measured: MeasuredProfile, wavelength: float, 
     return PatternFit(float(-min(result.fun, start)), tuple(float(s) for s in scales), float(shift), count[0])
 
 
-def simulated_profile(refl: Reflections, measured: MeasuredProfile, fit: PatternFit, wavelength: float) -> np.ndarray:
-    """The candidate's fitted profile on the measured Q grid (for plots and reports)."""
-    return _sim_profile(refl, measured, fit.axis_scales, fit.zero_shift_deg, wavelength)
-
-
 def scaled_structure(structure, axis_scales):
     """``structure`` with its cell lengths multiplied by ``axis_scales`` (angles and fractional coordinates kept)."""
     from pymatgen.core import Lattice

@@ -17,7 +17,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
+from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
+
 MIN_ELEMENTS, MAX_ELEMENTS = 2, 5
 MIN_STATE_PROBABILITY = 0.03  # ICSD states rarer than this are left out of the default table
 MAX_DEFAULT_STATES = 3

@@ -4,8 +4,7 @@ Each source yields ``RawTemplate(id, label, structure | None, reject_reason)`` a
 fingerprint that changes when its content does (the index cache is keyed on it):
 
 - ``amcsd``: the AMCSD subset shipped in ``larixite`` (Downs & Hall-Wallace 2003, Am. Mineral. 88,
-  247), opened with ``larixite.amcsd.AMCSD`` directly (``get_amcsd()`` would try a download).
-  The same reading exists in ``sfn_stream.offline.training._amcsd`` (training layer, not importable here).
+  247), read by ``sfn_stream.core.structure.amcsd`` (disordered structures kept: the index decides).
 - ``aflow``: the AFLOW prototypes bundled with pymatgen (``analysis/prototypes``; Mehl et al. 2017,
   Comput. Mater. Sci. 136, S1).
 - ``robocrys``: the mineral prototypes shipped with ``robocrys`` (``condense/mineral_db.json.gz``;
@@ -23,11 +22,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import warnings
 from collections.abc import Iterator
-from io import StringIO
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
+
+from ._cif import parse_cif_text
+from .amcsd import amcsd_ids, iter_amcsd_structures
 
 
 class SourceUnavailable(RuntimeError):
@@ -74,53 +74,17 @@ class AmcsdSource:
             return False, "the AMCSD source needs the 'larixite' package (pip install larixite)"
         return True, None
 
-    def _db(self):
-        from larixite.amcsd import AMCSD
-
-        return AMCSD(read_only=True)
-
     def fingerprint(self) -> str:
         spec = importlib.util.find_spec("larixite")
         files = sorted(Path(spec.origin).parent.rglob("*.db")) if spec and spec.origin else []
         return _digest(_version("larixite"), *[(f.name, f.stat().st_size) for f in files])
 
     def count(self) -> int | None:
-        db = self._db()
-        return len(db.execall(db.tables["cif"].select()))
+        return len(amcsd_ids())
 
     def iter_templates(self) -> Iterator[RawTemplate]:
-        from larixite.amcsd_utils import PMG_CIF_OPTS
-        from pymatgen.io.cif import CifParser
-
-        db = self._db()
-        ids = sorted(int(row.id) for row in db.execall(db.tables["cif"].select()))
-        for amcsd_id in ids:
-            tid = f"amcsd:{amcsd_id}"
-            try:
-                cif = db.get_cif(amcsd_id)
-                label = str(cif.get_mineralname()) if cif is not None else ""
-            except Exception as err:  # larixite raises on odd rows
-                yield RawTemplate(tid, "", None, f"cif_unreadable: {type(err).__name__}")
-                continue
-            if cif is None:
-                yield RawTemplate(tid, "", None, "missing_cif")
-                continue
-            structure, reason = _parse_cif_text(cif.ciftext, PMG_CIF_OPTS, CifParser)
-            yield RawTemplate(tid, label, structure, reason)
-
-
-def _parse_cif_text(text: str, options: dict | None = None, parser_cls=None):
-    if parser_cls is None:
-        from pymatgen.io.cif import CifParser as parser_cls
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            structures = parser_cls(StringIO(text), **(options or {})).parse_structures(primitive=False)
-    except Exception as err:  # pymatgen raises many kinds on odd CIFs
-        return None, f"cif_unreadable: {type(err).__name__}"
-    if not structures:
-        return None, "cif_no_structure"
-    return structures[0], None
+        for entry in iter_amcsd_structures(ordered_only=False):
+            yield RawTemplate(f"amcsd:{entry.amcsd_id}", entry.mineral_name, entry.structure, entry.reject_reason)
 
 
 def _pymatgen_prototypes_file() -> Path:
@@ -240,7 +204,7 @@ class CifFolderSource:
     def iter_templates(self) -> Iterator[RawTemplate]:
         for path in self._files():
             rel = str(path.relative_to(self.folder))
-            structure, reason = _parse_cif_text(path.read_text(errors="replace"))
+            structure, reason = parse_cif_text(path.read_text(errors="replace"))
             yield RawTemplate(f"cif:{rel}", path.stem, structure, reason)
 
 
