@@ -12,8 +12,8 @@ from event_model import compose_run, pack_event_page
 
 from sfn_stream.simulated_beamline import powder_scan, xanes_energies, xanes_scan
 from sfn_stream.live.catalog import runs_where
-from sfn_stream.core.predict import XanesPredictor
-from sfn_stream.live.plugin import XANES_STREAM, XRD_STREAM, Predictors, SfnPlugin, make_tiled_writer, window_energies
+from sfn_stream.core.predict import ModelRegistry, XanesPredictor
+from sfn_stream.live.plugin import XANES_STREAM, XRD_STREAM, SfnPlugin, make_tiled_writer, window_energies
 
 XANES_FIELDS = {"absorber", "status", "quality_flags", "reason", "bundle_id", "oxidation_state",
                 "oxidation_state_confidence", "coordination_number", "coordination_number_confidence",
@@ -150,7 +150,7 @@ class _FailingModel(XanesPredictor):
 
 def test_model_failure_still_gives_a_complete_run_with_the_reason(RE, beamline, client):
     mono, xas, _ = beamline
-    plugin = SfnPlugin(make_tiled_writer(client), predictors=Predictors(xanes=_FailingModel()))
+    plugin = SfnPlugin(make_tiled_writer(client), models=ModelRegistry.with_predictors(xanes=_FailingModel()))
     try:
         uid, docs, _ = _run(RE, plugin, xanes_scan(xas, mono, "Cu", composition="Sr3CuPtO6", sample="t-fail"))
     finally:

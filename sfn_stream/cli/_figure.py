@@ -67,12 +67,12 @@ def demo_figure(path: Path, xanes_run, xrd_run, sample) -> None:
 
 def _probability_bars(ax, xanes, xrd, stop_x, sample) -> None:
     """Horizontal bars of every class with probability >= 2 %, grouped by task."""
+    from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
     from sfn_stream.live.plugin import class_probabilities
 
     groups = [(f"{sample.absorber} oxidation state", xanes, "oxidation_state", list(range(8))),
               (f"{sample.absorber} CN", xanes, "coordination_number", list(range(1, 13))),
-              ("crystal system", xrd, "crystal_system",
-               ["triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic"])]
+              ("crystal system", xrd, "crystal_system", list(CRYSTAL_SYSTEMS))]
     bars = []
     for colour, (title, table, task, names) in enumerate(groups):
         probabilities = np.nan_to_num(class_probabilities(table, task, names))

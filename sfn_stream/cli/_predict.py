@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 
 def run_xanes(args) -> int:
-    from sfn_stream.core.predict import PredictorError, xanes_predictor
+    from sfn_stream.core.predict import PredictorError, default_registry
     from sfn_stream.core.spectra import SpectrumFileError, absorber_from_filename, read_spectrum, xanes_channels
 
     try:
@@ -44,7 +44,7 @@ def run_xanes(args) -> int:
     composition = args.elements or absorber
     flags = [] if args.elements else ["composition_unknown"]
     try:
-        predictor = xanes_predictor()
+        predictor = default_registry().predictor("xanes", absorber)
         predictor.check_request(absorber, [absorber] if not args.elements else _elements(args.elements))
         energy = channels.pop("energy")
         prediction, _ = predictor.predict_scan(energy, absorber=absorber, composition=composition,
@@ -55,11 +55,11 @@ def run_xanes(args) -> int:
 
 
 def run_xrd(args) -> int:
-    from sfn_stream.core.predict import xrd_predictor
+    from sfn_stream.core.predict import default_registry
 
     x, y, wavelength = read_powder(args.file)
     wavelength = args.wavelength or wavelength or 1.5406
-    prediction, _ = xrd_predictor().predict_pattern(x, y, axis=args.axis, wavelength=wavelength)
+    prediction, _ = default_registry().predictor("xrd").predict_pattern(x, y, axis=args.axis, wavelength=wavelength)
     return _report(args, prediction.plain(), file=str(args.file))
 
 

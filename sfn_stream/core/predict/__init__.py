@@ -1,30 +1,42 @@
-"""Predictors: preprocessing composed with model bundles. Knows nothing of Bluesky or Tiled."""
+"""Predictors: preprocessing composed with model bundles. Knows nothing of Bluesky or Tiled.
+
+``registry`` picks the bundle for a request and loads it once; ``fields`` turns a prediction into
+flat named fields (derived-stream columns, queryable summaries).
+"""
 
 from ._composition import CompositionError, parse_elements
-from ._predictors import (
-    XANES_BUNDLE,
-    XRD_BUNDLE,
-    PredictorError,
-    XanesPredictor,
-    XrdPredictor,
-    summarize,
-    xanes_predictor,
-    xrd_predictor,
-)
+from ._predictors import XANES_BUNDLE, XRD_BUNDLE, PredictorError, XanesPredictor, XrdPredictor
 from ._results import ClassPrediction, Prediction, ValuePrediction
+from .fields import (
+    class_fields,
+    class_probabilities,
+    probability_key,
+    status_fields,
+    summary_fields,
+    value_fields,
+)
+from .registry import BundleCard, ModelRegistry, default_registry, load_predictor, register_predictor
 
 __all__ = [
     "XANES_BUNDLE",
     "XRD_BUNDLE",
+    "BundleCard",
     "ClassPrediction",
     "CompositionError",
+    "ModelRegistry",
     "Prediction",
     "PredictorError",
     "ValuePrediction",
     "XanesPredictor",
     "XrdPredictor",
+    "class_fields",
+    "class_probabilities",
+    "default_registry",
+    "load_predictor",
     "parse_elements",
-    "summarize",
-    "xanes_predictor",
-    "xrd_predictor",
+    "probability_key",
+    "register_predictor",
+    "status_fields",
+    "summary_fields",
+    "value_fields",
 ]

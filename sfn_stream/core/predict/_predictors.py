@@ -1,16 +1,15 @@
 """Predictors: preprocessing + a model bundle -> :class:`Prediction`.
 
-They are what the CLI and the Bluesky plugin call. Bundles are loaded once per process
-and cached; every prediction carries the bundle id, the preprocessing parameters and the
-quality flags of the scan it came from.
+They are what the CLI and the Bluesky plugin call, through the model registry (``registry``),
+which loads each bundle once per process. Every prediction carries the bundle id, the
+preprocessing parameters and the quality flags of the scan it came from.
 """
 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -123,36 +122,3 @@ class XrdPredictor:
 
         pattern = preprocess_xrd(x, intensity, axis=axis, wavelength=wavelength)
         return self.predict_pattern_on_grid(pattern, extra_flags=extra_flags), pattern
-
-
-@lru_cache(maxsize=4)
-def xanes_predictor(bundle_path: str | None = None) -> XanesPredictor:
-    """The process-wide XANES predictor (loaded once)."""
-    return XanesPredictor(bundle_path)
-
-
-@lru_cache(maxsize=4)
-def xrd_predictor(bundle_path: str | None = None) -> XrdPredictor:
-    """The process-wide PXRD predictor (loaded once)."""
-    return XrdPredictor(bundle_path)
-
-
-def summarize(prediction: Prediction, absorber: str | None = None) -> dict:
-    """Flat, queryable summary of a prediction (what goes into ``stop['sfn']``)."""
-    summary: dict = {"status": prediction.status, "bundle_id": prediction.bundle_id,
-                     "quality_flags": list(prediction.quality_flags), "reason": prediction.reason}
-    for name, value in prediction.properties.items():
-        summary.update(_flatten(name, value))
-    if absorber and absorber in prediction.per_element:
-        for name, value in prediction.per_element[absorber].items():
-            summary.update(_flatten(name, value))
-        state = summary.get("oxidation_state")
-        if state is not None:
-            summary["species"] = f"{absorber}{int(state)}+" if int(state) > 0 else absorber
-    return summary
-
-
-def _flatten(name: str, value: ClassPrediction | ValuePrediction) -> Mapping:
-    if isinstance(value, ClassPrediction):
-        return {name: value.value, f"{name}_confidence": round(value.confidence, 4)}
-    return {name: round(value.value, 4), f"{name}_std": round(value.std, 4), f"{name}_unit": value.unit}

@@ -4,7 +4,14 @@ XANES: tabulated K edges, file readers and the Athena/Larch-style normalisation 
 model window (``preprocess_xanes``).
 """
 
-from ._edges import K_EDGE_ENERGIES, TRANSITION_METALS_3D, UnknownEdgeError, edge_energy, k_edge_energy
+from ._edges import (
+    K_EDGE_ENERGIES,
+    TRANSITION_METALS_3D,
+    UnknownEdgeError,
+    absorber_from_energy_range,
+    edge_energy,
+    k_edge_energy,
+)
 from ._readers import (
     SpectrumFile,
     SpectrumFileError,

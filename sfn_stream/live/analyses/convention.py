@@ -1,4 +1,4 @@
-"""How the plugin recognises XANES and PXRD runs and finds their data keys.
+"""How the plugin recognises a run's kind and finds its data keys.
 
 The metadata convention (start document)::
 
@@ -9,7 +9,8 @@ The metadata convention (start document)::
 ``keys`` inside ``sfn`` may name the data keys explicitly (``energy``, ``mu``, ``i0``, ``it``,
 ``if``, ``iref``, ``pattern``, ``x``); otherwise they are found by name in the descriptor
 (``mono_energy`` matches ``energy``, ``det_i0`` matches ``i0`` ...). A run without ``sfn``
-metadata is still recognised from its data keys when ``RunConvention.detect_from_keys`` is on.
+metadata is still recognised from its data keys when ``RunConvention.detect_from_keys`` is on: each
+registered analysis (``analyses.base``) says which roles make a run of its kind.
 """
 
 from __future__ import annotations
@@ -17,10 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-METADATA_KEY = "sfn"
+from sfn_stream.live.documents import METADATA_KEY
+from .base import registered_analyses
 
-XANES_ROLES = ("energy", "mu", "i0", "it", "if", "iref")
-XRD_ROLES = ("pattern", "x")
+
+def default_candidates() -> dict[str, tuple[str, ...]]:
+    """Every registered analysis's data-key names per role (merged where two analyses share a role)."""
+    merged: dict[str, tuple[str, ...]] = {}
+    for analysis in registered_analyses():
+        for role, names in getattr(analysis, "candidates", {}).items():
+            merged[role] = (*merged.get(role, ()), *(n for n in names if n not in merged.get(role, ())))
+    return merged
 
 
 @dataclass(frozen=True)
@@ -30,16 +38,8 @@ class RunConvention:
     metadata_key: str = METADATA_KEY
     stream: str = "primary"
     detect_from_keys: bool = True
-    candidates: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {
-        "energy": ("energy", "mono_energy", "dcm_energy", "energy_readback", "energy_setpoint"),
-        "mu": ("mu", "xmu", "mutrans", "mu_trans", "mufluor"),
-        "i0": ("i0", "io"),
-        "it": ("it", "itrans", "i1"),
-        "if": ("if", "ifluor", "ifl", "fluor"),
-        "iref": ("iref", "irefer", "i2"),
-        "pattern": ("pattern", "powder_pattern", "xrd_pattern", "intensity"),
-        "x": ("tth", "two_theta", "2theta", "q"),
-    })
+    # role -> data-key names tried in order; by default those the registered analyses declare
+    candidates: Mapping[str, tuple[str, ...]] = field(default_factory=default_candidates)
 
     def run_metadata(self, start: Mapping[str, Any]) -> dict[str, Any]:
         md = start.get(self.metadata_key)
@@ -61,17 +61,17 @@ class RunConvention:
         return found
 
     def detect_kind(self, start: Mapping[str, Any], data_keys: Mapping[str, Any] | None = None) -> str | None:
-        """'xanes', 'xrd' or None, from the start metadata or (if allowed) the data keys."""
+        """The kind of a registered analysis ('xanes', 'xrd' ...) from the start metadata or (if allowed)
+        the data keys, or None."""
+        analyses = registered_analyses()
         kind = self.run_metadata(start).get("kind")
-        if kind in ("xanes", "xrd"):
+        if any(kind == analysis.kind for analysis in analyses):
             return kind
         if not (self.detect_from_keys and data_keys):
             return None
-        keys = self.find_keys(data_keys, XANES_ROLES + XRD_ROLES)
-        if "energy" in keys and ("mu" in keys or ("i0" in keys and ({"it", "if"} & keys.keys()))):
-            return "xanes"
-        if "pattern" in keys and data_keys[keys["pattern"]].get("dtype") == "array":
-            return "xrd"
+        for analysis in analyses:
+            if analysis.recognises(self.find_keys(data_keys, analysis.roles), data_keys):
+                return analysis.kind
         return None
 
 

@@ -20,22 +20,17 @@ class ExternalDataError(RuntimeError):
 
 
 class ExternalArrays:
+    """The external rows of one run, by role: resources and descriptors registered as they come."""
+
     def __init__(self):
         self._resources: dict[str, dict[str, Any]] = {}
         self._roles_by_key: dict[str, str] = {}
-        self._constants: dict[str, Any] = {}
 
     def register_descriptor(self, descriptor: dict, keys: dict[str, str]) -> None:
         """Remember which external data keys play which role."""
         for role, key in keys.items():
             if "external" in descriptor["data_keys"].get(key, {}):
                 self._roles_by_key[key] = role
-
-    def constant(self, role: str):
-        return self._constants.get(role)
-
-    def remember_constant(self, role: str, value) -> None:
-        self._constants[role] = value
 
     def register_resource(self, doc: dict) -> None:
         self._resources[doc["uid"]] = doc

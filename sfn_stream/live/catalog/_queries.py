@@ -4,28 +4,29 @@
     runs_where(client, species="Fe3+")                   # XANES runs predicted Fe3+
     samples_where(client, crystal_system="cubic", species="Fe3+")   # samples with both
 
-Keys are given in full (``stop.sfn...``): Bluesky's catalog client would otherwise prefix
-them with ``start.``.
+A beamline whose ``RunConvention`` names another metadata key passes it: ``runs_where(client,
+metadata_key="sfn_bl7", species="Fe3+")``. The summary's fields are listed in
+``sfn_stream.live.documents.summary``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-PREFIX = "stop.sfn."
+from sfn_stream.live.documents import METADATA_KEY, summary_field
 
 
-def runs_where(client, **criteria: Any) -> dict[str, dict]:
+def runs_where(client, *, metadata_key: str = METADATA_KEY, **criteria: Any) -> dict[str, dict]:
     """Run uid -> stop summary for runs whose summary matches every ``field=value`` given."""
     from tiled.queries import Key
 
     results = client
     for field, value in criteria.items():
-        results = results.search(Key(PREFIX + field) == value)
-    return {uid: dict(run.metadata["stop"]["sfn"]) for uid, run in results.items()}
+        results = results.search(Key(summary_field(field, metadata_key)) == value)
+    return {uid: dict(run.metadata["stop"][metadata_key]) for uid, run in results.items()}
 
 
-def samples_where(client, **criteria: Any) -> dict[str, list[str]]:
+def samples_where(client, *, metadata_key: str = METADATA_KEY, **criteria: Any) -> dict[str, list[str]]:
     """Sample id -> run uids, for samples whose runs together match every criterion.
 
     Each criterion may be met by a different run of the same sample (the crystal system
@@ -35,7 +36,7 @@ def samples_where(client, **criteria: Any) -> dict[str, list[str]]:
     matched: dict[str, list[str]] | None = None
     for field, value in criteria.items():
         by_sample: dict[str, list[str]] = {}
-        for uid, summary in runs_where(client, **{field: value}).items():
+        for uid, summary in runs_where(client, metadata_key=metadata_key, **{field: value}).items():
             sample = summary.get("sample")
             if sample:
                 by_sample.setdefault(sample, []).append(uid)

@@ -23,7 +23,8 @@ TiledWriter stores it beside the raw runs):
   top_crystal_system, top_space_group, ..., reason, seconds, source_runs, provenance}``;
   ``exit_status='fail'`` with the reason when inference raised. The raw runs are never touched.
 
-Inference runs on the plugin's worker thread (never the RunEngine's): documents that arrive
+This is an after-stop consumer (``consumers.base``): ``SfnPlugin(structure_inference=options)`` adds
+one. Inference runs on the plugin's worker thread (never the RunEngine's): documents that arrive
 meanwhile wait in its queue. Build the template index beforehand (``sfn-stream infer-structure``
 once, or ``sfn_stream.core.structure.template_index``): building the AMCSD index takes about an hour.
 """
@@ -36,25 +37,26 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from event_model import compose_run
 
 from sfn_stream import __version__
 from sfn_stream.core.predict import parse_elements
+from sfn_stream.core.serialize import json_safe
 from sfn_stream.core.structure import InferenceRequest, InferenceResult, XrdInput, infer_structures, template_index
-from ._derived import data_keys_for, json_safe
+from sfn_stream.live.documents import DerivedStreams, run_summary, stop_with_summary
+from .base import BaseConsumer, FinishedRun, register_consumer
 
 logger = logging.getLogger(__name__)
 
 STRUCTURE_STREAM = "sfn_structure_candidates"
 STRUCTURE_KIND = "structure_inference"
 STRUCTURE_PLAN = "sfn_structure_inference"
+STRUCTURE_CONSUMER = "structure"  # the consumer's name (SfnPlugin(consumers=["structure"]))
 MIN_TABLE_PROBABILITY = 0.01  # predicted states / CNs rarer than this are left out of the request
 _USABLE = ("ok", "flagged")
-
-Emit = Callable[[str, dict], None]
 
 
 @dataclass(frozen=True)
@@ -102,25 +104,25 @@ class RunInputs:
         return self.x is not None and self.intensity is not None
 
 
-def run_inputs(uid: str, processor, *, min_probability: float = MIN_TABLE_PROBABILITY) -> RunInputs | None:
-    """The inputs of a stopped run from its :class:`RunProcessor` (None for runs that are neither kind)."""
-    if processor.kind not in ("xanes", "xrd"):
+def run_inputs(run: FinishedRun, *, min_probability: float = MIN_TABLE_PROBABILITY) -> RunInputs | None:
+    """The inputs of a finished run (None for runs that are neither XANES nor PXRD)."""
+    if run.kind not in ("xanes", "xrd"):
         return None
-    md, summary = processor.md, processor.summary or {}
+    md, summary, analysis = run.metadata, run.summary or {}, run.analysis
     elements = _elements(md.get("elements") or md.get("composition")) or tuple(summary.get("elements") or ())
-    inputs = RunInputs(uid, processor.kind, _text_or_none(md.get("sample")), elements, summary.get("status"),
+    inputs = RunInputs(run.uid, run.kind, _text_or_none(md.get("sample")), elements, summary.get("status"),
                        summary.get("bundle_id"))
-    if processor.kind == "xanes":
+    if run.kind == "xanes":
         inputs.absorber = summary.get("absorber")
-        prediction = processor.xanes_prediction
+        prediction = analysis.prediction
         per_element = prediction.per_element.get(inputs.absorber, {}) if prediction is not None else {}
         inputs.oxidation_states = _table(per_element.get("oxidation_state"), min_probability)
         inputs.coordination = _table(per_element.get("coordination_number"), min_probability)
         if inputs.absorber and inputs.absorber not in inputs.elements:
             inputs.elements = (*inputs.elements, inputs.absorber)
     else:
-        inputs.crystal_systems = processor.crystal_system_probabilities()
-        measured = processor.measured_pattern()
+        inputs.crystal_systems = analysis.crystal_system_probabilities()
+        measured = analysis.measured_pattern()
         if measured is not None:
             inputs.x, inputs.intensity, inputs.frames = measured
         inputs.axis = str(md.get("axis", "2theta"))
@@ -156,39 +158,42 @@ def build_request(xanes_runs: Sequence[RunInputs], xrd_run: RunInputs,
     )
 
 
-class StructureRuns:
-    """The plugin's structure-inference bookkeeping: inputs of stopped runs, the trigger rule, the runs
-    it writes (``results``: inference run uid -> stop summary)."""
+class StructureConsumer(BaseConsumer):
+    """Structure inference after the stop: inputs of stopped runs, the trigger rule, the runs it writes
+    (``results``: inference run uid -> stop summary)."""
 
-    def __init__(self, options: StructureInferenceOptions, emit: Emit, *, metadata_key: str = "sfn",
-                 keep: int = 100):
-        self.options = options
-        self.emit = emit
-        self.metadata_key = metadata_key
+    name = STRUCTURE_CONSUMER
+
+    def __init__(self, options: StructureInferenceOptions | None = None):
+        super().__init__()
+        self.options = options or StructureInferenceOptions()
         self.inputs: OrderedDict[str, RunInputs] = OrderedDict()
         self.results: OrderedDict[str, dict] = OrderedDict()
-        self._keep = keep
         self._done: set[tuple] = set()
         self._index = None
         self._skipped: dict[str, str] = {}
 
     # -- bookkeeping ------------------------------------------------------------------------
-    def on_stop(self, uid: str, processor) -> list[str]:
-        """Remember a stopped run; run the inferences the rule calls for. Returns their run uids."""
-        inputs = run_inputs(uid, processor, min_probability=self.options.min_probability)
+    def run_finished(self, run: FinishedRun) -> None:
+        """Remember a stopped run; run the inferences the rule calls for."""
+        inputs = run_inputs(run, min_probability=self.options.min_probability)
         if inputs is None:
-            return []
-        self.inputs[uid] = inputs
-        self.inputs.move_to_end(uid)
-        while len(self.inputs) > self._keep:
+            return
+        self.inputs[run.uid] = inputs
+        self.inputs.move_to_end(run.uid)
+        while len(self.inputs) > self.keep:
             self.inputs.popitem(last=False)
             self._done = {key for key in self._done if key[1] in self.inputs}
         if not self.options.automatic:
-            return []
-        written = []
+            return
         for xanes_runs, xrd_run in self.due(inputs):
-            written.append(self.run(xanes_runs, xrd_run, sample=inputs.sample, trigger="automatic"))
-        return written
+            self.run(xanes_runs, xrd_run, sample=inputs.sample, trigger="automatic")
+
+    def infer(self, run_uids: Sequence[str], *, sample: str | None = None,
+              elements: Sequence[str] | None = None) -> str:
+        """Infer by hand from the given XANES run(s) and one PXRD run; returns the inference run's uid."""
+        xanes_runs, xrd_run = self.lookup(run_uids)
+        return self.run(xanes_runs, xrd_run, sample=sample, elements=elements, trigger="manual")
 
     def due(self, inputs: RunInputs) -> list[tuple[list[RunInputs], RunInputs]]:
         """The combinations the automatic rule runs now that ``inputs``' run has stopped (at most one)."""
@@ -279,21 +284,17 @@ class StructureRuns:
             logger.exception("sfn-stream: structure inference failed for sample %s", sample)
             exit_status, stop_reason = "fail", f"{type(err).__name__}: {err}"
             summary = {"status": "error", "n_candidates": 0, "reason": stop_reason}
-        if rows:
-            descriptor = bundle.compose_descriptor(name=STRUCTURE_STREAM, data_keys=data_keys_for(rows[0]),
-                                                   configuration={})
-            self.emit("descriptor", descriptor.descriptor_doc)
-            for row in rows:
-                now = time.time()
-                self.emit("event", descriptor.compose_event(data=row, timestamps={k: now for k in row}))
+        streams = DerivedStreams(bundle.compose_descriptor, self.emit, validate=True)
+        for row in rows:
+            streams.write(STRUCTURE_STREAM, row)
         stop = bundle.compose_stop(exit_status=exit_status, reason=stop_reason)
-        summary = {"kind": STRUCTURE_KIND, "sample": sample, **summary,
-                   "seconds": round(time.perf_counter() - started, 3), "source_runs": source_runs,
-                   "elements": request_elements, "provenance": provenance}
-        stop[key] = json_safe(summary)
+        summary = run_summary(STRUCTURE_KIND, sample, **summary, seconds=round(time.perf_counter() - started, 3),
+                              source_runs=source_runs, elements=request_elements, provenance=provenance)
+        stop = stop_with_summary(stop, summary, key)
         self.emit("stop", stop)
         self.results[uid] = stop[key]
-        while len(self.results) > self._keep:
+        self.stats.record(uid, stop[key]["seconds"])
+        while len(self.results) > self.keep:
             self.results.popitem(last=False)
         return uid
 
@@ -381,3 +382,4 @@ def _text_or_none(value) -> str | None:
     return None if value in (None, "") else str(value)
 
 
+register_consumer(STRUCTURE_CONSUMER, StructureConsumer)

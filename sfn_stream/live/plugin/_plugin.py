@@ -5,12 +5,15 @@
     RE.subscribe(plugin)
 
 Every document goes on to ``writer`` (and any other downstream callback) unchanged and in
-order; XANES and PXRD runs gain derived streams and a ``stop['sfn']`` summary. By default
-the work happens on a worker thread, so the RunEngine's thread only enqueues documents.
+order; runs an analysis recognises (XANES, PXRD: ``sfn_stream.live.analyses``) gain a derived
+stream and a ``stop['sfn']`` summary. By default the work happens on a worker thread, so the
+RunEngine's thread only enqueues documents.
 
-With ``structure_inference=StructureInferenceOptions(...)`` the plugin also infers a sample's
-structure once its XANES and PXRD runs have stopped, and writes the result as a run of its own
-(see ``_structure_runs``); :meth:`SfnPlugin.infer_structure` does it by hand.
+After each run's stop, every after-stop consumer (``sfn_stream.live.consumers``) sees the finished
+run and may write runs of its own. ``consumers=[...]`` adds consumers (objects or registered names);
+``structure_inference=StructureInferenceOptions(...)`` adds the structure-inference one, which infers
+a sample's structure once its XANES and PXRD runs have stopped; :meth:`SfnPlugin.infer_structure`
+does it by hand.
 """
 
 from __future__ import annotations
@@ -22,13 +25,22 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from event_model import RunRouter
 
-from ._convention import RunConvention
+from sfn_stream.core.predict import ModelRegistry, default_registry
+from sfn_stream.live.analyses import RunConvention
+from sfn_stream.live.consumers import (
+    STRUCTURE_CONSUMER,
+    Consumer,
+    ConsumerStats,
+    FinishedRun,
+    StructureConsumer,
+    StructureInferenceOptions,
+    make_consumer,
+)
 from ._processor import RunProcessor
-from ._structure_runs import StructureInferenceOptions, StructureRuns
 
 logger = logging.getLogger(__name__)
 
@@ -37,66 +49,49 @@ _STOP = object()
 _TASK = object()
 
 
-class Predictors:
-    """Loads the predictors on first use (or ahead of time with :meth:`preload`) and keeps them."""
-
-    def __init__(self, xanes=None, xrd=None):
-        self._xanes, self._xrd = xanes, xrd
-
-    def xanes(self):
-        if self._xanes is None:
-            from sfn_stream.core.predict import xanes_predictor
-
-            self._xanes = xanes_predictor()
-        return self._xanes
-
-    def xrd(self):
-        if self._xrd is None:
-            from sfn_stream.core.predict import xrd_predictor
-
-            self._xrd = xrd_predictor()
-        return self._xrd
-
-    def preload(self) -> list[str]:
-        """Load both; return the reasons of those that failed (they fail again, recorded, per run)."""
-        problems = []
-        for load in (self.xanes, self.xrd):
-            try:
-                load()
-            except Exception as err:
-                problems.append(f"{type(err).__name__}: {err}")
-        return problems
-
-
 @dataclass
 class PluginStats:
-    """Figures the benchmark reads: seconds on the caller's thread per document, stop-to-written latency."""
+    """Figures the benchmark reads: seconds on the caller's thread per document, stop-to-written latency;
+    ``consumers``: each after-stop consumer's own stats, by name."""
 
     call_seconds: deque = field(default_factory=lambda: deque(maxlen=100_000))
     stop_latency_seconds: deque = field(default_factory=lambda: deque(maxlen=10_000))
     prediction_seconds: deque = field(default_factory=lambda: deque(maxlen=10_000))
     analysed_runs: int = 0
     downstream_errors: int = 0
-    structure_runs: int = 0
-    structure_seconds: deque = field(default_factory=lambda: deque(maxlen=10_000))
+    consumers: dict[str, ConsumerStats] = field(default_factory=dict)
+
+    @property
+    def structure_runs(self) -> int:
+        """Structure-inference runs written."""
+        stats = self.consumers.get(STRUCTURE_CONSUMER)
+        return stats.runs if stats is not None else 0
+
+    @property
+    def structure_seconds(self) -> deque:
+        """Seconds each structure-inference run took."""
+        stats = self.consumers.get(STRUCTURE_CONSUMER)
+        return stats.seconds if stats is not None else deque()
 
 
 class SfnPlugin:
     """Forward documents downstream and add sfn-stream's derived streams (see module docstring)."""
 
     def __init__(self, *downstream: Callback, convention: RunConvention | None = None,
-                 predictors: Predictors | None = None, threaded: bool = True, preload: bool = True,
-                 keep_summaries: int = 100, structure_inference: StructureInferenceOptions | None = None):
+                 models: ModelRegistry | None = None, threaded: bool = True, preload: bool = True,
+                 keep_summaries: int = 100, consumers: Sequence[Consumer | str] = (),
+                 structure_inference: StructureInferenceOptions | None = None):
         self.convention = convention or RunConvention()
-        self.predictors = predictors or Predictors()
+        self.models = models or default_registry()
         self.stats = PluginStats()
         self.summaries: OrderedDict[str, dict] = OrderedDict()  # run uid -> stop['sfn']
         self._keep = keep_summaries
         self._downstream: list[Callback] = list(downstream)
-        self.structure: StructureRuns | None = None
+        self.consumers: list[Consumer] = []
+        for consumer in consumers:
+            self.add_consumer(make_consumer(consumer) if isinstance(consumer, str) else consumer)
         if structure_inference is not None:
-            self.structure = StructureRuns(structure_inference, self._emit,
-                                           metadata_key=self.convention.metadata_key, keep=keep_summaries)
+            self.add_consumer(StructureConsumer(structure_inference))
         self._router = RunRouter([self._factory])
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
@@ -105,7 +100,18 @@ class SfnPlugin:
             self._thread = threading.Thread(target=self._work, args=(preload,), name="sfn-stream", daemon=True)
             self._thread.start()
         elif preload:
-            self.predictors.preload()
+            self.models.preload()
+
+    @property
+    def structure(self) -> StructureConsumer | None:
+        """The structure-inference consumer, or None when structure inference is off."""
+        return next((c for c in self.consumers if isinstance(c, StructureConsumer)), None)
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        """Hand every run that finishes from now on to ``consumer`` (after its stop has gone downstream)."""
+        consumer.bind(self._emit, metadata_key=self.convention.metadata_key, keep=self._keep)
+        self.consumers.append(consumer)
+        self.stats.consumers[consumer.name] = consumer.stats
 
     def subscribe(self, callback: Callback) -> None:
         """Add a downstream callback (it receives every raw and derived document)."""
@@ -119,6 +125,29 @@ class SfnPlugin:
             self._process(name, doc, received)
         self.stats.call_seconds.append(time.perf_counter() - received)
 
+    def submit(self, work: Callable[[], Any]) -> Future:
+        """Run ``work`` on the worker thread behind the documents received so far (at once when not
+        threaded); the future gives its result or its exception."""
+        future: Future = Future()
+
+        def task():
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = work()
+            except Exception as err:
+                future.set_exception(err)
+            else:
+                future.set_result(result)
+
+        if self._queue is None:
+            task()
+        elif self._thread is not None and self._thread.is_alive():
+            self._queue.put((_TASK, task, None))
+        else:
+            future.set_exception(RuntimeError("the plugin is closed"))
+        return future
+
     def infer_structure(self, *run_uids: str, elements: Sequence[str] | None = None,
                         sample: str | None = None) -> Future:
         """Infer the structure from the given XANES run(s) and one PXRD run, by hand.
@@ -129,30 +158,11 @@ class SfnPlugin:
         (then no run is written). Needs ``structure_inference`` options (``automatic=False`` for
         by-hand only).
         """
-        if self.structure is None:
+        structure = self.structure
+        if structure is None:
             raise RuntimeError("structure inference is off: create the plugin with "
                                "structure_inference=StructureInferenceOptions(...)")
-        future: Future = Future()
-        structure = self.structure
-
-        def task():
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                xanes_runs, xrd_run = structure.lookup(run_uids)
-                uid = self._run_structure(xanes_runs, xrd_run, sample=sample, elements=elements, trigger="manual")
-            except Exception as err:
-                future.set_exception(err)
-            else:
-                future.set_result(uid)
-
-        if self._queue is None:
-            task()
-        elif self._thread is not None and self._thread.is_alive():
-            self._queue.put((_TASK, task, None))
-        else:
-            future.set_exception(RuntimeError("the plugin is closed"))
-        return future
+        return self.submit(lambda: structure.infer(run_uids, sample=sample, elements=elements))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every document received so far has gone downstream; False on timeout."""
@@ -174,7 +184,7 @@ class SfnPlugin:
     # -- internals ----------------------------------------------------------------------------
     def _work(self, preload: bool) -> None:
         if preload:
-            for problem in self.predictors.preload():
+            for problem in self.models.preload():
                 logger.warning("sfn-stream: predictor not available: %s", problem)
         while True:
             name, doc, received = self._queue.get()
@@ -196,9 +206,8 @@ class SfnPlugin:
             self.stats.stop_latency_seconds.append(time.perf_counter() - received)
 
     def _factory(self, name: str, start: dict):
-        processor = RunProcessor(start, emit=self._emit, convention=self.convention, predictors=self.predictors,
-                                 keep_pattern=self.structure is not None)
-        return [_SummaryKeeper(processor, self)], []
+        processor = RunProcessor(start, emit=self._emit, convention=self.convention, models=self.models)
+        return [_AfterStop(processor, self)], []
 
     def _emit(self, name: str, doc: dict) -> None:
         for callback in self._downstream:
@@ -208,46 +217,32 @@ class SfnPlugin:
                 self.stats.downstream_errors += 1
                 logger.exception("sfn-stream: downstream callback %r failed on %s", callback, name)
 
-    def _remember(self, run_uid: str, summary: dict) -> None:
-        self.summaries[run_uid] = summary
-        self.stats.analysed_runs += 1
-        while len(self.summaries) > self._keep:
-            self.summaries.popitem(last=False)
-
-    def _structure_after_stop(self, run_uid: str, processor: RunProcessor) -> None:
-        """The automatic rule, on the thread that processed the stop (the worker thread by default)."""
-        if self.structure is None:
-            return
-        try:
-            written = self.structure.on_stop(run_uid, processor)
-        except Exception:
-            logger.exception("sfn-stream: structure inference bookkeeping failed after run %s", run_uid)
-            return
-        self._count_structure_runs(written)
-
-    def _run_structure(self, xanes_runs, xrd_run, **kwargs) -> str:
-        uid = self.structure.run(xanes_runs, xrd_run, **kwargs)
-        self._count_structure_runs([uid])
-        return uid
-
-    def _count_structure_runs(self, uids) -> None:
-        for uid in uids:  # each run's own stop summary says how long it took
-            self.stats.structure_runs += 1
-            self.stats.structure_seconds.append(self.structure.results[uid]["seconds"])
+    def _run_finished(self, run_uid: str, processor: RunProcessor) -> None:
+        """Keep the run's summary, then hand the run to each consumer (on the thread that processed the stop,
+        the worker thread by default)."""
+        if processor.summary is not None:
+            self.summaries[run_uid] = processor.summary
+            self.stats.analysed_runs += 1
+            while len(self.summaries) > self._keep:
+                self.summaries.popitem(last=False)
+            if processor.prediction_seconds is not None:
+                self.stats.prediction_seconds.append(processor.prediction_seconds)
+        run = FinishedRun(uid=run_uid, kind=processor.kind, metadata=processor.md, summary=processor.summary,
+                          analysis=processor.analysis)
+        for consumer in self.consumers:
+            try:
+                consumer.run_finished(run)
+            except Exception:
+                logger.exception("sfn-stream: consumer %s failed after run %s", consumer.name, run_uid)
 
 
-class _SummaryKeeper:
-    """Wraps a run's processor to keep its summary once the stop has gone out."""
+class _AfterStop:
+    """Wraps a run's processor to tell the plugin once the run's stop has gone out."""
 
     def __init__(self, processor: RunProcessor, plugin: SfnPlugin):
         self.processor, self.plugin = processor, plugin
 
     def __call__(self, name, doc):
         self.processor(name, doc)
-        if name != "stop":
-            return
-        if self.processor.summary is not None:
-            self.plugin._remember(doc["run_start"], self.processor.summary)
-            if self.processor.prediction_seconds is not None:
-                self.plugin.stats.prediction_seconds.append(self.processor.prediction_seconds)
-        self.plugin._structure_after_stop(doc["run_start"], self.processor)
+        if name == "stop":
+            self.plugin._run_finished(doc["run_start"], self.processor)

@@ -1,0 +1,162 @@
+"""PXRD: every powder frame -> one row of ``sfn_xrd_predictions`` as it arrives; the run's answer at the stop.
+
+The run's crystal system is the mean of the usable frames' probabilities. The mean pattern of the
+usable frames is kept for after-stop consumers (structure inference matches candidates against it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
+from sfn_stream.core.predict import Prediction, class_fields, class_probabilities, status_fields, summary_fields
+from sfn_stream.live.documents import exit_flag, run_summary
+from .base import BaseAnalysis, Insufficient, RunContext, bundle_classes, bundle_id, register_analysis
+
+logger = logging.getLogger(__name__)
+
+XRD_STREAM = "sfn_xrd_predictions"
+XRD_ROLES = ("pattern", "x")
+
+# Used only when no bundle could be loaded, so that the failure row still has its fields.
+_DEFAULT_CLASSES = CRYSTAL_SYSTEMS
+
+
+@register_analysis
+class XrdAnalysis(BaseAnalysis):
+    """Crystal system of every powder frame, live.
+
+    After the stop: :meth:`crystal_system_probabilities` and :meth:`measured_pattern`.
+    """
+
+    kind = "xrd"
+    roles = XRD_ROLES
+    stream = XRD_STREAM
+    candidates = {
+        "pattern": ("pattern", "powder_pattern", "xrd_pattern", "intensity"),
+        "x": ("tth", "two_theta", "2theta", "q"),
+    }
+
+    def __init__(self, context: RunContext):
+        super().__init__(context)
+        self._axis = None  # a detector's fixed 2theta/Q axis, from its configuration
+        self._frames = 0
+        self._last: Prediction | None = None
+        self._classes: tuple = ()
+        self._probabilities: list[np.ndarray] = []
+        self._pattern = _MeanPattern()
+
+    @classmethod
+    def recognises(cls, keys: Mapping[str, str], data_keys: Mapping[str, Any]) -> bool:
+        return "pattern" in keys and data_keys[keys["pattern"]].get("dtype") == "array"
+
+    def on_descriptor(self, descriptor: dict, keys: Mapping[str, str]) -> None:
+        """A detector's fixed 2theta/Q axis usually sits in its configuration, not in each event."""
+        if "x" in keys:
+            return
+        for device in (descriptor.get("configuration") or {}).values():
+            found = self.context.find_keys(device.get("data_keys") or {}, ("x",))
+            if found:
+                self._axis = device["data"][found["x"]]
+                return
+
+    def add_event(self, values: Mapping[str, Any], seq_num: int) -> None:
+        self._frame(values.get("pattern"), values.get("x", self._axis), seq_num)
+
+    def add_external(self, rows: Mapping[str, list], first_seq_num: int) -> None:
+        for i, pattern in enumerate(rows.get("pattern", ())):
+            self._frame(pattern, self._axis, first_seq_num + i)
+
+    def _frame(self, pattern, x, seq_num: int) -> None:
+        predictor = None
+        try:
+            if pattern is None or x is None:
+                raise Insufficient("the frame has no pattern or no 2theta/Q axis")
+            predictor = self.models.predictor("xrd")
+            prediction, _ = predictor.predict_pattern(
+                np.asarray(x, dtype=float), np.asarray(pattern, dtype=float),
+                axis=self.md.get("axis", "2theta"), wavelength=self.md.get("wavelength"))
+        except Insufficient as why:
+            prediction = Prediction.failed("xrd", "insufficient_data", str(why))
+        except Exception as err:
+            logger.exception("sfn-stream: PXRD prediction failed")
+            prediction = Prediction.failed("xrd", "error", f"model failed: {type(err).__name__}: {err}",
+                                           bundle_id=bundle_id(predictor))
+        classes = bundle_classes(predictor, "crystal_system", _DEFAULT_CLASSES)
+        row = xrd_row(prediction, seq_num, classes)
+        self.write_row(row)
+        self._frames += 1
+        self._last = prediction
+        if prediction.usable:
+            self._probabilities.append(class_probabilities(row, "crystal_system", classes))
+            self._pattern.add(x, pattern)
+        self._classes = classes
+
+    def finish(self, stop: dict) -> dict:
+        summary = run_summary(self.kind, self.sample, derived_stream=self.stream, frames=self._frames,
+                              frames_used=len(self._probabilities))
+        if self._last is None:
+            summary.update(status="insufficient_data", reason="no powder frames were recorded",
+                           quality_flags=[], bundle_id=None)
+            return summary
+        summary.update(summary_fields(self._last))
+        if self._probabilities:  # the run's answer: mean probabilities over usable frames
+            mean = np.mean(self._probabilities, axis=0)
+            best = int(np.argmax(mean))
+            summary.update(crystal_system=self._classes[best], crystal_system_confidence=round(float(mean[best]), 4))
+        if exit_flag(stop):
+            summary["quality_flags"] = [*summary.get("quality_flags", []), exit_flag(stop)]
+        return summary
+
+    def crystal_system_probabilities(self) -> dict[str, float] | None:
+        """The run's crystal-system probabilities: the mean over the usable frames (None if none)."""
+        if not self._probabilities:
+            return None
+        mean = np.mean(self._probabilities, axis=0)
+        return {str(c): float(p) for c, p in zip(self._classes, mean) if np.isfinite(p)}
+
+    def measured_pattern(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(x, mean intensity, frames) of the usable frames (frames on another axis than the last one are
+        left out), or None."""
+        return self._pattern.mean()
+
+
+class _MeanPattern:
+    """A running sum of the usable frames on one axis (a new axis starts it afresh)."""
+
+    def __init__(self):
+        self._x: np.ndarray | None = None
+        self._sum: np.ndarray | None = None
+        self._frames = 0
+
+    def add(self, x, pattern) -> None:
+        try:  # the kept pattern never disturbs the run's own analysis
+            x, pattern = np.asarray(x, dtype=float), np.asarray(pattern, dtype=float)
+            if pattern.shape != x.shape:
+                return
+            if self._x is None or self._x.shape != x.shape or not np.allclose(self._x, x):
+                self._x, self._sum, self._frames = x.copy(), np.zeros_like(pattern), 0
+            self._sum += pattern
+            self._frames += 1
+        except Exception:
+            logger.exception("sfn-stream: could not keep a PXRD frame for the mean pattern")
+
+    def mean(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        if self._x is None or not self._frames:
+            return None
+        return self._x, self._sum / self._frames, self._frames
+
+
+def xrd_row(prediction: Prediction, frame: int, classes: Sequence[str]) -> dict[str, Any]:
+    """One derived-stream row per PXRD frame."""
+    pre = prediction.preprocessing or {}
+    row: dict[str, Any] = {"frame": int(frame), **status_fields(prediction, as_text=True)}
+    row.update(class_fields("crystal_system", prediction.properties.get("crystal_system"), classes))
+    for name in ("q_min", "q_max", "coverage_fraction"):
+        value = pre.get(name)
+        row[name] = math.nan if value is None else float(value)
+    return row

@@ -1,0 +1,28 @@
+"""Event-model documents sfn-stream adds to runs: derived streams and the stop summary's schema.
+
+Light on purpose (numpy and event-model only): the Tiled queries import the summary's schema.
+"""
+
+from .streams import SOURCE, DerivedStreams, data_keys_for
+from .summary import (
+    METADATA_KEY,
+    exit_flag,
+    failed_summary,
+    run_summary,
+    stop_with_summary,
+    summary_field,
+    summary_of,
+)
+
+__all__ = [
+    "METADATA_KEY",
+    "SOURCE",
+    "DerivedStreams",
+    "data_keys_for",
+    "exit_flag",
+    "failed_summary",
+    "run_summary",
+    "stop_with_summary",
+    "summary_field",
+    "summary_of",
+]
