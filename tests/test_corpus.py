@@ -25,7 +25,6 @@ from sfn_stream.offline.corpus import (
     Sandbox,
     SourceEntry,
     assemble_corpus,
-    assign_splits,
     corpus_info,
     deduplicate,
     entry_from_cif,
@@ -35,6 +34,7 @@ from sfn_stream.offline.corpus import (
     screen_entries,
 )
 from sfn_stream.core.simulation import FeffSettings
+from sfn_stream.offline.splits import stratified_splits
 
 FAST = FeffSettings(scf_radius=None, fms_radius=3.0, cluster_radius=5.0)
 
@@ -276,14 +276,14 @@ def test_splits_keep_formulas_together_and_earlier_assignments_fixed():
     for i in range(400):
         formula = f"F{rng.integers(0, 150)}"
         rows.append((f"m{i:03d}", formula, [f"{rng.choice(['Fe', 'Cu'])}|{rng.choice(systems)}"]))
-    splits = assign_splits(rows)
+    splits = stratified_splits(rows)
     by_formula = {}
     for mid, formula, _ in rows:
         by_formula.setdefault(formula, set()).add(splits[mid])
     assert all(len(s) == 1 for s in by_formula.values())
     share = {s: sum(v == s for v in splits.values()) / len(rows) for s in ("train", "val", "test")}
     assert 0.7 < share["train"] < 0.9 and 0.05 < share["val"] < 0.15 and 0.05 < share["test"] < 0.15
-    grown = assign_splits(rows + [("m999", rows[0][1], rows[0][2]), ("m998", "Fnew", ["Fe|cubic"])], previous=splits)
+    grown = stratified_splits(rows + [("m999", rows[0][1], rows[0][2]), ("m998", "Fnew", ["Fe|cubic"])], previous=splits)
     assert all(grown[mid] == split for mid, split in splits.items())
     assert grown["m999"] == splits[rows[0][0]]
 

@@ -10,16 +10,16 @@ import pytest
 from sfn_stream.core.networks import XANES_CARD_KEYS, UnsupportedAbsorberError, XanesEnsemble, load_bundle, models_dir
 from sfn_stream.core.networks._bundle import CARD_KEYS
 from sfn_stream.core.spectra import k_edge_energy
+from sfn_stream.offline.corpus import IncompleteSpectrum, average_site_spectra
+from sfn_stream.offline.shared import have_shared
+from sfn_stream.offline.splits import balanced_splits
 from sfn_stream.offline.training import (
     Augmentation,
     TrainConfig,
     XanesDataset,
-    average_site_spectra,
-    split_by_formula,
     train_xanes_bundle,
     window_sample,
 )
-from sfn_stream.offline.shared import have_shared
 from sfn_stream.offline.training._xanes import augmented_views, gaussian_broaden
 
 E_CU = k_edge_energy("Cu")
@@ -55,10 +55,8 @@ def test_multiplicity_weights_and_common_grid():
 
 
 def test_a_group_without_any_spectrum_is_an_error():
-    from sfn_stream.offline.training import SiteCoverageError
-
     energy, mu = _feff_like(2.0)
-    with pytest.raises(SiteCoverageError, match=r"\[3, 4\]"):
+    with pytest.raises(IncompleteSpectrum, match=r"\[3, 4\]"):
         average_site_spectra([[0], [3, 4]], {0: (energy, mu)})
 
 
@@ -76,12 +74,12 @@ def test_material_spectrum_of_a_three_site_omnixas_material():
 
 def test_split_never_puts_a_formula_in_two_splits():
     formulas = {f"mp-{i}": f"F{i % 37}" for i in range(400)}
-    splits = split_by_formula(formulas, seed=0)
+    splits = balanced_splits(formulas, seed=0)
     seen = {name: {formulas[i] for i in ids} for name, ids in splits.items()}
     assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
     assert sum(len(v) for v in splits.values()) == 400
     assert 0.7 < len(splits["train"]) / 400 < 0.9
-    assert splits == split_by_formula(formulas, seed=0)
+    assert splits == balanced_splits(formulas, seed=0)
 
 
 def test_gaussian_broadening_keeps_the_step_and_softens_the_edge():

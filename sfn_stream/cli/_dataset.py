@@ -1,18 +1,15 @@
-"""``sfn-stream dataset build|status|info|calibrate|bench|batch-*``: the XANES + PXRD training corpus (issue 3).
+"""``sfn-stream dataset build|status|info|calibrate|bench|batch-*``: the XANES + PXRD training corpus.
 
-This module wires the structure sources (AMCSD from ``larixite``, OmniXAS from ../shared, both read
-by the training layer) into :mod:`sfn_stream.offline.corpus`, which stays below the training layer.
+Options in, one call to :mod:`sfn_stream.offline.corpus` (or ``offline.evaluation.feff_throughput``), figures
+out. The structure sources (AMCSD from ``larixite``, OmniXAS from ../shared) are read by the training
+layer (:func:`sfn_stream.offline.training.corpus_sources`) and handed to the corpus, which stays below it.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
-import tempfile
-import time
 from pathlib import Path
 
-from sfn_stream.core.paths import DOCS_DIR
 from sfn_stream.offline.batch_options import add_batch_run_arguments
 from ._common import CliError, console, print_json
 
@@ -147,93 +144,55 @@ def _config(args):
     return config
 
 
-def _source_entries(names: list[str]):
-    """A callable giving the SourceEntry stream, and a description of the sources for the manifest."""
-    from sfn_stream.offline.corpus import SourceEntry
-
-    unknown = set(names) - {"amcsd", "omnixas"}
-    if unknown:
-        raise CliError(f"--sources: unknown {', '.join(sorted(unknown))} (amcsd, omnixas)")
-    described = {}
-    if "amcsd" in names:
-        import larixite
-
-        described["amcsd"] = f"AMCSD shipped in larixite {larixite.__version__} (Downs & Hall-Wallace 2003)"
-    if "omnixas" in names:
-        from sfn_stream.offline.shared import have_shared
-
-        if have_shared():
-            described["omnixas"] = "OmniXAS Cu (Materials Project structures, FEFF 9.9.1), ../shared/data/omnixas_cu"
-        else:
-            console().print("[yellow]../shared is absent: the OmniXAS part is left out[/yellow]")
-            names = [n for n in names if n != "omnixas"]
-
-    def entries():
-        if "amcsd" in names:
-            from sfn_stream.offline.training import iter_amcsd_structures
-
-            for entry in iter_amcsd_structures(complete_only=True):
-                yield SourceEntry("amcsd", str(entry.amcsd_id), entry.mineral_name, entry.structure,
-                                  entry.reject_reason)
-        if "omnixas" in names:
-            from sfn_stream.offline.shared import omnixas_structures
-
-            for mp_id, structure in sorted(omnixas_structures().items()):
-                yield SourceEntry("omnixas", mp_id, "", structure)
-
-    return entries, described
-
-
 def run_build(args) -> int:
-    from sfn_stream.offline.corpus import CORPUS_DIR, assemble_from_workdir, build_corpus
+    from sfn_stream.offline.corpus import CORPUS_DIR, CampaignMissing, SeedError, SnapshotMissing, run_corpus_build
 
     config = _config(args)
     config.max_materials_per_metal = args.max_per_metal
     config.retry_failed = args.retry_failed
     out_dir = args.out or CORPUS_DIR
-    seeded = None if args.no_seed else _seed(config, args.seed_from, out_dir, quiet=args.json)
-    if args.assemble_only:
-        if not (config.workdir / "materials.json.gz").is_file():
-            raise CliError(f"no campaign in {config.workdir}: run `sfn-stream dataset build` first")
-        manifest = assemble_from_workdir(config, out_dir)
-        _print_manifest(manifest, out_dir, args.json)
+    entries = described = None
+    if not args.assemble_only:
+        if args.workers < 1:
+            raise CliError("--workers must be at least 1")
+        entries, described = _sources(args.sources)
+    try:
+        build = run_corpus_build(
+            config, out_dir, entries, described, seed_from=args.seed_from, seed=not args.no_seed,
+            assemble_only=args.assemble_only, scheduler=args.scheduler, n_workers=args.workers,
+            max_items=args.max_items, assemble_every=args.assemble_every,
+            refresh_structures=args.refresh_structures, progress=not args.no_progress,
+            log=None if args.json else console().print,
+        )
+    except SnapshotMissing as err:
+        raise CliError(f"--seed-from {err}") from err
+    except SeedError as err:
+        raise CliError(f"{err}; use --no-seed to build without it") from err
+    except CampaignMissing as err:
+        raise CliError(str(err)) from err
+    if build.summary is None:
+        _print_manifest(build.manifest, out_dir, args.json)
         return 0
-    entries, described = _source_entries([s.strip() for s in args.sources.split(",") if s.strip()])
-    if args.workers < 1:
-        raise CliError("--workers must be at least 1")
-    summary, manifest = build_corpus(
-        config, entries, described, out_dir, scheduler=args.scheduler, n_workers=args.workers,
-        max_items=args.max_items, assemble_every=args.assemble_every, refresh_structures=args.refresh_structures,
-        progress=not args.no_progress,
-    )
+    summary = build.summary
     if args.json:
-        print_json({"campaign": summary.to_dict(), "seeded": seeded, "corpus": manifest})
+        print_json({"campaign": summary.to_dict(), "seeded": build.seeded, "corpus": build.manifest})
         return 0
     out = console()
     out.print(f"campaign: {summary.ran} items run ({summary.succeeded} ok, {summary.failed} failed) in "
               f"{summary.seconds:.0f} s on {summary.workers} worker(s); {summary.already_done} were done before, "
               f"{summary.skipped_failed} failed before (--retry-failed runs them)")
-    _print_manifest(manifest, out_dir, False)
+    _print_manifest(build.manifest, out_dir, False)
     return 0
 
 
-def _seed(config, seed_from: Path | None, out_dir: Path, quiet: bool = False) -> dict | None:
-    """Seed the campaign from ``seed_from``, or from ``out_dir`` when that holds a corpus."""
-    from sfn_stream.offline.corpus import SeedError, seed_campaign
+def _sources(text: str):
+    from sfn_stream.offline.training import corpus_sources
 
-    source = seed_from or out_dir
-    if not (Path(source) / "corpus.json").is_file():
-        if seed_from is not None:
-            raise CliError(f"--seed-from {seed_from}: no corpus there (no corpus.json)")
-        return None
+    names = [s.strip() for s in text.split(",") if s.strip()]
     try:
-        seeded = seed_campaign(config.store, source, config.settings.key())
-    except SeedError as err:
-        raise CliError(f"{err}; use --no-seed to build without it") from err
-    if (seeded["spectra"] or seeded["failures"]) and not quiet:
-        console().print(f"seeded from {source}: {seeded['spectra']} material spectra and {seeded['failures']} "
-                        f"failed items taken as done ({seeded['already_present']} were here already)")
-    return seeded
+        return corpus_sources(names, warn=lambda line: console().print(f"[yellow]{line}[/yellow]"))
+    except ValueError as err:
+        raise CliError(f"--sources: {err}") from err
 
 
 def _print_manifest(manifest: dict, out_dir, as_json: bool) -> None:
@@ -247,14 +206,9 @@ def _print_manifest(manifest: dict, out_dir, as_json: bool) -> None:
 
 def run_status(args) -> int:
     from sfn_stream.offline.corpus import campaign_status, reference_materials
-    from sfn_stream.offline.corpus import load_prepared
 
     config = _config(args)
-    prepared = config.workdir / "materials.json.gz"
-    if not prepared.is_file():
-        raise CliError(f"no campaign in {config.workdir}: run `sfn-stream dataset build` first")
-    materials, _, _ = load_prepared(prepared)
-    status = campaign_status(materials, reference_materials(config.metals), config)
+    status = campaign_status(_campaign_materials(config), reference_materials(config.metals), config)
     if args.json:
         print_json(status)
         return 0
@@ -269,15 +223,20 @@ def run_status(args) -> int:
     return 0
 
 
+def _campaign_materials(config):
+    from sfn_stream.offline.corpus import CampaignMissing, campaign_materials
+
+    try:
+        return campaign_materials(config)
+    except CampaignMissing as err:
+        raise CliError(str(err)) from err
+
+
 def _campaign_plan(config):
     """The prepared materials, the reference solids and the plan of the campaign in ``config.workdir``."""
     from sfn_stream.offline.corpus import plan_items, reference_materials
-    from sfn_stream.offline.corpus import load_prepared
 
-    prepared = config.workdir / "materials.json.gz"
-    if not prepared.is_file():
-        raise CliError(f"no campaign in {config.workdir}: run `sfn-stream dataset build` first")
-    materials, _, _ = load_prepared(prepared)
+    materials = _campaign_materials(config)
     references = reference_materials(config.metals)
     return materials, references, plan_items(materials, references, config)
 
@@ -363,73 +322,38 @@ def run_info(args) -> int:
 
 
 def run_calibrate(args) -> int:
-    import json
-
-    from sfn_stream.offline.corpus import (
-        CALIBRATION_CANDIDATES,
-        CORPUS_DIR,
-        calibration_markdown,
-        calibration_sites,
-        calibration_table,
-        choose_settings,
-        run_calibration,
-    )
-    from sfn_stream.offline.corpus import read_rows, rescore
-    from sfn_stream.offline.shared import SharedDataMissing, omnixas_site_spectra, omnixas_structures
+    from sfn_stream.offline.corpus import CALIBRATION_CANDIDATES, calibrate_corpus_settings
+    from sfn_stream.offline.shared import SharedDataMissing
 
     names = [n.strip() for n in args.candidates.split(",")] if args.candidates else list(CALIBRATION_CANDIDATES)
     unknown = [n for n in names if n not in CALIBRATION_CANDIDATES]
     if unknown:
         raise CliError(f"unknown candidates {unknown}; choose from {', '.join(CALIBRATION_CANDIDATES)}")
-    candidates = {n: CALIBRATION_CANDIDATES[n] for n in names}
     try:
-        sites = calibration_sites(omnixas_site_spectra(), omnixas_structures(), n=args.materials)
+        report = calibrate_corpus_settings(
+            {n: CALIBRATION_CANDIDATES[n] for n in names}, args.workdir, n_materials=args.materials,
+            timeout=args.timeout, report_only=args.report_only, reference_offset=args.reference_offset,
+            doc=args.doc, notes=args.notes.read_text() if args.notes else "",
+            log=lambda line: console().print(line),
+        )
     except SharedDataMissing as err:
         raise CliError(f"the calibration needs ../shared: {err}") from err
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    results = args.workdir / "calibration.jsonl"
-    if args.report_only:
-        rows = read_rows(results)
-    else:
-        rows = run_calibration(sites, candidates, results, args.workdir / "runs", timeout=args.timeout,
-                               log=lambda line: console().print(line))
-    from sfn_stream.offline.corpus import omnixas_cu_offset
-
-    reference_offset = args.reference_offset if args.reference_offset is not None else omnixas_cu_offset()
-    table = calibration_table(rescore(rows, sites, reference_offset), candidates, keys=[s.key for s in sites])
-    try:
-        chosen = choose_settings(table)
-    except ValueError as err:
-        chosen = None
-        console().print(f"[yellow]{err}[/yellow]")
-    site_list = [{"key": s.key, "formula": s.formula} for s in sites]
-    repro_path = args.workdir / "cu2o_reproduction.json"
-    reproduction = json.loads(repro_path.read_text()) if repro_path.is_file() else None
-    doc = args.doc or DOCS_DIR / "feff-calibration.md"
-    notes = (f"OmniXAS-settings fcc Cu offset used for the calibrated scale: {reference_offset:+.2f} eV.\n\n"
-             if reference_offset is not None else "")
-    if args.notes:
-        notes += args.notes.read_text()
-    doc.write_text(calibration_markdown(table, chosen, site_list, reproduction, notes))
-    CORPUS_DIR.mkdir(parents=True, exist_ok=True)
-    (CORPUS_DIR / "calibration.json").write_text(json.dumps(
-        {"chosen": chosen, "table": table, "sites": site_list, "cu2o_reproduction": reproduction,
-         "omnixas_cu_offset": reference_offset},
-        indent=1) + "\n")
+    if report.no_choice:
+        console().print(f"[yellow]{report.no_choice}[/yellow]")
     if args.json:
-        print_json({"chosen": chosen, "table": table})
-    else:
-        for row in table:
-            console().print(f"{row['candidate']:12s} median r {row['median_r']:.4f} ({row['n_sites']} sites, "
-                            f"{row['n_failed']} failed), {row['median_seconds']:.1f} s/site")
-        console().print(f"chosen: {chosen}; report: {doc}")
+        print_json({"chosen": report.chosen, "table": report.table})
+        return 0
+    for row in report.table:
+        console().print(f"{row['candidate']:12s} median r {row['median_r']:.4f} ({row['n_sites']} sites, "
+                        f"{row['n_failed']} failed), {row['median_seconds']:.1f} s/site")
+    console().print(f"chosen: {report.chosen}; report: {report.doc}")
     return 0
 
 
 def run_bench(args) -> int:
     """Same FEFF sites, run by a local Dask cluster of each size in turn, in one process."""
-    from sfn_stream.offline.corpus import CampaignConfig, CorpusMaterial, corpus_settings, metal_site_groups, run_campaign
-    from sfn_stream.offline.corpus import metal_structure, oxide_structure
+    from sfn_stream.offline.corpus import CALIBRATION_CANDIDATES, corpus_settings
+    from sfn_stream.offline.evaluation.feff_throughput import ThroughputError, campaign_throughput
 
     try:
         worker_counts = [int(w) for w in args.workers.split(",")]
@@ -437,46 +361,19 @@ def run_bench(args) -> int:
         raise CliError(f"--workers must be comma-separated integers, got {args.workers!r}") from err
     if args.sites < 1 or min(worker_counts) < 1:
         raise CliError("--sites and every worker count must be at least 1")
-    from sfn_stream.offline.corpus import CALIBRATION_CANDIDATES
-
     if args.settings and args.settings not in CALIBRATION_CANDIDATES:
         raise CliError(f"unknown --settings {args.settings!r}; choose one of {', '.join(CALIBRATION_CANDIDATES)}")
     settings = CALIBRATION_CANDIDATES[args.settings] if args.settings else corpus_settings()
-    # Small, fixed structures, each site computed as its own material, repeated as needed. Rock-salt FeO
-    # is left out: its SCF loop diverges at the chosen settings (the campaign's fallback handles it).
-    base = [oxide_structure(name) for name in ("Cu2O", "CuO", "Fe2O3")] + [metal_structure("Fe")]
-    materials = []
-    for i in range(args.sites):
-        structure = base[i % len(base)]
-        groups = metal_site_groups(structure)
-        metal = next(iter(groups))
-        materials.append(CorpusMaterial(f"bench-{i:03d}", "reference", f"bench-{i}", "bench",
-                                        structure.composition.reduced_formula, structure, {metal: groups[metal][:1]}))
-    results = {}
-    for workers in worker_counts:
-        with tempfile.TemporaryDirectory() as tmp:
-            config = CampaignConfig(workdir=Path(tmp), settings=settings, kinds=("feff",))
-            started = time.perf_counter()
-            summary = run_campaign([], materials, config, n_workers=workers, progress=False)
-            wall = time.perf_counter() - started
-            per_site = [r["value"]["feff_seconds"] for r in config.store.records() if r["ok"]]
-        if not per_site:
-            raise CliError(f"no FEFF site finished with {workers} worker(s): {summary.failures}")
-        q1, q3 = (statistics.quantiles(per_site, n=4)[i] for i in (0, 2)) if len(per_site) > 1 else (per_site[0],) * 2
-        results[workers] = {
-            "workers": workers, "sites": len(per_site), "failed": summary.failed,
-            "seconds_per_site_median": statistics.median(per_site), "seconds_per_site_q1": q1,
-            "seconds_per_site_q3": q3, "seconds_per_site_min": min(per_site), "seconds_per_site_max": max(per_site),
-            "wall_seconds": wall, "sites_per_hour": 3600 * len(per_site) / wall,
-        }
-    payload = {"settings": settings.describe(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-               "runs": list(results.values())}
+    try:
+        payload = campaign_throughput(args.sites, worker_counts, settings)
+    except ThroughputError as err:
+        raise CliError(str(err)) from err
     if args.json:
         print_json(payload)
         return 0
     out = console()
     out.print(f"FEFF10 {payload['settings']}; {payload['cpus']} CPUs, load average {payload['load_average']}")
-    for r in results.values():
+    for r in payload["runs"]:
         out.print(f"{r['workers']} worker(s): {r['sites']} sites, s/site median {r['seconds_per_site_median']:.1f} "
                   f"(IQR {r['seconds_per_site_q1']:.1f}-{r['seconds_per_site_q3']:.1f}, range "
                   f"{r['seconds_per_site_min']:.1f}-{r['seconds_per_site_max']:.1f}); wall {r['wall_seconds']:.0f} s, "

@@ -155,29 +155,19 @@ def _print_result(result, out: Path | None) -> None:
 
 
 def run_evaluate(args) -> int:
-    from sfn_stream.offline.shared import SharedDataMissing, have_shared
-    from sfn_stream.offline.training import BENCHMARK_FILE, load_benchmark, run_benchmark, run_measured
+    from sfn_stream.offline.evaluation.structure_benchmark import evaluate_structure_inference
 
-    if not have_shared():
-        raise CliError("the structure benchmark needs ../shared (set SFN_SHARED)")
-    if not BENCHMARK_FILE.is_file():
-        raise CliError(f"{BENCHMARK_FILE} is missing: the benchmark definition is part of the repository")
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     for s in settings:
         if s not in ("true", "perturbed"):
             raise CliError(f"--settings: {s!r} is not 'true' or 'perturbed'")
     try:
-        payload = {}
-        if not args.measured:
-            payload = run_benchmark(load_benchmark(), settings=settings, split=args.split, limit=args.limit,
-                                    progress=not args.json, log_path=args.log, workers=args.workers)
-        if not args.no_measured:
-            payload["measured"] = run_measured()
-    except SharedDataMissing as err:
+        payload = evaluate_structure_inference(
+            settings, split=args.split, limit=args.limit, workers=args.workers, synthetic=not args.measured,
+            measured=not args.no_measured, log_path=args.log, save_path=args.save, progress=not args.json,
+        )
+    except FileNotFoundError as err:  # ../shared or the benchmark definition is missing
         raise CliError(str(err)) from err
-    if args.save:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(json.dumps(payload, indent=1, default=str))
     if args.json:
         print_json({k: v for k, v in payload.items() if k != "records"})
     else:

@@ -1,28 +1,84 @@
-"""A fixed train/validation/test split by material, grouped by reduced formula, stratified.
+"""Train/validation/test splits that never split a group of related materials (one reduced formula, or
+one formula and space group), so that a test compound's composition is never seen in training.
 
-- Group: all materials with one reduced formula go to one split (polymorphs and duplicates-by-
-  formula never straddle splits; the model cannot meet a test compound's composition in training).
-- Fixed: a material keeps the split it was given; a formula seen before goes where it went before.
-  So a growing campaign only adds ids and the committed split files only grow.
-- Stratified: new formula groups, in an order fixed by a hash of the formula, go to the split whose
-  share of the group's strata (absorber x crystal system) is furthest below its target.
+Three assignments, one per data set; each reproduces the split files committed for it:
+
+- :func:`hashed_splits` (PXRD stick table, grouped by formula + space group): each group's split is
+  drawn from a seeded hash of its key, independently of every other group.
+- :func:`balanced_splits` (XANES OmniXAS Cu, grouped by formula): groups shuffled with a seed, each to
+  the split furthest below its share of *materials*.
+- :func:`stratified_splits` (the corpus, grouped by formula): fixed, a material keeps the split it was
+  given and a formula seen before goes where it went before, so a growing campaign only adds ids;
+  new groups, in an order fixed by a hash of the formula, go to the split whose share of the group's
+  strata (absorber x crystal system) is furthest below its target.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Hashable, Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
 
 SPLITS = ("train", "val", "test")
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
-def _order(formula: str) -> str:
-    return hashlib.sha256(formula.encode()).hexdigest()
+
+def group_by(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
+    """Items per key, each list in the order of ``items``."""
+    groups: dict[K, list[T]] = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(item)
+    return dict(groups)
 
 
-def assign_splits(
+def hash_order(key: str) -> str:
+    """A sort key fixed by ``key`` alone (sha256 hex), independent of the order groups arrive in."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def hash_fraction(key: str, seed: int = 0) -> float:
+    """A number in [0, 1) fixed by ``seed`` and ``key`` (the first 48 bits of their sha256)."""
+    return int(hash_order(f"{seed}:{key}")[:12], 16) / 16**12
+
+
+def neediest_split(shortfall: Callable[[str], float]) -> str:
+    """The split with the largest shortfall against its target; ties go to train, then val."""
+    return max(SPLITS, key=lambda split: (shortfall(split), -SPLITS.index(split)))
+
+
+def hashed_splits(keys: Sequence[str], seed: int = 0,
+                  fractions: Mapping[str, float] = FRACTIONS) -> dict[str, np.ndarray]:
+    """Indices into ``keys`` per split; equal keys always share a split."""
+    u = np.array([hash_fraction(key, seed) for key in keys])
+    edges = np.cumsum([fractions[name] for name in SPLITS])
+    which = np.searchsorted(edges, u, side="right")
+    return {name: np.flatnonzero(which == k) for k, name in enumerate(SPLITS)}
+
+
+def balanced_splits(groups: Mapping[str, str], *, seed: int = 0,
+                    fractions: Mapping[str, float] = FRACTIONS) -> dict[str, list[str]]:
+    """id -> group key (a reduced formula)  =>  sorted ids per split; one group never spans two splits.
+
+    Groups are shuffled with ``seed`` and assigned in turn to the split furthest below its target
+    share of ids, so the splits reach their fractions of materials (not of formulas).
+    """
+    members = group_by(sorted(groups.items()), key=lambda pair: pair[1])
+    order = sorted(members)
+    np.random.default_rng(seed).shuffle(order)
+    total = len(groups)
+    out: dict[str, list[str]] = {name: [] for name in SPLITS}
+    for key in order:
+        split = neediest_split(lambda name: fractions[name] * total - len(out[name]))
+        out[split].extend(material_id for material_id, _ in members[key])
+    return {name: sorted(ids) for name, ids in out.items()}
+
+
+def stratified_splits(
     materials: Iterable[tuple[str, str, Sequence[str]]],
     previous: Mapping[str, str] | None = None,
     fractions: Mapping[str, float] = FRACTIONS,
@@ -42,14 +98,11 @@ def assign_splits(
             formula_split.setdefault(formula, split)
             for stratum in strata:
                 counts[stratum][split] += 1
-    groups: dict[str, list[tuple[str, Sequence[str]]]] = defaultdict(list)
-    for material_id, formula, strata in rows:
-        if material_id not in previous:
-            groups[formula].append((material_id, strata))
-    out = {mid: split for mid, split in previous.items()}
-    for formula in sorted(groups, key=_order):
-        members = groups[formula]
-        split = formula_split.get(formula) or _neediest(members, counts, fractions)
+    new = group_by((row for row in rows if row[0] not in previous), key=lambda row: row[1])
+    out = dict(previous)
+    for formula in sorted(new, key=hash_order):
+        members = [(material_id, strata) for material_id, _, strata in new[formula]]
+        split = formula_split.get(formula) or _neediest_for_strata(members, counts, fractions)
         formula_split[formula] = split
         for material_id, strata in members:
             out[material_id] = split
@@ -58,8 +111,8 @@ def assign_splits(
     return {mid: out[mid] for mid, _, _ in rows}
 
 
-def _neediest(members, counts, fractions) -> str:
-    """The split with the largest shortfall against its target, summed over the group's strata."""
+def _neediest_for_strata(members, counts, fractions) -> str:
+    """The neediest split summed over the group's strata: small strata fill the training split first."""
     strata = {stratum for _, group_strata in members for stratum in group_strata} or {"none"}
 
     def shortfall(split: str) -> float:
@@ -69,5 +122,4 @@ def _neediest(members, counts, fractions) -> str:
             total += fractions[split] * n - counts[stratum][split]
         return total
 
-    # ties go to train, then val: small strata fill the training split first
-    return max(SPLITS, key=lambda split: (shortfall(split), -SPLITS.index(split)))
+    return neediest_split(shortfall)

@@ -1,6 +1,6 @@
 """Simulation of spectra and diffraction patterns (pymatgen, FEFF); no Bluesky or Tiled."""
 
-from ._demo_sample import build_demo_sample, metal_energy_offset
+from ._demo_sample import build_demo_sample
 from ._feff import (
     OMNIXAS,
     XANES_STAGES,
@@ -23,6 +23,7 @@ from ._xrd import (
     stick_pattern,
     synthesize_pattern,
 )
+from .offsets import metal_energy_offset
 
 __all__ = [
     "OMNIXAS",

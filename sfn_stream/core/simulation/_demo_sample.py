@@ -7,19 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sfn_stream.core.spectra import find_first_inflection, k_edge_energy
 from ._feff import OMNIXAS, FeffSettings, feff_input, read_xmu, run_feff
 from ._xrd import stick_pattern
-
-
-def metal_energy_offset(energy, mu, element: str) -> float:
-    """A calculation's energy offset: its own metal spectrum's first inflection minus the tabulated K edge.
-
-    First inflection, because that is where a measured scan's reference foil is put (the tabulated
-    edges are first inflection points), so computed and measured energies land on one scale. The
-    corpus, the training set and the demo sample all take their offsets from here.
-    """
-    return float(find_first_inflection(np.asarray(energy, float), np.asarray(mu, float)) - k_edge_energy(element))
+from .offsets import metal_energy_offset
 
 
 def build_demo_sample(structure, *, name: str, absorber: str, workdir: str | Path, metal_xmu: str | Path,

@@ -5,11 +5,24 @@ handed in by the caller, so nothing here reads ../shared or the training layer.
 """
 
 from ._batch import BatchError, export_batch, import_results, read_batch, run_batch, write_batch
-from ._build import assemble_from_workdir, build_corpus, default_settings, prepared_materials
+from ._build import (
+    CampaignMissing,
+    CorpusBuild,
+    SnapshotMissing,
+    assemble_from_workdir,
+    build_corpus,
+    campaign_materials,
+    default_settings,
+    prepared_materials,
+    run_corpus_build,
+    seed_from_snapshot,
+)
 from ._calibration import (
     CALIBRATION_CANDIDATES,
     CORPUS_CANDIDATE,
+    CalibrationReport,
     CalibrationSite,
+    calibrate_corpus_settings,
     calibrate_site,
     calibration_markdown,
     calibration_sites,
@@ -47,12 +60,11 @@ from ._sandbox import ItemTimeout, Sandbox, SandboxCrashed
 from ._seed import SEED_KIND, SeedError, seed_campaign, seed_records
 from ._spectra import (
     IncompleteSpectrum,
+    average_site_spectra,
     edge_positions,
     energy_offset,
     material_spectrum,
-    site_weighted_spectrum,
 )
-from ._splits import FRACTIONS, SPLITS, assign_splits
 from ._structures import (
     CORPUS_METALS,
     CorpusMaterial,
@@ -77,7 +89,7 @@ from ._calibration import read_rows
 from ._calibration import rescore
 from ._structures import load_prepared
 from ._batch import read_records
-from ._build import omnixas_cu_offset
+from ._calibration import omnixas_cu_offset
 
 __all__ = [
     "corpus_fallbacks",
@@ -93,13 +105,15 @@ __all__ = [
     "CORPUS_CANDIDATE",
     "CORPUS_DIR",
     "CORPUS_METALS",
+    "CalibrationReport",
     "CalibrationSite",
+    "CampaignMissing",
     "CampaignConfig",
     "CampaignSummary",
     "CorpusMaterial",
+    "CorpusBuild",
     "CorpusMissing",
     "DEFAULT_TIMEOUTS",
-    "FRACTIONS",
     "ITEM_KINDS",
     "ITEM_VERSIONS",
     "IncompleteSpectrum",
@@ -110,10 +124,10 @@ __all__ = [
     "Rejection",
     "ResultStore",
     "SEED_KIND",
-    "SPLITS",
     "Sandbox",
     "SandboxCrashed",
     "SeedError",
+    "SnapshotMissing",
     "SourceEntry",
     "SpectrumAgreement",
     "TeacherLabels",
@@ -121,12 +135,14 @@ __all__ = [
     "aligned_agreement",
     "assemble_corpus",
     "assemble_from_workdir",
-    "assign_splits",
+    "average_site_spectra",
     "build_corpus",
+    "calibrate_corpus_settings",
     "calibrate_site",
     "calibration_markdown",
     "calibration_sites",
     "calibration_table",
+    "campaign_materials",
     "campaign_status",
     "choose_settings",
     "content_hash",
@@ -158,11 +174,12 @@ __all__ = [
     "run_batch",
     "run_calibration",
     "run_campaign",
+    "run_corpus_build",
     "screen_entries",
     "screen_structure",
     "seed_campaign",
+    "seed_from_snapshot",
     "seed_records",
-    "site_weighted_spectrum",
     "teacher_labels",
     "verify_corpus",
     "write_batch",

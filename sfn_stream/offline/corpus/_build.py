@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from sfn_stream.core.simulation import FeffSettings
+from ._calibration import corpus_settings, omnixas_cu_offset
 from ._campaign import CampaignConfig, CampaignSummary, run_campaign
-from ._product import CORPUS_DIR, assemble_corpus
+from ._product import CORPUS_DIR, MANIFEST, assemble_corpus
+from ._seed import SeedError, seed_campaign
 from ._structures import (
     CorpusMaterial,
     Rejection,
@@ -20,9 +23,42 @@ from ._structures import (
     save_prepared,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PREPARED = "materials.json.gz"
+
+
+class CampaignMissing(FileNotFoundError):
+    """The work folder holds no prepared campaign."""
+
+
+class SnapshotMissing(SeedError):
+    """The folder to seed a campaign from holds no corpus."""
+
+
+def campaign_materials(config: CampaignConfig) -> list[CorpusMaterial]:
+    """The prepared materials of the campaign in ``config.workdir``."""
+    path = Path(config.workdir) / PREPARED
+    if not path.is_file():
+        raise CampaignMissing(f"no campaign in {config.workdir}: run `sfn-stream dataset build` first")
+    materials, _, _ = load_prepared(path)
+    return materials
+
+
+def seed_from_snapshot(config: CampaignConfig, seed_from: str | Path | None, out_dir: str | Path,
+                       log: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """Take the FEFF spectra and failures of the corpus ``seed_from`` (else ``out_dir``, when it holds one)
+    as done in the campaign's store; None when there is nothing to seed from."""
+    source = Path(seed_from or out_dir)
+    if not (source / MANIFEST).is_file():
+        if seed_from is not None:
+            raise SnapshotMissing(f"{seed_from}: no corpus there (no {MANIFEST})")
+        return None
+    seeded = seed_campaign(config.store, source, config.settings.key())
+    if (seeded["spectra"] or seeded["failures"]) and log is not None:
+        log(f"seeded from {source}: {seeded['spectra']} material spectra and {seeded['failures']} "
+            f"failed items taken as done ({seeded['already_present']} were here already)")
+    return seeded
 
 
 def prepared_materials(
@@ -39,18 +75,6 @@ def prepared_materials(
     materials, rejections = prepare_materials(entries(), progress=progress)
     save_prepared(path, materials, rejections, sources)
     return materials, rejections, sources
-
-
-OMNIXAS_CU_OFFSET_FILE = CORPUS_DIR / "omnixas_cu_metal.json"
-
-
-def omnixas_cu_offset(path: str | Path = OMNIXAS_CU_OFFSET_FILE) -> float | None:
-    """The committed energy offset of FEFF fcc Cu at the OmniXAS settings (first inflection point, as
-    :func:`sfn_stream.offline.corpus.energy_offset`), if it has been measured."""
-    import json
-
-    path = Path(path)
-    return float(json.loads(path.read_text())["energy_offset"]) if path.is_file() else None
 
 
 def assemble_from_workdir(config: CampaignConfig, out_dir: str | Path = CORPUS_DIR) -> dict[str, Any]:
@@ -88,17 +112,56 @@ def build_corpus(
             last[0] = time.monotonic()
             try:
                 manifest = assemble_from_workdir(config, out_dir)
-                log.info("corpus written: %d materials, hash %s", manifest["n_materials"],
+                logger.info("corpus written: %d materials, hash %s", manifest["n_materials"],
                          manifest["content_hash"][:12])
             except Exception as err:  # a failed snapshot must not stop the campaign
-                log.warning("could not write the corpus snapshot: %s", err)
+                logger.warning("could not write the corpus snapshot: %s", err)
 
     summary = run_campaign(materials, references, config, scheduler=scheduler, n_workers=n_workers,
                            progress=progress, max_items=max_items, on_record=maybe_assemble)
     return summary, assemble_from_workdir(config, out_dir)
 
 
-def default_settings() -> FeffSettings:
-    from ._calibration import corpus_settings
+@dataclass
+class CorpusBuild:
+    manifest: dict[str, Any]
+    seeded: dict[str, Any] | None = None  # what seed_from_snapshot took as done
+    summary: CampaignSummary | None = None  # None when the corpus was only assembled
 
+
+def run_corpus_build(
+    config: CampaignConfig,
+    out_dir: str | Path = CORPUS_DIR,
+    entries: Callable[[], Iterable[SourceEntry]] | None = None,
+    sources: dict[str, str] | None = None,
+    *,
+    seed_from: str | Path | None = None,
+    seed: bool = True,
+    assemble_only: bool = False,
+    scheduler: str | None = None,
+    n_workers: int = 1,
+    max_items: int | None = None,
+    assemble_every: float | None = None,
+    refresh_structures: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> CorpusBuild:
+    """``sfn-stream dataset build``: seed the campaign from a corpus snapshot (``seed``), then run it
+    and write the corpus (:func:`build_corpus`), or (``assemble_only``) only write the corpus from what
+    it has finished. ``entries`` and ``sources`` are needed unless ``assemble_only``.
+    """
+    seeded = seed_from_snapshot(config, seed_from, out_dir, log) if seed else None
+    if assemble_only:
+        campaign_materials(config)  # says so when there is no campaign to assemble
+        return CorpusBuild(assemble_from_workdir(config, out_dir), seeded)
+    if entries is None or sources is None:
+        raise ValueError("building a corpus needs the source entries and their description")
+    summary, manifest = build_corpus(
+        config, entries, sources, out_dir, scheduler=scheduler, n_workers=n_workers, max_items=max_items,
+        assemble_every=assemble_every, refresh_structures=refresh_structures, progress=progress,
+    )
+    return CorpusBuild(manifest, seeded, summary)
+
+
+def default_settings() -> FeffSettings:
     return corpus_settings()

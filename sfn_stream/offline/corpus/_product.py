@@ -33,9 +33,9 @@ import numpy as np
 from sfn_stream.core import paths
 from sfn_stream.core.files import file_sha256
 from sfn_stream.core.simulation import FeffSettings
+from sfn_stream.offline.splits import SPLITS, stratified_splits
 from ._items import ITEM_VERSIONS, SEED_KIND
 from ._spectra import IncompleteSpectrum, edge_positions, energy_offset, material_spectrum
-from ._splits import SPLITS, assign_splits
 from ._structures import CORPUS_METALS, CorpusMaterial, Rejection, rejection_tally
 
 FORMAT_VERSION = "1"
@@ -267,8 +267,8 @@ def assemble_corpus(
             in_corpus.append(material)
     previous = read_splits(out_dir)
     strata = _strata(material_rows, absorber_rows)
-    splits = assign_splits(((r["material_id"], r["formula"], strata[r["material_id"]]) for r in material_rows),
-                           previous=previous)
+    splits = stratified_splits(((r["material_id"], r["formula"], strata[r["material_id"]]) for r in material_rows),
+                               previous=previous)
     for row in material_rows:
         row["split"] = splits[row["material_id"]]
     _write_tables(out_dir, material_rows, absorber_rows)

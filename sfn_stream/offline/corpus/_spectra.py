@@ -1,7 +1,8 @@
 """Material spectra from site spectra, and the energy scale of a FEFF calculation.
 
 Averaging: site spectra of symmetry-inequivalent absorbers weighted by multiplicity, as Materials
-Project reports one XANES per material (Mathew et al., Sci. Data 5, 180151 (2018)).
+Project reports one XANES per material (Mathew et al., Sci. Data 5, 180151 (2018)); the corpus and
+the OmniXAS Cu training set both average with :func:`average_site_spectra`.
 
 Energy scale: FEFF's absolute energies are off by several eV and the offset depends on the settings.
 Experimenters calibrate the monochromator so that a metal foil's edge (its first inflection point)
@@ -26,18 +27,37 @@ class IncompleteSpectrum(ValueError):
     """Some symmetry-inequivalent sites of the absorber have no computed spectrum."""
 
 
-def site_weighted_spectrum(
-    spectra: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted mean of site spectra on the first one's native grid, clipped to the common range."""
-    if not spectra:
+def average_site_spectra(
+    groups: Sequence[Sequence[int]],
+    site_spectra: Mapping[int, tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """Multiplicity-weighted mean spectrum over the ``groups`` of equivalent absorber sites.
+
+    ``site_spectra`` maps site index -> (energy, mu) for the sites that were computed. Every group
+    needs at least one; several spectra within a group (near-equivalent sites computed separately)
+    are averaged with equal weight. The grid is the native grid of the first spectrum, clipped to the
+    energy range common to all spectra (no extrapolation). Returns the grid, the mean, the weights
+    (group sizes) and the sites used per group.
+    """
+    if not groups:
         raise IncompleteSpectrum("no site spectra to average")
-    low = max(float(np.min(e)) for e, _ in spectra)
-    high = min(float(np.max(e)) for e, _ in spectra)
-    grid = np.asarray(spectra[0][0], dtype=float)
-    grid = grid[(grid >= low - 1e-9) & (grid <= high + 1e-9)]
-    total = sum(w * np.interp(grid, np.asarray(e, float), np.asarray(m, float)) for (e, m), w in zip(spectra, weights))
-    return grid, total / float(sum(weights))
+    used = []
+    for group in groups:
+        present = tuple(i for i in group if i in site_spectra)
+        if not present:
+            raise IncompleteSpectrum(f"no spectrum for any of the equivalent sites {list(group)}")
+        used.append(present)
+    all_spectra = [site_spectra[i] for present in used for i in present]
+    low = max(float(np.min(energy)) for energy, _ in all_spectra)
+    high = min(float(np.max(energy)) for energy, _ in all_spectra)
+    reference = np.asarray(all_spectra[0][0], dtype=float)
+    grid = reference[(reference >= low - 1e-9) & (reference <= high + 1e-9)]
+    total = np.zeros_like(grid)
+    weights = tuple(len(group) for group in groups)
+    for weight, present in zip(weights, used):
+        group_mu = np.mean([np.interp(grid, *site_spectra[i]) for i in present], axis=0)
+        total += weight * group_mu
+    return grid, total / sum(weights), weights, tuple(used)
 
 
 def material_spectrum(groups: Sequence[Sequence[int]], site_results: Mapping[int, dict]) -> dict:
@@ -48,14 +68,15 @@ def material_spectrum(groups: Sequence[Sequence[int]], site_results: Mapping[int
     missing = [group[0] for group in groups if group[0] not in site_results]
     if missing:
         raise IncompleteSpectrum(f"no spectrum for sites {missing}")
-    spectra = [(np.asarray(site_results[g[0]]["energy"]), np.asarray(site_results[g[0]]["mu"])) for g in groups]
-    energy, mu = site_weighted_spectrum(spectra, [len(g) for g in groups])
+    representatives = {g[0]: (np.asarray(site_results[g[0]]["energy"]), np.asarray(site_results[g[0]]["mu"]))
+                       for g in groups}
+    energy, mu, multiplicities, _ = average_site_spectra(groups, representatives)
     return {
         "energy": energy,
         "mu": mu,
         "e0": float(find_e0(energy, mu)),
         "site_indices": [int(g[0]) for g in groups],
-        "multiplicities": [len(g) for g in groups],
+        "multiplicities": list(multiplicities),
         "feff_seconds": float(sum(site_results[g[0]].get("feff_seconds", 0.0) for g in groups)),
         # sites made with fallback settings after the campaign's own failed (see _items.compute_feff_site)
         "fallback_sites": sum(bool(site_results[g[0]].get("failed_attempts")) for g in groups),

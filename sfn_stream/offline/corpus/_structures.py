@@ -259,7 +259,7 @@ _METALS = {
     "Zn": ("P6_3/mmc", (2.6649, 2.6649, 4.9468, 90, 90, 120), [[1 / 3, 2 / 3, 0.25]]),
 }
 
-# Oxides for the chemical-shift check (issue 3): Cu(I)/Cu(II) and Fe(II)/Fe(III).
+# Oxides for the chemical-shift check (references.json): Cu(I)/Cu(II) and Fe(II)/Fe(III).
 _OXIDES = {
     "Cu2O": ("Pn-3m", (4.2696,) * 3 + (90,) * 3, ["Cu", "O"], [[0.25, 0.25, 0.25], [0, 0, 0]]),  # cuprite
     # tenorite, Asbrink & Norrby, Acta Cryst. B26, 8 (1970)

@@ -1,7 +1,10 @@
-"""Benchmarks that print figures (``sfn-stream bench NAME``); timings live here, never in tests.
+"""Every benchmark and evaluation; timings live here, never in tests.
 
-Each module has ``main(argv) -> int``. ``larch_compare`` needs xraylarch, which is not a
-dependency: run it as ``python -m sfn_stream.offline.evaluation.larch_compare`` from a Python that has it.
+The modules of :data:`BENCHMARKS` (``sfn-stream bench NAME``) each have ``main(argv) -> int`` and parse
+their own options. ``larch_compare`` needs xraylarch, which is not a dependency: run it as
+``python -m sfn_stream.offline.evaluation.larch_compare`` from a Python that has it. The CLI calls the
+others' functions: ``stream_overhead`` (``bench stream``), ``feff_throughput`` (``dataset bench``) and
+``structure_benchmark`` (``evaluate structure``).
 """
 
 # name on the command line -> (module, one-line help)

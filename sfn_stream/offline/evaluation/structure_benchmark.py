@@ -23,7 +23,6 @@ A hit is formula (reduced) and crystal system both right.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 import zlib
@@ -33,9 +32,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 from sfn_stream.core import paths
+from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
 
-REPO_DIR = paths.REPO_DIR
-BENCHMARK_DIR = REPO_DIR / "data" / "structure_benchmark"
+BENCHMARK_DIR = paths.DATA_DIR / "structure_benchmark"
 BENCHMARK_FILE = BENCHMARK_DIR / "benchmark.json"
 RESULTS_FILE = BENCHMARK_DIR / "results.json"
 TEMPLATE_SOURCES = ("amcsd", "aflow", "robocrys")
@@ -47,7 +46,6 @@ MEASUREMENT = {
     "lab_anode_probabilities": {"Cu": 1.0, "Co": 0.0, "Mo": 0.0},
     "p_short_range": 0.0,
 }
-CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 
 
 # ------------------------------------------------------------------ benchmark definition
@@ -515,16 +513,34 @@ def run_measured(index=None, *, top: int = 5) -> list[dict[str, Any]]:
     return out
 
 
-def dev_score(records: Sequence[dict]) -> float:
-    """Mean of top-1 over strata (what the few scoring constants were chosen on; dev split only)."""
-    per = defaultdict(list)
-    for r in records:
-        per[(r["setting"], r["n_elements"])].append(r["top1"])
-    return float(np.mean([np.mean(v) for v in per.values()])) if per else math.nan
+def evaluate_structure_inference(
+    settings: Sequence[str] = ("true", "perturbed"), *, split: str = "test", limit: int | None = None,
+    workers: int = 1, synthetic: bool = True, measured: bool = True, log_path: str | Path | None = None,
+    save_path: str | Path | None = None, progress: bool = False,
+) -> dict[str, Any]:
+    """``sfn-stream evaluate structure``: the benchmark's simulated queries (``synthetic``) and the
+    measured single-phase patterns (``measured``); ``save_path`` receives the full results."""
+    from sfn_stream.offline.shared import SharedDataMissing, have_shared
+
+    if not have_shared():
+        raise SharedDataMissing("the structure benchmark needs ../shared (set SFN_SHARED)")
+    if not BENCHMARK_FILE.is_file():
+        raise FileNotFoundError(f"{BENCHMARK_FILE} is missing: the benchmark definition is part of the repository")
+    payload: dict[str, Any] = {}
+    if synthetic:
+        payload = run_benchmark(load_benchmark(), settings=settings, split=split, limit=limit, progress=progress,
+                                log_path=log_path, workers=workers)
+    if measured:
+        payload["measured"] = run_measured()
+    if save_path:
+        save_path = Path(save_path)
+        save_path.parent.mkdir(parents=True, exist_ok=True)
+        save_path.write_text(json.dumps(payload, indent=1, default=str))
+    return payload
 
 
 def main(argv=None) -> int:
-    """``python -m sfn_stream.offline.training._structure_benchmark make|extend-dev``: draw and save the benchmark definition
+    """``python -m sfn_stream.offline.evaluation.structure_benchmark make|extend-dev``: draw and save the benchmark definition
     (``extend-dev --dev-per-stratum 40 --seed 1`` adds AMCSD dev materials, test items unchanged)."""
     import argparse
 

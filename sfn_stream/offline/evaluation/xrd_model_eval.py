@@ -19,19 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sfn_stream.core import paths
 from sfn_stream.core.networks import CRYSTAL_SYSTEMS, XrdClassifier, load_bundle, models_dir
 from sfn_stream.core.files import file_sha256
 from sfn_stream.core.simulation import StickTable
 from sfn_stream.core.spectra import preprocess_xrd, two_theta_to_q
+from sfn_stream.offline.metrics import probability_metrics
 from sfn_stream.offline.shared import SharedDataMissing
 from sfn_stream.offline.training import (
     DEFAULT_STICK_TABLE,
-    classification_metrics,
     evaluate_measured,
     labels_of,
     measured_dev_set,
     read_split_files,
-    repo_dir,
     synthesize_set,
 )
 
@@ -43,12 +43,12 @@ def simulated_test(classifier, card, sticks_path: Path) -> dict:
     if sha != card["training_data"]["sha256"]:
         return {"skipped": f"stick table sha256 {sha[:12]} differs from the card's"}
     table = StickTable.load(sticks_path)
-    splits = read_split_files(table, repo_dir() / "data" / "splits")
+    splits = read_split_files(table, paths.SPLITS_DIR)
     seed = card["training_data"]["seed"]
     n_per = int(card["metrics"]["simulated_test"]["description"].split(" x ")[1].split()[0])
     test_idx = np.repeat(splits["test"], n_per)
     x = synthesize_set(table, test_idx, np.random.default_rng(seed + 202))
-    return classification_metrics(labels_of(table)[test_idx], classifier.probabilities(x))
+    return probability_metrics(labels_of(table)[test_idx], classifier.probabilities(x), CRYSTAL_SYSTEMS)
 
 
 def frame_timing(classifier, n_frames: int) -> dict:
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     bundle = load_bundle(args.bundle)
     classifier = XrdClassifier.from_bundle(bundle)
     card = bundle.card
-    sticks = Path(args.sticks) if args.sticks else repo_dir() / "data" / "xrd_sticks" / card["training_data"]["stick_table"]
+    sticks = Path(args.sticks) if args.sticks else DEFAULT_STICK_TABLE.parent / card["training_data"]["stick_table"]
     if not sticks.is_file() and DEFAULT_STICK_TABLE.is_file():
         sticks = DEFAULT_STICK_TABLE
     report = {"bundle": bundle.id, "simulated_test": simulated_test(classifier, card, sticks)}

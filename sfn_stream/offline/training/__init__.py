@@ -1,11 +1,12 @@
-
 """Building training sets from ../shared and training the model bundles in ``models/``."""
 
+from sfn_stream.offline.shared import SharedDataMissing
+
+from ._amcsd import AmcsdEntry, amcsd_ids, iter_amcsd_structures
+from ._corpus_sources import CORPUS_SOURCES, corpus_sources
 from ._omnixas import (
     LABELS_FILE,
     MaterialSpectrum,
-    SiteCoverageError,
-    average_site_spectra,
     compute_omnixas_labels,
     material_spectrum,
     read_omnixas_labels,
@@ -18,78 +19,59 @@ from ._xanes import (
     XanesSample,
     build_xanes_dataset,
     evaluate_measured_dev,
-    expected_calibration_error,
+    evaluate_split,
     measure_feff_energy_offset,
     read_splits,
     recorded_energy_offset,
-    split_by_formula,
     train_xanes_bundle,
     window_sample,
     write_splits,
 )
-from ._amcsd import AmcsdEntry, amcsd_ids, iter_amcsd_structures
-from sfn_stream.offline.shared import SharedDataMissing
 from ._xrd import (
+    DEFAULT_STICK_TABLE,
     assign_splits,
     build_stick_table,
-    classification_metrics,
     evaluate_measured,
+    labels_of,
     measured_dev_set,
+    read_split_files,
+    synthesize_set,
     train_xrd_bundle,
 )
 
-from ._structure_benchmark import BENCHMARK_FILE
-from ._structure_benchmark import load_benchmark
-from ._structure_benchmark import run_benchmark
-from ._structure_benchmark import run_measured
-from ._xanes import evaluate_split
-from ._xrd import DEFAULT_STICK_TABLE
-from ._xrd import labels_of
-from ._xrd import read_split_files
-from ._xrd import repo_dir
-from ._xrd import synthesize_set
-
 __all__ = [
-    "BENCHMARK_FILE",
-    "load_benchmark",
-    "run_benchmark",
-    "run_measured",
-    "evaluate_split",
+    "CORPUS_SOURCES",
     "DEFAULT_STICK_TABLE",
-    "labels_of",
-    "read_split_files",
-    "repo_dir",
-    "synthesize_set",
-    "AmcsdEntry",
-    "amcsd_ids",
-    "iter_amcsd_structures",
-    "assign_splits",
-    "build_stick_table",
-    "classification_metrics",
-    "evaluate_measured",
-    "measured_dev_set",
-    "train_xrd_bundle",
     "LABELS_FILE",
+    "AmcsdEntry",
     "Augmentation",
     "MaterialSpectrum",
     "SharedDataMissing",
-    "SiteCoverageError",
     "TrainConfig",
     "TrainingDataError",
     "XanesDataset",
     "XanesSample",
-    "average_site_spectra",
+    "amcsd_ids",
+    "assign_splits",
+    "build_stick_table",
     "build_xanes_dataset",
     "compute_omnixas_labels",
+    "corpus_sources",
+    "evaluate_measured",
     "evaluate_measured_dev",
-    "expected_calibration_error",
+    "evaluate_split",
+    "iter_amcsd_structures",
+    "labels_of",
     "material_spectrum",
     "measure_feff_energy_offset",
+    "measured_dev_set",
     "read_omnixas_labels",
+    "read_split_files",
     "read_splits",
     "recorded_energy_offset",
-    "split_by_formula",
+    "synthesize_set",
     "train_xanes_bundle",
+    "train_xrd_bundle",
     "window_sample",
     "write_splits",
 ]

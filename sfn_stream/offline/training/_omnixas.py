@@ -3,7 +3,8 @@
 Materials Project reports one XANES per material: the site spectra of symmetry-inequivalent absorbers,
 interpolated onto a common grid and averaged with multiplicity weights (pymatgen
 ``site_weighted_spectrum``; Mathew et al., Sci. Data 5, 180151 (2018)). We do the same with the
-OmniXAS FEFF 9.9.1 site spectra, keeping the native FEFF energy grid.
+OmniXAS FEFF 9.9.1 site spectra (the corpus's :func:`~sfn_stream.offline.corpus.average_site_spectra`),
+keeping the native FEFF energy grid.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import gzip
 import signal
 import time
 import warnings
-from collections import Counter, defaultdict
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable
 
 import numpy as np
 
 from sfn_stream.core import paths
 from sfn_stream.core.chemistry import SYMPREC, equivalent_sites, structure_labels
+from sfn_stream.offline.corpus import IncompleteSpectrum, average_site_spectra
 from sfn_stream.offline.shared import omnixas_poscars, omnixas_site_spectra
 
 ABSORBER = "Cu"
@@ -48,10 +50,6 @@ LABEL_COLUMNS = (
 )
 
 
-class SiteCoverageError(ValueError):
-    """Some symmetry-inequivalent absorber sites of a material have no computed spectrum."""
-
-
 @dataclass(frozen=True)
 class MaterialSpectrum:
     material_id: str
@@ -74,36 +72,6 @@ def site_key(material_id: str, index: int, element: str = ABSORBER) -> str:
     return f"{material_id}/{index:03d}_{element}"
 
 
-def average_site_spectra(
-    groups: Sequence[Sequence[int]],
-    site_spectra: Mapping[int, tuple[np.ndarray, np.ndarray]],
-) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], tuple[tuple[int, ...], ...]]:
-    """Multiplicity-weighted mean spectrum over equivalent-site ``groups``.
-
-    ``site_spectra`` maps site index -> (energy, mu) for the sites that were computed. Every group
-    needs at least one; several spectra within a group (near-equivalent sites computed separately)
-    are averaged with equal weight. The grid is the native grid of the first spectrum, clipped to the
-    energy range common to all spectra (no extrapolation).
-    """
-    used = []
-    for group in groups:
-        present = tuple(i for i in group if i in site_spectra)
-        if not present:
-            raise SiteCoverageError(f"no spectrum for any of the equivalent sites {list(group)}")
-        used.append(present)
-    all_spectra = [site_spectra[i] for present in used for i in present]
-    low = max(float(energy[0]) for energy, _ in all_spectra)
-    high = min(float(energy[-1]) for energy, _ in all_spectra)
-    reference = np.asarray(all_spectra[0][0], dtype=float)
-    grid = reference[(reference >= low - 1e-9) & (reference <= high + 1e-9)]
-    total = np.zeros_like(grid)
-    weights = tuple(len(group) for group in groups)
-    for weight, present in zip(weights, used):
-        group_mu = np.mean([np.interp(grid, *site_spectra[i]) for i in present], axis=0)
-        total += weight * group_mu
-    return grid, total / sum(weights), weights, tuple(used)
-
-
 def material_spectrum(material_id: str, structure=None, symprec: float = SYMPREC) -> MaterialSpectrum:
     """The site-averaged Cu spectrum of one OmniXAS material."""
     if structure is None:
@@ -120,8 +88,8 @@ def material_spectrum(material_id: str, structure=None, symprec: float = SYMPREC
                 site_spectra[index] = (np.asarray(entry["energy"], float), np.asarray(entry["mu"], float))
     try:
         grid, mu, weights, used = average_site_spectra(groups, site_spectra)
-    except SiteCoverageError as err:
-        raise SiteCoverageError(f"{material_id}: {err}") from None
+    except IncompleteSpectrum as err:
+        raise IncompleteSpectrum(f"{material_id}: {err}") from None
     keys = tuple(tuple(site_key(material_id, i) for i in present) for present in used)
     return MaterialSpectrum(material_id, grid, mu, weights, keys)
 
@@ -259,14 +227,6 @@ def _typed(row: dict) -> dict:
         "space_group_number": number("space_group_number", int),
         "status": row["status"],
     }
-
-
-def material_site_counts() -> dict[str, int]:
-    """mp-id -> number of Cu site spectra available (for reports)."""
-    counts: dict[str, int] = defaultdict(int)
-    for key in omnixas_site_spectra():
-        counts[key.split("/")[0]] += 1
-    return dict(counts)
 
 
 if __name__ == "__main__":  # python -m sfn_stream.offline.training._omnixas  (recomputes the label table)

@@ -17,7 +17,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -26,13 +26,20 @@ from sfn_stream.core.files import file_sha256
 from sfn_stream.core.chemistry import DESCRIPTOR_NAMES, descriptor_stats, descriptor_table
 from sfn_stream.core.simulation import metal_energy_offset, read_xmu
 from sfn_stream.core.spectra import XANES_WINDOW, find_e0, k_edge_energy, preprocess_xanes
+from sfn_stream.offline.corpus import IncompleteSpectrum
+from sfn_stream.offline.metrics import (
+    expected_calibration_error,
+    fit_temperature,
+    label_metrics,
+    negative_log_likelihood,
+    regression_metrics,
+)
+from sfn_stream.offline.splits import SPLITS, balanced_splits
+from ._omnixas import LABELS_FILE
 
-REPO_DIR = paths.REPO_DIR
-SPLITS_DIR = REPO_DIR / "data" / "splits"
-ENERGY_OFFSET_FILE = REPO_DIR / "data" / "labels" / "feff_cu_metal_e0.json"
+ENERGY_OFFSET_FILE = paths.LABELS_DIR / "feff_cu_metal_e0.json"
 BUNDLE_NAME = "xanes-specfusion"
 BUNDLE_VERSION = "0.2.0"
-SPLITS = ("train", "val", "test")
 
 
 class TrainingDataError(ValueError):
@@ -162,7 +169,7 @@ def build_xanes_dataset(
     from pymatgen.core import Structure
     from tqdm import tqdm
 
-    from ._omnixas import SiteCoverageError, material_spectrum, read_omnixas_labels
+    from ._omnixas import material_spectrum, read_omnixas_labels
     from sfn_stream.offline.shared import omnixas_poscars
 
     if energy_offset is None:
@@ -181,7 +188,7 @@ def build_xanes_dataset(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 spectrum = material_spectrum(material_id, structure)
-        except SiteCoverageError:
+        except IncompleteSpectrum:
             excluded["cu_sites_without_spectrum"] += 1
             continue
         sample = window_sample(
@@ -220,42 +227,21 @@ def build_xanes_dataset(
 # --- splits -------------------------------------------------------------------------------------
 
 
-def split_by_formula(
-    formulas: Mapping[str, str], *, seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-) -> dict[str, list[str]]:
-    """material_id -> reduced formula  =>  train/val/test id lists; one formula never spans two splits.
-
-    Formulas are shuffled with ``seed`` and assigned in turn to the split furthest below its target
-    share of materials, so the splits reach ~80/10/10 of materials (not of formulas).
-    """
-    groups: dict[str, list[str]] = {}
-    for material_id, formula in sorted(formulas.items()):
-        groups.setdefault(formula, []).append(material_id)
-    order = sorted(groups)
-    np.random.default_rng(seed).shuffle(order)
-    total = len(formulas)
-    out: dict[str, list[str]] = {name: [] for name in SPLITS}
-    for formula in order:
-        deficits = [fractions[i] * total - len(out[name]) for i, name in enumerate(SPLITS)]
-        out[SPLITS[int(np.argmax(deficits))]].extend(groups[formula])
-    return {name: sorted(ids) for name, ids in out.items()}
-
-
-def split_paths(directory: str | Path = SPLITS_DIR, prefix: str = "xanes_cu") -> dict[str, Path]:
+def split_paths(directory: str | Path = paths.SPLITS_DIR, prefix: str = "xanes_cu") -> dict[str, Path]:
     return {name: Path(directory) / f"{prefix}_{name}_ids.txt" for name in SPLITS}
 
 
-def write_splits(splits: Mapping[str, Sequence[str]], directory: str | Path = SPLITS_DIR) -> None:
+def write_splits(splits: Mapping[str, Sequence[str]], directory: str | Path = paths.SPLITS_DIR) -> None:
     for name, path in split_paths(directory).items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(f"{material_id}\n" for material_id in splits[name]))
 
 
-def read_splits(directory: str | Path = SPLITS_DIR) -> dict[str, list[str]]:
+def read_splits(directory: str | Path = paths.SPLITS_DIR) -> dict[str, list[str]]:
     out = {}
     for name, path in split_paths(directory).items():
         if not path.is_file():
-            raise TrainingDataError(f"split file {path} is missing; make it with split_by_formula + write_splits")
+            raise TrainingDataError(f"split file {path} is missing; make it with balanced_splits + write_splits")
         out[name] = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     return out
 
@@ -516,57 +502,6 @@ def _standardise_targets(targets, mean, std):
 # --- calibration and metrics --------------------------------------------------------------------
 
 
-def fit_temperature(probs_fn: Callable[[float], np.ndarray], labels: np.ndarray) -> float:
-    """Temperature minimising the validation NLL of the ensemble's averaged probabilities."""
-    from scipy.optimize import minimize_scalar
-
-    def nll(log_t: float) -> float:
-        p = probs_fn(math.exp(log_t))
-        return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))))
-
-    result = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
-    return float(math.exp(result.x))
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """ECE with equal-width confidence bins (Guo et al. 2017)."""
-    confidence = probs.max(1)
-    correct = probs.argmax(1) == labels
-    edges = np.linspace(0, 1, n_bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (confidence > lo) & (confidence <= hi)
-        if inside.any():
-            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(ece)
-
-
-def classification_metrics(true: Sequence[int], pred: Sequence[int]) -> dict[str, Any]:
-    true, pred = np.asarray(true), np.asarray(pred)
-    classes = sorted(set(true.tolist()) | set(pred.tolist()))
-    f1s = []
-    for c in sorted(set(true.tolist())):  # macro over the classes present in the ground truth
-        tp = np.sum((pred == c) & (true == c))
-        fp, fn = np.sum((pred == c) & (true != c)), np.sum((pred != c) & (true == c))
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return {
-        "n": int(len(true)),
-        "accuracy": float(np.mean(true == pred)) if len(true) else math.nan,
-        "macro_f1": float(np.mean(f1s)) if f1s else math.nan,
-        "confusion": {
-            "labels": classes,
-            "rows_true_cols_pred": [[int(np.sum((true == a) & (pred == b))) for b in classes] for a in classes],
-        },
-    }
-
-
-def regression_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    err = pred - true
-    ss_res, ss_tot = float(np.sum(err**2)), float(np.sum((true - true.mean()) ** 2))
-    return {"n": int(len(true)), "mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))),
-            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan}
-
-
 def predict_samples(members, samples: Sequence[XanesSample], temperatures=None, regression_scale=None, batch: int = 256):
     """Ensemble outputs for samples: density mean/std (B,), probabilities at the absorber token."""
     from sfn_stream.core.networks import EncodedBatch, ensemble_outputs
@@ -615,12 +550,12 @@ def evaluate_split(members, samples, calibration, baselines: Mapping[str, Any]) 
         true = [classes[i] for i in true_idx]
         majority = baselines[task]
         metrics[task] = {
-            **classification_metrics(true, pred),
+            **label_metrics(true, pred),
             "ece": expected_calibration_error(probs, true_idx),
             "ece_uncalibrated": expected_calibration_error(raw_probs, true_idx),
-            "nll": float(-np.mean(np.log(np.clip(probs[np.arange(len(true_idx)), true_idx], 1e-12, None)))),
+            "nll": negative_log_likelihood(probs, true_idx),
             "baseline_majority_class": {"class": int(majority), **{
-                k: v for k, v in classification_metrics(true, [majority] * len(true)).items() if k in ("accuracy", "macro_f1")
+                k: v for k, v in label_metrics(true, [majority] * len(true)).items() if k in ("accuracy", "macro_f1")
             }},
         }
     keep = np.array([s.density is not None for s in samples])
@@ -678,7 +613,8 @@ def fit_calibration(members, val_samples) -> dict[str, Any]:
         labels = np.array([classes.index(getattr(s, task)) for s, k in zip(val_samples, keep) if k])
         task_logits = logits[task][:, keep]
         temperatures[task] = (
-            fit_temperature(lambda t: _softmax(task_logits / t).mean(0), labels) if len(labels) else 1.0
+            fit_temperature(labels, probabilities_at=lambda t: _softmax(task_logits / t).mean(0))
+            if len(labels) else 1.0
         )
     keep = [s for s in val_samples if s.density is not None]
     out = predict_samples(members, keep)
@@ -787,7 +723,7 @@ def train_xanes_bundle(
     """Train the ensemble, calibrate it on the validation split, evaluate on the test split, save the bundle.
 
     Defaults build the OmniXAS Cu dataset and read the committed split files (made with
-    :func:`split_by_formula`, seed 0, if absent). Pass ``dataset`` and ``splits`` to train on
+    :func:`sfn_stream.offline.splits.balanced_splits`, seed 0, if absent). Pass ``dataset`` and ``splits`` to train on
     anything else (e.g. small synthetic sets in tests).
     """
     import torch
@@ -860,7 +796,7 @@ def train_xanes_bundle(
             "description": dataset.description,
             "sha256": dataset_sha256(parts["train"]),
             "sha256_covers": "train-split material ids, elements, fractions, labels, windows, e0 shifts",
-            "label_table_sha256": _file_sha256(REPO_DIR / "data" / "labels" / "omnixas_cu_labels.csv.gz") if shared_run else None,
+            "label_table_sha256": _file_sha256(LABELS_FILE) if shared_run else None,
             "splits": {name: f"data/splits/xanes_cu_{name}_ids.txt" for name in SPLITS} if shared_run else "given",
             "split_method": "by reduced formula (no formula in two splits), shuffled with seed 0, ~80/10/10 of materials",
             "n_train": len(parts["train"]),
@@ -921,7 +857,7 @@ def _default_splits(dataset: XanesDataset) -> dict[str, list[str]]:
         from ._omnixas import read_omnixas_labels
 
         formulas = {mid: row["formula"] for mid, row in read_omnixas_labels().items()}
-        splits = split_by_formula(formulas, seed=0)
+        splits = balanced_splits(formulas, seed=0)
         write_splits(splits)
         return splits
 

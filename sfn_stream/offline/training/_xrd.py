@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from sfn_stream.core import paths
+from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
+from sfn_stream.core.serialize import json_safe
 from sfn_stream.core.simulation import StickTable, stick_pattern
+from sfn_stream.offline.metrics import fit_temperature, probability_metrics
+from sfn_stream.offline.splits import SPLITS, hashed_splits
 from ._omnixas import TimeLimitExceeded, time_limit
 
-CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
 SYMPREC = 0.1
 DEFAULT_STICK_TABLE = paths.DATA_DIR / "xrd_sticks" / "xrd_sticks.npz"
 
@@ -125,13 +128,6 @@ def _write_table(out_path, records, rejected, sources, timeout_s, started, *, fi
 
 # --- splits ----------------------------------------------------------------------------------
 
-SPLITS = ("train", "val", "test")
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
-
-
-def repo_dir() -> Path:
-    return paths.REPO_DIR
-
 
 def split_group(formula: str, spacegroup: int) -> str:
     """Structures of one composition and space group (duplicates, P/T series) share a split."""
@@ -140,13 +136,7 @@ def split_group(formula: str, spacegroup: int) -> str:
 
 def assign_splits(table: StickTable, seed: int = 0) -> dict[str, np.ndarray]:
     """Indices of each split: a seeded hash of the group key, so a group never straddles splits."""
-    import hashlib
-
-    groups = [split_group(f, sg) for f, sg in zip(table.formulas, table.spacegroups)]
-    u = np.array([int(hashlib.sha256(f"{seed}:{g}".encode()).hexdigest()[:12], 16) / 16**12 for g in groups])
-    edges = np.cumsum(SPLIT_FRACTIONS)
-    which = np.searchsorted(edges, u, side="right")
-    return {name: np.flatnonzero(which == k) for k, name in enumerate(SPLITS)}
+    return hashed_splits([split_group(f, sg) for f, sg in zip(table.formulas, table.spacegroups)], seed)
 
 
 def write_split_files(table: StickTable, splits: dict[str, np.ndarray], folder: str | Path) -> dict[str, str]:
@@ -190,61 +180,6 @@ def synthesize_set(table: StickTable, indices, rng: np.random.Generator, augment
     for row, i in enumerate(indices):
         out[row] = synthesize_pattern(table.sticks(i), XRD_Q_GRID, rng, augmentation=augmentation)
     return out
-
-
-# --- metrics -----------------------------------------------------------------------------------
-
-
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> dict:
-    """Accuracy, macro-F1, per-class accuracy (recall), confusion matrix (rows true), ECE."""
-    labels = np.asarray(labels)
-    pred = probs.argmax(axis=1)
-    k = len(CRYSTAL_SYSTEMS)
-    confusion = np.zeros((k, k), dtype=int)
-    np.add.at(confusion, (labels, pred), 1)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    tp = np.diag(confusion)
-    recall = np.divide(tp, support, out=np.full(k, np.nan), where=support > 0)
-    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
-    present = support > 0
-    confidence = probs.max(axis=1)
-    correct = pred == labels
-    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    ece = sum(
-        abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).mean()
-        for b in range(n_bins)
-        if (bins == b).any()
-    )
-    return {
-        "n": int(len(labels)),
-        "accuracy": float(correct.mean()) if len(labels) else None,
-        "macro_f1": float(f1[present].mean()) if present.any() else None,
-        "per_class_accuracy": {c: (None if np.isnan(r) else round(float(r), 4)) for c, r in zip(CRYSTAL_SYSTEMS, recall)},
-        "support": {c: int(n) for c, n in zip(CRYSTAL_SYSTEMS, support)},
-        "confusion_matrix": {"rows_true_cols_pred": list(CRYSTAL_SYSTEMS), "counts": confusion.tolist()},
-        "ece_15_bins": float(ece),
-        "mean_confidence": float(confidence.mean()) if len(labels) else None,
-    }
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature minimising the validation NLL (Guo et al. 2017)."""
-    import torch
-
-    logits_t, labels_t = torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(labels)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits_t / log_t.exp(), labels_t)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 # --- measured development set ------------------------------------------------------------------
@@ -311,7 +246,7 @@ def evaluate_measured(classifier, items: list[dict]) -> dict:
     if usable:
         probs = classifier.probabilities(np.stack([it["pattern"].intensity for it in usable]))
         labels = np.array([CRYSTAL_SYSTEMS.index(it["crystal_system"]) for it in usable])
-        out.update(classification_metrics(labels, probs))
+        out.update(probability_metrics(labels, probs, CRYSTAL_SYSTEMS))
         for it, p in zip(usable, probs):
             out["rows"].append({
                 "file": it["file"], "formula": it["formula"], "true": it["crystal_system"],
@@ -373,7 +308,7 @@ def train_xrd_bundle(
         stick_table = StickTable.load(table_path)
     table = stick_table
     labels = labels_of(table)
-    splits_dir = Path(splits_dir) if splits_dir is not None else repo_dir() / "data" / "splits"
+    splits_dir = Path(splits_dir) if splits_dir is not None else paths.SPLITS_DIR
     splits = read_split_files(table, splits_dir)
     if splits is None:
         splits = assign_splits(table, seed)
@@ -439,7 +374,7 @@ def train_xrd_bundle(
     model.load_state_dict(best[1])
 
     val_logits = _logits(model, x_val)
-    temperature = fit_temperature(val_logits, labels[val_idx]) if len(val_idx) else 1.0
+    temperature = fit_temperature(labels[val_idx], logits=val_logits) if len(val_idx) else 1.0
     classifier = XrdClassifier(model, temperature, CRYSTAL_SYSTEMS)
     test_idx = np.repeat(splits["test"], test_patterns_per_structure)
     x_test = synthesize_set(table, test_idx, rng_test)
@@ -450,11 +385,13 @@ def train_xrd_bundle(
                 f"{test_patterns_per_structure} augmented patterns, augmentation seed {seed + 202}); "
                 "temperature-scaled probabilities"
             ),
-            **(classification_metrics(labels[test_idx], classifier.probabilities(x_test)) if len(test_idx) else {"n": 0}),
+            **(probability_metrics(labels[test_idx], classifier.probabilities(x_test), CRYSTAL_SYSTEMS)
+               if len(test_idx) else {"n": 0}),
         },
         "simulated_val": {
             "description": "validation split (used for model selection and temperature fitting)",
-            **(classification_metrics(labels[val_idx], classifier.probabilities(x_val)) if len(val_idx) else {"n": 0}),
+            **(probability_metrics(labels[val_idx], classifier.probabilities(x_val), CRYSTAL_SYSTEMS)
+               if len(val_idx) else {"n": 0}),
         },
     }
     if evaluate_measured_set:
@@ -488,7 +425,7 @@ def train_xrd_bundle(
             "n_train_used": int(len(train_idx)),
             "train_class_counts": {c: int(n) for c, n in zip(CRYSTAL_SYSTEMS, counts)},
             "splits": "data/splits/xrd_{train,val,test}.txt (grouped by reduced formula + space group, seeded hash)",
-            "augmentation": _jsonable(AUGMENTATION),
+            "augmentation": json_safe(AUGMENTATION),
             "seed": seed,
         },
         "label_sources": {"crystal_system": f"pymatgen SpacegroupAnalyzer(symprec={SYMPREC}).get_crystal_system()"},
@@ -523,10 +460,6 @@ def _logits(model, x: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, len(CRYSTAL_SYSTEMS)))
 
 
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
-
-
 if __name__ == "__main__":  # python -m sfn_stream.offline.training._xrd build|train [path]
     import sys
 
@@ -534,7 +467,7 @@ if __name__ == "__main__":  # python -m sfn_stream.offline.training._xrd build|t
     if command == "build":
         build_stick_table(sys.argv[2] if len(sys.argv) > 2 else DEFAULT_STICK_TABLE)
     elif command == "train":
-        bundle = train_xrd_bundle(sys.argv[2] if len(sys.argv) > 2 else repo_dir() / "models" / "xrd-crystal-system")
+        bundle = train_xrd_bundle(sys.argv[2] if len(sys.argv) > 2 else paths.models_dir() / "xrd-crystal-system")
         print(bundle.id)
     else:
         sys.exit("usage: python -m sfn_stream.offline.training._xrd build [sticks.npz] | train [bundle_dir]")

@@ -1,0 +1,163 @@
+"""Metrics and calibration of the classifiers, shared by training (model cards) and evaluation.
+
+Two card formats, both kept as they are: :func:`label_metrics` (XANES: class values, macro-F1 over the
+classes present in the ground truth) and :func:`probability_metrics` (PXRD: a fixed class list with
+per-class accuracy, support and ECE). Their F1 formulas are algebraically equal but round differently
+in the last bit, so each keeps its own to reproduce the committed cards.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def confusion_matrix(true_index: np.ndarray, pred_index: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts with rows the true class and columns the predicted one."""
+    confusion = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(confusion, (np.asarray(true_index, dtype=int), np.asarray(pred_index, dtype=int)), 1)
+    return confusion
+
+
+def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean NLL of the true classes (probabilities clipped at 1e-12)."""
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15, *,
+                               closed: str = "right") -> float:
+    """ECE with equal-width confidence bins (Guo et al. 2017).
+
+    ``closed="right"``: bins (lo, hi], as Guo et al. (the XANES cards). ``closed="left"``: bins
+    [lo, hi) with 1.0 in the last bin (the PXRD card's ``ece_15_bins``). The two differ only for
+    confidences on a bin edge.
+    """
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == labels
+    bins = _confidence_bins(confidence, n_bins, closed)
+    ece = 0.0
+    for b in range(n_bins):
+        inside = bins == b
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)
+
+
+def _confidence_bins(confidence: np.ndarray, n_bins: int, closed: str) -> np.ndarray:
+    """Bin of each confidence; -1 for none (a confidence of 0 with right-closed bins)."""
+    if closed == "left":
+        return np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    if closed != "right":
+        raise ValueError(f"closed must be 'right' or 'left', not {closed!r}")
+    bins = np.full(len(confidence), -1)
+    edges = np.linspace(0, 1, n_bins + 1)
+    for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        bins[(confidence > lo) & (confidence <= hi)] = b
+    return bins
+
+
+def fit_temperature(labels: np.ndarray, *, logits: np.ndarray | None = None,
+                    probabilities_at: Callable[[float], np.ndarray] | None = None) -> float:
+    """Temperature T in :data:`TEMPERATURE_RANGE` minimising the validation NLL (Guo et al. 2017).
+
+    Give one of:
+    - ``logits`` (n, classes) of one network: softmax(logits / T), fitted by L-BFGS on log T (torch);
+    - ``probabilities_at``: T -> (n, classes) probabilities, e.g. an ensemble's mean of
+      softmax(member logits / T), fitted by a bounded scalar search on log T (scipy).
+    """
+    if (logits is None) == (probabilities_at is None):
+        raise ValueError("give either logits or probabilities_at")
+    if logits is not None:
+        return _fit_logit_temperature(logits, labels)
+    return _fit_probability_temperature(probabilities_at, labels)
+
+
+def _fit_logit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    import torch
+
+    logits_t, labels_t = torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(labels)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits_t / log_t.exp(), labels_t)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp().clamp(*TEMPERATURE_RANGE))
+
+
+def _fit_probability_temperature(probabilities_at: Callable[[float], np.ndarray], labels: np.ndarray) -> float:
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        return negative_log_likelihood(probabilities_at(math.exp(log_t)), labels)
+
+    low, high = TEMPERATURE_RANGE
+    result = minimize_scalar(nll, bounds=(math.log(low), math.log(high)), method="bounded")
+    return float(math.exp(result.x))
+
+
+def label_metrics(true: Sequence[int], pred: Sequence[int]) -> dict[str, Any]:
+    """Accuracy, macro-F1 over the classes present in ``true`` and the confusion matrix over the
+    classes seen in either (class values, not indices)."""
+    true, pred = np.asarray(true), np.asarray(pred)
+    classes = sorted(set(true.tolist()) | set(pred.tolist()))
+    position = {c: i for i, c in enumerate(classes)}
+    confusion = confusion_matrix([position[c] for c in true.tolist()], [position[c] for c in pred.tolist()],
+                                 len(classes))
+    f1s = []
+    for c in sorted(set(true.tolist())):
+        i = position[c]
+        tp = confusion[i, i]
+        fp, fn = confusion[:, i].sum() - tp, confusion[i, :].sum() - tp
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return {
+        "n": int(len(true)),
+        "accuracy": float(np.mean(true == pred)) if len(true) else math.nan,
+        "macro_f1": float(np.mean(f1s)) if f1s else math.nan,
+        "confusion": {"labels": classes, "rows_true_cols_pred": confusion.tolist()},
+    }
+
+
+def probability_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+                        n_bins: int = 15) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class accuracy (recall), confusion matrix (rows true), ECE of the
+    argmax predictions of ``probs`` over the fixed ``class_names``."""
+    labels = np.asarray(labels)
+    pred = probs.argmax(axis=1)
+    k = len(class_names)
+    confusion = confusion_matrix(labels, pred, k)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    tp = np.diag(confusion)
+    recall = np.divide(tp, support, out=np.full(k, np.nan), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    present = support > 0
+    confidence = probs.max(axis=1)
+    correct = pred == labels
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(correct.mean()) if len(labels) else None,
+        "macro_f1": float(f1[present].mean()) if present.any() else None,
+        "per_class_accuracy": {c: (None if np.isnan(r) else round(float(r), 4)) for c, r in zip(class_names, recall)},
+        "support": {c: int(n) for c, n in zip(class_names, support)},
+        "confusion_matrix": {"rows_true_cols_pred": list(class_names), "counts": confusion.tolist()},
+        f"ece_{n_bins}_bins": expected_calibration_error(probs, labels, n_bins, closed="left"),
+        "mean_confidence": float(confidence.mean()) if len(labels) else None,
+    }
+
+
+def regression_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE and R2 (NaN when ``true`` is constant)."""
+    err = pred - true
+    ss_res, ss_tot = float(np.sum(err**2)), float(np.sum((true - true.mean()) ** 2))
+    return {"n": int(len(true)), "mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))),
+            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan}
