@@ -1,6 +1,6 @@
 """Neural networks and model bundles. Knows nothing of Bluesky or Tiled."""
 
-from ._bundle import BundleError, ModelBundle, load_bundle, models_dir, save_bundle
+from ._bundle import CARD_FILE, WEIGHTS_FILE, BundleError, ModelBundle, load_bundle, models_dir, save_bundle
 from ._specfusion import (
     ELEMENT_TASK_CLASSES,
     MultiScaleSpectrumEncoder,
@@ -24,6 +24,8 @@ __all__ = [
     "XrdClassifier",
     "XrdCnnTransformer",
     "BundleError",
+    "CARD_FILE",
+    "WEIGHTS_FILE",
     "ELEMENT_TASK_CLASSES",
     "ModelBundle",
     "MultiScaleSpectrumEncoder",

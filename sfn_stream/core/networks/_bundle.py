@@ -1,7 +1,9 @@
 """Model bundles: a folder with ``card.json`` (the model card) and ``weights.pt``.
 
 The bundle id names the card's name and version plus the first 12 hex digits of the
-weights' SHA-256, so that every prediction can be traced to the exact weights used.
+weights' SHA-256, so that every prediction can be traced to the exact weights used. The card
+records that SHA-256 (``weights_sha256``) and a bundle whose weights do not match it refuses to
+load: a valid but wrong ``weights.pt`` would otherwise predict with ``status: ok``.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ CARD_KEYS = (
     "architecture",  # constructor arguments of the network
     "tasks",  # task name -> {"type": "classification"|"regression", ...}
     "metrics",  # held-out metrics, named by split
+    "weights_sha256",  # SHA-256 of weights.pt, checked at every load
 )
 
 
-class BundleError(RuntimeError):
-    """A model bundle is missing, incomplete or unreadable."""
+class BundleError(ValueError):
+    """A model bundle is missing, incomplete, unreadable or does not match its card (a ValueError: bad
+    input, which the command line reports in one line with exit status 2)."""
 
 
 @dataclass(frozen=True)
@@ -73,18 +77,24 @@ def _load_bundle_cached(path: Path, _card_mtime: int, _weights_mtime: int) -> Mo
     missing = [key for key in CARD_KEYS if key not in card]
     if missing:
         raise BundleError(f"model card {path / CARD_FILE} lacks {', '.join(missing)}")
-    return ModelBundle(path=path, card=card, weights_sha256=file_sha256(path / WEIGHTS_FILE))
+    actual = file_sha256(path / WEIGHTS_FILE)
+    if actual != card["weights_sha256"]:
+        raise BundleError(f"{path / WEIGHTS_FILE} does not match its model card (SHA-256 {actual[:12]}..., the card "
+                          f"says {str(card['weights_sha256'])[:12]}...): the weights were changed or damaged; "
+                          "restore them or retrain the bundle")
+    return ModelBundle(path=path, card=card, weights_sha256=actual)
 
 
 def save_bundle(path: str | os.PathLike, card: dict[str, Any], weights: dict[str, Any]) -> ModelBundle:
     """Write ``weights`` (a dict of tensors / state dicts) and ``card``; return the loaded bundle."""
     import torch
 
-    missing = [key for key in CARD_KEYS if key not in card]
-    if missing:
-        raise BundleError(f"model card lacks {', '.join(missing)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.save(weights, path / WEIGHTS_FILE)
+    card = {**card, "weights_sha256": file_sha256(path / WEIGHTS_FILE)}
+    missing = [key for key in CARD_KEYS if key not in card]
+    if missing:
+        raise BundleError(f"model card lacks {', '.join(missing)}")
     (path / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return load_bundle(path)

@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from sfn_stream.core.networks import CARD_FILE, WEIGHTS_FILE, BundleError
 from sfn_stream.core.paths import models_dir
-from ._predictors import XANES_BUNDLE, XRD_BUNDLE, XanesPredictor, XrdPredictor
-
-CARD_FILE = "card.json"
-WEIGHTS_FILE = "weights.pt"
+from ._predictors import XANES_BUNDLE, XRD_BUNDLE, PredictorError, XanesPredictor, XrdPredictor
 
 PredictorFactory = Callable[[Path], Any]
 
@@ -127,7 +125,10 @@ def load_predictor(kind: str, path: str | Path):
         cached = _loaded.get((kind, path))
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        predictor = _factory(kind)(path)  # under the lock: two threads never load the same weights twice
+        try:  # under the lock: two threads never load the same weights twice
+            predictor = _factory(kind)(path)
+        except BundleError as err:  # a request no model can answer: the caller's clear message, not a crash
+            raise PredictorError(f"the {kind} model bundle cannot be used: {err}") from err
         _loaded[(kind, path)] = (stamp, predictor)
         return predictor
 
