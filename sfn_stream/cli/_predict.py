@@ -29,13 +29,15 @@ def add_parser(sub) -> None:
 
 
 def run_xanes(args) -> int:
-    from sfn_stream.core.predict import PredictorError, default_registry
     from sfn_stream.core.spectra import SpectrumFileError, absorber_from_filename, read_spectrum, xanes_channels
 
     try:
         channels = xanes_channels(read_spectrum(args.file))
     except SpectrumFileError as err:
         raise CliError(str(err)) from err
+    # Imported only now: it loads torch (seconds), which an unusable file should not wait for.
+    from sfn_stream.core.predict import PredictorError, default_registry
+
     absorber = args.absorber or channels.pop("absorber", None) or absorber_from_filename(args.file)
     channels.pop("absorber", None)
     channels.pop("edge", None)
@@ -55,16 +57,18 @@ def run_xanes(args) -> int:
 
 
 def run_xrd(args) -> int:
+    x, y, wavelength = read_powder(args.file)
+    # Imported only now: it loads torch (seconds), which an unusable file should not wait for.
     from sfn_stream.core.predict import default_registry
 
-    x, y, wavelength = read_powder(args.file)
     wavelength = args.wavelength or wavelength or 1.5406
     prediction, _ = default_registry().predictor("xrd").predict_pattern(x, y, axis=args.axis, wavelength=wavelength)
     return _report(args, prediction.plain(), file=str(args.file))
 
 
 def read_powder(path: Path):
-    """(x, intensity, wavelength or None) of a powder pattern file: a pdCIF or columns."""
+    """(x, intensity, wavelength or None) of a powder pattern file: a pdCIF or columns; a file larger
+    than the input limit (``$SFN_MAX_INPUT_BYTES``, 64 MiB by default) is refused unread."""
     from sfn_stream.core.spectra import SpectrumFileError, read_pdcif, read_xy
 
     if not path.is_file():

@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=os.environ.get("SFN_TILED_API_KEY"),
-                        help="API key clients must present (default: $SFN_TILED_API_KEY, else a random one)")
+                        help="API key clients must present, ASCII letters and digits only "
+                             "(default: $SFN_TILED_API_KEY, else a random one)")
     parser.add_argument("--catalog", help="catalog database URI, e.g. postgresql://user:pass@host/db "
                                           "(default: SQLite in the data directory)")
     parser.set_defaults(run=run)
@@ -31,7 +32,7 @@ def run(args) -> int:
         raise CliError(str(err)) from err
     out = console()
     out.print(f"Tiled serving {service.directory} at [bold]{service.uri}[/bold]")
-    out.print(f"catalog: {service.catalog_uri}\ntables:  {service.tabular_uri}")
+    out.print(f"catalog: {service.masked(service.catalog_uri)}\ntables:  {service.masked(service.tabular_uri)}")
     out.print(f"API key: {service.api_key}   (clients: tiled.client.from_uri(URI, api_key=KEY))")
     out.print("Ctrl-C to stop.")
     try:

@@ -13,9 +13,14 @@ from ._edges import (
     k_edge_energy,
 )
 from ._readers import (
+    MAX_INPUT_BYTES,
+    MAX_INPUT_BYTES_VARIABLE,
+    InputTooLargeError,
     SpectrumFile,
     SpectrumFileError,
     absorber_from_filename,
+    check_input_size,
+    max_input_bytes,
     preprocess_xanes_file,
     read_spectrum,
     read_xy,

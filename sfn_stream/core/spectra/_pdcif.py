@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._readers import check_input_size
+
 ANGLE_TAGS = ("_pd_meas_2theta_scan", "_pd_proc_2theta_corrected", "_pd_meas_angle_2theta", "_pd_meas_2theta")
 # Measured first; background-subtracted ("net") intensities only when nothing rawer exists.
 INTENSITY_TAGS = (
@@ -132,8 +134,10 @@ def _numbers(values: list[str]) -> np.ndarray:
 
 
 def read_pdcif(path: str | Path) -> PdCifProfile:
-    """The measured powder profile of a pdCIF; raises :class:`PdCifError` when there is none."""
+    """The measured powder profile of a pdCIF; raises :class:`PdCifError` when there is none, and
+    :class:`~sfn_stream.core.spectra.InputTooLargeError` for a file too large to read."""
     path = Path(path)
+    check_input_size(path)
     blocks = [b for b in parse_cif_blocks(path.read_text(errors="replace")) if "simulated" not in b.name.lower()]
     for block in blocks:
         profile = _profile_in_block(block, path)

@@ -8,6 +8,7 @@ comment line naming the columns, then whitespace-separated numbers.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAX_INPUT_BYTES",
+    "MAX_INPUT_BYTES_VARIABLE",
+    "InputTooLargeError",
     "SpectrumFile",
     "SpectrumFileError",
     "absorber_from_filename",
+    "check_input_size",
+    "max_input_bytes",
     "preprocess_xanes_file",
     "read_spectrum",
     "read_xy",
@@ -28,6 +34,48 @@ __all__ = [
 
 class SpectrumFileError(ValueError):
     """A spectrum file cannot be read or lacks what the caller needs."""
+
+
+class InputTooLargeError(SpectrumFileError):
+    """A file is larger than any spectrum or powder pattern, so it is refused before it is read."""
+
+
+# A long XANES scan or a fine powder pattern is well under 1 MiB of text; reading a file whole costs
+# several times its size in memory, so anything far beyond that is refused unread.
+MAX_INPUT_BYTES = 64 * 2**20
+MAX_INPUT_BYTES_VARIABLE = "SFN_MAX_INPUT_BYTES"
+
+
+def max_input_bytes() -> int:
+    """The largest input file read: ``$SFN_MAX_INPUT_BYTES`` when set, else :data:`MAX_INPUT_BYTES`."""
+    raw = os.environ.get(MAX_INPUT_BYTES_VARIABLE, "").strip()
+    if not raw:
+        return MAX_INPUT_BYTES
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise SpectrumFileError(f"{MAX_INPUT_BYTES_VARIABLE} must be a positive number of bytes, not {raw!r}")
+    return limit
+
+
+def check_input_size(path: str | Path) -> None:
+    """Refuse a file larger than :func:`max_input_bytes` from its size alone (nothing is read)."""
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise SpectrumFileError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    limit = max_input_bytes()
+    if size > limit:
+        raise InputTooLargeError(
+            f"{path}: the file is {_mib(size)} ({size} bytes), more than the {_mib(limit)} ({limit} bytes) "
+            f"an input may have; set {MAX_INPUT_BYTES_VARIABLE} to read larger files"
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 @dataclass
@@ -63,6 +111,7 @@ _FORTRAN_EXPONENT = re.compile(r"(?<=[0-9.])[dD](?=[+-]?[0-9])")
 
 
 def _read_lines(path: Path) -> list[str]:
+    check_input_size(path)
     try:
         return path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as exc:
@@ -205,7 +254,8 @@ def _read_columns(path: Path, lines: list[str]) -> SpectrumFile:
 def read_spectrum(path: str | Path) -> SpectrumFile:
     """Read an XDI file (recognised by its ``# XDI/`` first line, whatever the extension),
     a CSV/whitespace column file with an optional header line naming the columns, or a
-    headerless two-column .xy file (columns ``x`` and ``y``)."""
+    headerless two-column .xy file (columns ``x`` and ``y``). A file larger than
+    :func:`max_input_bytes` raises :class:`InputTooLargeError` unread."""
     path = Path(path)
     if not path.is_file():
         raise SpectrumFileError(f"{path}: no such file")

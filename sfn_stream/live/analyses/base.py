@@ -28,8 +28,11 @@ imported once (a line in ``sfn_stream/live/analyses/__init__.py``, or a beamline
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
+
+logger = logging.getLogger(__name__)
 
 WriteRow = Callable[[str, Mapping[str, Any]], None]
 FindKeys = Callable[[Mapping[str, Any], Sequence[str]], dict[str, str]]
@@ -40,7 +43,7 @@ class RunContext:
     """What an analysis gets from the plugin for one run."""
 
     start: dict
-    metadata: dict  # the run's ``sfn`` metadata (start[metadata_key]), {} if none
+    metadata: dict  # the run's ``sfn`` metadata (start[metadata_key]), {} if none; ``.flags``: what broke the convention
     models: Any  # a sfn_stream.core.predict.ModelRegistry
     write_row: WriteRow  # (stream, row): one event of a derived stream
     find_keys: FindKeys  # (data_keys, roles) -> role -> data key, as the run convention matches them
@@ -73,7 +76,14 @@ class Analysis(Protocol):
 
 
 class BaseAnalysis:
-    """Defaults for an analysis: keeps the context, ignores descriptors, takes external rows one by one."""
+    """Defaults for an analysis: keeps the context, checks the descriptor against the explicit ``keys`` of the
+    metadata, takes external rows one by one.
+
+    ``metadata_flags`` are the quality flags of metadata that broke the convention (the metadata itself, or an
+    explicit key the descriptor lacks); an analysis adds them to every prediction it makes, so that a
+    misconfigured run is flagged, never silently analysed as if all were well. An analysis that overrides
+    :meth:`on_descriptor` calls ``super().on_descriptor`` first.
+    """
 
     kind: ClassVar[str]
     roles: ClassVar[tuple[str, ...]] = ()
@@ -85,6 +95,7 @@ class BaseAnalysis:
         self.md = context.metadata
         self.models = context.models
         self.prediction_seconds: float | None = None
+        self.metadata_flags: list[str] = list(getattr(context.metadata, "flags", ()))
 
     @property
     def sample(self):
@@ -94,7 +105,12 @@ class BaseAnalysis:
         self.context.write_row(self.stream, row)
 
     def on_descriptor(self, descriptor: dict, keys: Mapping[str, str]) -> None:
-        pass
+        for flag in explicit_key_flags(self.md.get("keys"), descriptor, self.roles):
+            if flag not in self.metadata_flags:
+                logger.warning("sfn-stream: run %s: the explicit keys of the %s metadata do not fit the run (%s); "
+                               "data keys are looked for by name instead", self.context.start.get("uid"),
+                               self.kind, flag)
+                self.metadata_flags.append(flag)
 
     def add_event(self, values: Mapping[str, Any], seq_num: int) -> None:
         raise NotImplementedError
@@ -105,6 +121,25 @@ class BaseAnalysis:
 
     def finish(self, stop: dict) -> dict:
         raise NotImplementedError
+
+
+def explicit_key_flags(explicit: Mapping[str, Any] | None, descriptor: Mapping[str, Any],
+                       roles: Sequence[str]) -> list[str]:
+    """Quality flags for the explicit ``keys`` of the metadata that cannot be used with this descriptor: a
+    role the analysis does not read (``sfn_key_unknown_role:enrgy``) or a data key found neither in the
+    events nor in a device's configuration (``sfn_key_missing:energy=no_such_channel``)."""
+    if not isinstance(explicit, Mapping):
+        return []
+    present = set(descriptor.get("data_keys") or {})
+    for device in (descriptor.get("configuration") or {}).values():
+        present.update((device or {}).get("data_keys") or {})
+    flags = []
+    for role, name in explicit.items():
+        if role not in roles:
+            flags.append(f"sfn_key_unknown_role:{role}")
+        elif not isinstance(name, str) or name not in present:
+            flags.append(f"sfn_key_missing:{role}={name}")
+    return flags
 
 
 class Insufficient(Exception):

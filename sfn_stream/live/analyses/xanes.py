@@ -109,8 +109,8 @@ class XanesAnalysis(BaseAnalysis):
             preprocessing=_preprocessing_summary(prediction.preprocessing))
 
     def _request(self, columns) -> tuple[str | None, Any, list[str]]:
-        """The absorber (given, or found from the scanned range), the composition and their flags."""
-        flags = []
+        """The absorber (given, or found from the scanned range), the composition and the run's flags."""
+        flags = list(self.metadata_flags)
         absorber = self.md.get("element")
         if not absorber:
             absorber = absorber_from_energy_range(columns.get("energy"))

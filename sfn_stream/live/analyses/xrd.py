@@ -56,6 +56,7 @@ class XrdAnalysis(BaseAnalysis):
 
     def on_descriptor(self, descriptor: dict, keys: Mapping[str, str]) -> None:
         """A detector's fixed 2theta/Q axis usually sits in its configuration, not in each event."""
+        super().on_descriptor(descriptor, keys)
         if "x" in keys:
             return
         for device in (descriptor.get("configuration") or {}).values():
@@ -79,13 +80,14 @@ class XrdAnalysis(BaseAnalysis):
             predictor = self.models.predictor("xrd")
             prediction, _ = predictor.predict_pattern(
                 np.asarray(x, dtype=float), np.asarray(pattern, dtype=float),
-                axis=self.md.get("axis", "2theta"), wavelength=self.md.get("wavelength"))
+                axis=self.md.get("axis", "2theta"), wavelength=self.md.get("wavelength"),
+                extra_flags=self.metadata_flags)
         except Insufficient as why:
-            prediction = Prediction.failed("xrd", "insufficient_data", str(why))
+            prediction = Prediction.failed("xrd", "insufficient_data", str(why), flags=self.metadata_flags)
         except Exception as err:
             logger.exception("sfn-stream: PXRD prediction failed")
             prediction = Prediction.failed("xrd", "error", f"model failed: {type(err).__name__}: {err}",
-                                           bundle_id=bundle_id(predictor))
+                                           flags=self.metadata_flags, bundle_id=bundle_id(predictor))
         classes = bundle_classes(predictor, "crystal_system", _DEFAULT_CLASSES)
         row = xrd_row(prediction, seq_num, classes)
         self.write_row(row)
@@ -101,7 +103,7 @@ class XrdAnalysis(BaseAnalysis):
                               frames_used=len(self._probabilities))
         if self._last is None:
             summary.update(status="insufficient_data", reason="no powder frames were recorded",
-                           quality_flags=[], bundle_id=None)
+                           quality_flags=list(self.metadata_flags), bundle_id=None)
             return summary
         summary.update(summary_fields(self._last))
         if self._probabilities:  # the run's answer: mean probabilities over usable frames

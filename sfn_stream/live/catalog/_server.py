@@ -6,13 +6,15 @@
 The catalog is SQLite by default (``catalog.db``); pass ``catalog_uri="postgresql://..."``
 for PostgreSQL (its tabular store then defaults to the same database). Event tables go to
 the SQL tabular store (a writable Tiled catalog needs one besides the file store); arrays
-go to ``data/`` as Zarr.
+go to ``data/`` as Zarr. A URI's password never appears in a message: ``TiledService.masked(uri)``
+shows it as ``***``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 import socket
 import threading
@@ -31,6 +33,49 @@ class TiledServiceError(RuntimeError):
     """The embedded Tiled server could not start."""
 
 
+# scheme://user:password@rest; the password runs to the last "@" (an unencoded "@" in it is common)
+_URI_WITH_PASSWORD = re.compile(r"^(?P<head>[^:/?#]+://[^:/?#@]*:)(?P<password>.*)@(?P<tail>[^@]*)$")
+# Tiled refuses a single-user API key that is not alphanumeric (it would be ambiguous in ?api_key=),
+# and an HTTP header carries ASCII only.
+_API_KEY = re.compile(r"[A-Za-z0-9]+")
+
+
+def _masked_uri(uri: str) -> str:
+    match = _URI_WITH_PASSWORD.match(uri)
+    return f"{match['head']}***@{match['tail']}" if match and match["password"] else uri
+
+
+def _without_password(text: str, *uris: str) -> str:
+    """``text`` with the URIs' passwords (as written, and percent-decoded) replaced by ``***``."""
+    from urllib.parse import unquote
+
+    for uri in map(str, uris):
+        match = _URI_WITH_PASSWORD.match(uri)
+        text = text.replace(uri, _masked_uri(uri))
+        if match and match["password"]:
+            for secret in {match["password"], unquote(match["password"])}:
+                text = text.replace(secret, "***")
+    return text
+
+
+def _check_api_key(api_key: str) -> None:
+    if _API_KEY.fullmatch(api_key):
+        return
+    refused = ", ".join(repr(c) for c in sorted({c for c in api_key if not _API_KEY.fullmatch(c)}))
+    raise TiledServiceError(
+        f"the API key holds characters Tiled does not accept ({refused}): use ASCII letters and digits only, "
+        "e.g. the output of `openssl rand -hex 32`"
+    )
+
+
+def _error_summary(err: Exception) -> str:
+    """One line for an error; Tiled's catalog initialisation reports a whole traceback, whose last line says why."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[-1] if len(lines) > 1 and "Traceback" in lines[0] else " ".join(lines)
+
+
 class _ThreadedServer(uvicorn.Server):
     def install_signal_handlers(self):  # the main thread owns signals
         pass
@@ -45,6 +90,8 @@ class TiledService:
 
     def __init__(self, directory: str | Path, *, api_key: str | None = None, host: str = "127.0.0.1",
                  port: int = 0, catalog_uri: str | None = None, tabular_uri: str | None = None):
+        if api_key:  # checked before anything starts: Tiled itself would only fail in the server's thread
+            _check_api_key(api_key)
         from tiled.catalog import from_uri as catalog_from_uri
         from tiled.config import Authentication
         from tiled.server.app import build_app
@@ -62,7 +109,11 @@ class TiledService:
                                        writable_storage=[self.directory / "data", tabular_uri],
                                        init_if_not_exists=True)
         except Exception as err:
-            raise TiledServiceError(f"cannot open the Tiled catalog {self.catalog_uri}: {err}") from err
+            uris = (self.catalog_uri, tabular_uri)
+            logger.debug("opening the Tiled catalog failed: %s", _without_password(str(err), *uris))
+            reason = _without_password(_error_summary(err), *uris)
+            # No exception chaining: the cause's message may carry the password.
+            raise TiledServiceError(f"cannot open the Tiled catalog {self.masked(self.catalog_uri)}: {reason}") from None
         app = build_app(catalog, authentication=Authentication(single_user_api_key=self.api_key))
         logging.getLogger("tiled.server.app").propagate = False  # tiled prints its own lines; no second copy
         port = port or _free_port(host)
@@ -73,6 +124,11 @@ class TiledService:
         self._thread.start()
         self.base_url = f"http://{host}:{port}"
         self._wait_until_ready()
+
+    @staticmethod
+    def masked(uri: str) -> str:
+        """``uri`` with its password shown as ``***`` (``postgresql://user:***@host/db``), for printing."""
+        return _masked_uri(uri)
 
     @property
     def uri(self) -> str:
