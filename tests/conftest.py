@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 
@@ -38,3 +40,31 @@ def RE():
     from bluesky import RunEngine
 
     return RunEngine({}, call_returns_result=False)
+
+
+@pytest.fixture
+def tampered_models(tmp_path):
+    """A copy of the shipped bundles whose XANES weights are valid but slightly changed."""
+    import torch
+
+    from sfn_stream.core.networks import models_dir
+
+    folder = tmp_path / "models"
+    shutil.copytree(models_dir(), folder)
+    weights_path = folder / "xanes-specfusion" / "weights.pt"
+    weights = torch.load(weights_path, map_location="cpu", weights_only=True)
+    _perturb_first_tensor(weights)
+    torch.save(weights, weights_path)
+    return folder
+
+
+def _perturb_first_tensor(tree) -> bool:
+    import torch
+
+    for key, value in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            tree[key] = value + 1e-3
+            return True
+        if isinstance(value, (dict, list)) and _perturb_first_tensor(value):
+            return True
+    return False

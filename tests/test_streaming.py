@@ -165,6 +165,24 @@ def test_model_failure_still_gives_a_complete_run_with_the_reason(RE, beamline, 
     assert uid in runs_where(client, status="error")
 
 
+def test_weights_that_do_not_match_their_card_give_a_complete_run_with_the_reason(RE, beamline, client,
+                                                                                   tampered_models):
+    mono, xas, _ = beamline
+    plugin = SfnPlugin(make_tiled_writer(client), models=ModelRegistry(tampered_models))
+    RE.subscribe(plugin)
+    try:
+        (uid,) = RE(xanes_scan(xas, mono, "Cu", composition="Sr3CuPtO6", sample="t-tampered"))
+        assert plugin.flush(timeout=300)
+    finally:
+        plugin.close()
+    run = client[uid]
+    summary = run.metadata["stop"]["sfn"]
+    assert summary["status"] == "error"
+    assert "does not match its model card" in summary["reason"]
+    assert run["primary"].read().sizes["time"] == 200
+    assert run[XANES_STREAM].read()["status"].values[0] == "error"
+
+
 def test_a_scan_that_misses_the_edge_is_recorded_as_insufficient(RE, plugin, beamline, client):
     mono, xas, _ = beamline
     uid, _, _ = _run(RE, plugin, xanes_scan(xas, mono, "Cu", regions=((-200.0, -60.0, 2.0),), sample="t-miss"))
