@@ -49,6 +49,12 @@ def _cuprite():
     return Structure.from_spacegroup("Pn-3m", Lattice.cubic(4.2696), ["Cu", "O"], [[0.25] * 3, [0, 0, 0]])
 
 
+def _ilmenite():
+    # FeTiO3, Wechsler & Prewitt, Am. Mineral. 69, 176 (1984)
+    return Structure.from_spacegroup("R-3", Lattice.hexagonal(5.0884, 14.0885), ["Fe", "Ti", "O"],
+                                     [[0, 0, 0.35537], [0, 0, 0.14640], [0.3172, 0.0234, 0.2450]])
+
+
 def _hematite():
     return Structure.from_spacegroup("R-3c", Lattice.hexagonal(5.0356, 13.7489), ["Fe", "O"],
                                      [[0, 0, 0.3553], [0.3059, 0, 0.25]])
@@ -127,6 +133,19 @@ def test_plan_is_round_robin_over_metals_cheapest_first():
     # right after the references, before any FEFF site of the round-robin
     assert [(i.kind, i.material_id) for i in plan[3:6]] == [(k, "mp-361") for k in ("labels", "sticks", "teacher")]
     assert all(i.key.endswith(FAST.key()) for i in feff)
+
+
+def test_plan_puts_multi_metal_materials_first_with_all_their_edges():
+    wustite = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.33), ["Fe", "O"], [[0, 0, 0], [0.5] * 3])
+    kept, _ = screen_entries([SourceEntry("amcsd", "1", "hematite", _hematite()),
+                              SourceEntry("amcsd", "2", "wustite", wustite),
+                              SourceEntry("amcsd", "3", "rutile", _rutile()),
+                              SourceEntry("amcsd", "4", "ilmenite", _ilmenite())])
+    config = CampaignConfig(workdir=Path("."), settings=FAST, metals=("Ti", "Fe"))
+    feff = [(i.material_id, i.element) for i in plan_items(kept, [], config) if i.kind == "feff"]
+    # ilmenite (Fe and Ti) leads the Ti queue and brings its Fe edge along; the Fe queue does not repeat it
+    assert feff == [("amcsd-00004", "Ti"), ("amcsd-00004", "Fe"), ("amcsd-00003", "Ti"), ("amcsd-00002", "Fe"),
+                    ("amcsd-00001", "Fe")]
 
 
 # --- the sandbox -----------------------------------------------------------------------------------

@@ -315,6 +315,9 @@ def run_info(args) -> int:
         table.add_row(element, str(count), str(info["materials_per_absorber_feff10"][element]),
                       str(info["amcsd_materials_per_absorber"][element]))
     out.print(table)
+    out.print(f"every 3d-metal edge computed: {info['materials_with_all_edges']} materials; of the "
+              f"{info['multi_metal_materials']} with two or more 3d metals, {info['multi_metal_with_all_edges']} "
+              f"({info['multi_metal_with_all_edges_feff10']} all from FEFF10 here)")
     out.print("crystal systems: " + ", ".join(f"{k} {v}" for k, v in sorted(info["materials_per_crystal_system"].items())))
     out.print("labels present: " + ", ".join(f"{k} {v}" for k, v in info["label_coverage"].items()))
     out.print("rejected structures: " + ", ".join(f"{k} {v}" for k, v in info["rejections"].items()))

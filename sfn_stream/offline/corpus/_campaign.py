@@ -80,10 +80,12 @@ class CampaignConfig:
         return ResultStore(Path(self.workdir) / "results.jsonl")
 
 
-def _cost(material: CorpusMaterial, metal: str) -> tuple:
+def _cost(material: CorpusMaterial, metal: str, metals: Sequence[str]) -> tuple:
+    # materials with several of the campaign's metals first (each of them gives a multi-edge sample), then
     # cheap first within a metal: fewer inequivalent sites of it, then smaller cells
-    return (SOURCE_PRIORITY.get(material.source, 9), len(material.site_groups[metal]), len(material.structure),
-            material.material_id)
+    single_metal = sum(m in material.site_groups for m in metals) < 2
+    return (single_metal, SOURCE_PRIORITY.get(material.source, 9), len(material.site_groups[metal]),
+            len(material.structure), material.material_id)
 
 
 def needs_feff(material: CorpusMaterial, metal: str) -> bool:
@@ -99,9 +101,11 @@ def plan_items(
     """Every item in campaign order: reference solids first, then the labels of materials that need no
     FEFF, then round-robin over the metals.
 
-    Each round takes the next material of every metal (cheapest first), so a campaign stopped at
-    any point has about as many finished materials per metal as the rarest metal allows. A material
-    brings its labels, stick pattern and teacher labels the first time it comes up.
+    Each round takes the next material of every metal, so a campaign stopped at any point has about
+    as many finished materials per metal as the rarest metal allows. Within a metal, materials holding
+    two or more of the campaign's metals come first (multi-edge samples), then the cheapest. A material
+    brings its labels, stick pattern, teacher labels and the FEFF sites of all its metals the first time
+    it comes up, so that its edges are finished together.
     """
     key = config.settings.key()
     order: list[Item] = []
@@ -129,13 +133,19 @@ def plan_items(
             order += material_items(material)
     queues: dict[str, deque] = {}
     for metal in config.metals:
-        chosen = sorted((m for m in materials if metal in m.site_groups), key=lambda m: _cost(m, metal))
+        chosen = sorted((m for m in materials if metal in m.site_groups),
+                        key=lambda m: _cost(m, metal, config.metals))
         queues[metal] = deque(chosen[: config.max_materials_per_metal])
+    planned: set[tuple[str, str]] = set()  # (material, metal) whose FEFF sites are in the order already
     while any(queues.values()):
         for metal in config.metals:
             if queues[metal]:
                 material = queues[metal].popleft()
-                order += material_items(material) + feff_items(material, metal)
+                order += material_items(material)
+                for edge in [metal] + [m for m in material.metals if m in config.metals and m != metal]:
+                    if (material.material_id, edge) not in planned:
+                        planned.add((material.material_id, edge))
+                        order += feff_items(material, edge)
     return order
 
 

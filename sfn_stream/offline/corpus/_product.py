@@ -334,7 +334,31 @@ def corpus_counts(material_rows: Sequence[dict], absorber_rows: Sequence[dict]) 
         "label_coverage": label_coverage,
         "absorber_rows": len(absorber_rows),
         "splits": dict(Counter(r["split"] for r in material_rows)),
+        **edge_completeness(material_rows, absorber_rows),
     }
+
+
+def edge_completeness(material_rows: Sequence[dict], absorber_rows: Sequence[dict]) -> dict[str, int]:
+    """How many materials have a spectrum of every one of their 3d metals' K edges (multi-edge learning and
+    the next-edge agent need those), overall and among materials with two or more 3d metals; ``_feff10``:
+    every edge from this corpus's own FEFF10 calculation (one setting for all of a material's edges)."""
+    sources: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in absorber_rows:
+        if row["spectrum_source"] in ("feff10", "omnixas_cu"):
+            sources[row["material_id"]][row["element"]] = row["spectrum_source"]
+    complete, complete_feff10, multi = set(), set(), set()
+    for row in material_rows:
+        material, metals = row["material_id"], list(row["metals"] or ())
+        have = sources.get(material, {})
+        if metals and all(metal in have for metal in metals):
+            complete.add(material)
+            if all(have[metal] == "feff10" for metal in metals):
+                complete_feff10.add(material)
+        if len(metals) >= 2:
+            multi.add(material)
+    return {"materials_with_all_edges": len(complete), "multi_metal_materials": len(multi),
+            "multi_metal_with_all_edges": len(multi & complete),
+            "multi_metal_with_all_edges_feff10": len(multi & complete_feff10)}
 
 
 def _write_tables(out_dir: Path, material_rows, absorber_rows) -> None:
