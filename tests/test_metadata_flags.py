@@ -6,41 +6,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pytest
 from bluesky import plans as bp
 
 from sfn_stream.live.analyses.base import explicit_key_flags
-from sfn_stream.live.plugin import XANES_STREAM, XRD_STREAM, RunConvention, SfnPlugin, make_tiled_writer
+from sfn_stream.live.plugin import XANES_STREAM, XRD_STREAM, RunConvention
 from sfn_stream.simulated_beamline import powder_scan, xanes_energies, xanes_scan
-
-
-class Recorder:
-    def __init__(self):
-        self.docs = []
-
-    def __call__(self, name, doc):
-        self.docs.append((name, doc))
-
-
-@pytest.fixture
-def plugin(client):
-    plugin = SfnPlugin(make_tiled_writer(client))
-    yield plugin
-    plugin.close()
-
-
-def _run(RE, plugin, plan):
-    recorder = Recorder()
-    RE.subscribe(recorder)
-    RE.subscribe(plugin)
-    RE(plan)
-    assert plugin.flush(timeout=300), "the plugin did not drain its queue within 300 s"
-    return next(doc["uid"] for name, doc in recorder.docs if name == "start"), recorder.docs
-
-
-def _primary_event_count(docs):
-    primary = {doc["uid"] for name, doc in docs if name == "descriptor" and doc["name"] == "primary"}
-    return sum(1 for name, doc in docs if name == "event" and doc["descriptor"] in primary)
+from test_streaming import _primary_events, _run, plugin  # noqa: F401 (plugin: a fixture)
 
 
 def _warnings(caplog):
@@ -88,7 +59,7 @@ def test_explicit_key_flags():
 def test_sfn_metadata_that_is_not_a_mapping_is_flagged(RE, plugin, beamline, client, caplog):
     mono, xas, _ = beamline
     with caplog.at_level(logging.WARNING):
-        uid, docs = _run(RE, plugin, bp.list_scan([xas], mono, list(xanes_energies("Cu")), md={"sfn": "xanes"}))
+        uid, docs, _ = _run(RE, plugin, bp.list_scan([xas], mono, list(xanes_energies("Cu")), md={"sfn": "xanes"}))
     run = client[uid]
     summary = run.metadata["stop"]["sfn"]
     assert "sfn_metadata_not_a_mapping" in summary["quality_flags"]
@@ -97,7 +68,7 @@ def test_sfn_metadata_that_is_not_a_mapping_is_flagged(RE, plugin, beamline, cli
     derived = run[XANES_STREAM].read()
     assert "sfn_metadata_not_a_mapping" in derived["quality_flags"].values[0].split(",")
     assert any("sfn_metadata_not_a_mapping" in m for m in _warnings(caplog))
-    assert run["primary"].read().sizes["time"] == _primary_event_count(docs) == len(xanes_energies("Cu"))
+    assert run["primary"].read().sizes["time"] == len(_primary_events(docs)) == len(xanes_energies("Cu"))
 
 
 def test_an_explicit_key_the_run_lacks_is_flagged(RE, plugin, beamline, client, caplog):
@@ -105,7 +76,7 @@ def test_an_explicit_key_the_run_lacks_is_flagged(RE, plugin, beamline, client, 
     md = {"sfn": {"kind": "xanes", "element": "Cu", "composition": "Sr3CuPtO6",
                   "keys": {"energy": "no_such_channel"}}}
     with caplog.at_level(logging.WARNING):
-        uid, docs = _run(RE, plugin, xanes_scan(xas, mono, "Cu", md=md))
+        uid, docs, _ = _run(RE, plugin, xanes_scan(xas, mono, "Cu", md=md))
     run = client[uid]
     summary = run.metadata["stop"]["sfn"]
     assert "sfn_key_missing:energy=no_such_channel" in summary["quality_flags"]
@@ -114,12 +85,12 @@ def test_an_explicit_key_the_run_lacks_is_flagged(RE, plugin, beamline, client, 
     derived = run[XANES_STREAM].read()
     assert "sfn_key_missing:energy=no_such_channel" in derived["quality_flags"].values[0].split(",")
     assert any("sfn_key_missing:energy=no_such_channel" in m for m in _warnings(caplog))
-    assert run["primary"].read().sizes["time"] == _primary_event_count(docs) == len(xanes_energies("Cu"))
+    assert run["primary"].read().sizes["time"] == len(_primary_events(docs)) == len(xanes_energies("Cu"))
 
 
 def test_an_explicit_key_the_powder_run_lacks_flags_every_frame(RE, plugin, beamline, client):
     _, _, powder = beamline
-    uid, _ = _run(RE, plugin, powder_scan(powder, num=2, md={"sfn": {"kind": "xrd", "axis": "2theta",
+    uid, _, _ = _run(RE, plugin, powder_scan(powder, num=2, md={"sfn": {"kind": "xrd", "axis": "2theta",
                                                                      "wavelength": float(powder.wavelength.get()),
                                                                      "keys": {"pattern": "missing_pattern"}}}))
     run = client[uid]
