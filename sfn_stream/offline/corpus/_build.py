@@ -138,17 +138,13 @@ def run_corpus_build(
     seed_from: str | Path | None = None,
     seed: bool = True,
     assemble_only: bool = False,
-    scheduler: str | None = None,
-    n_workers: int = 1,
-    max_items: int | None = None,
-    assemble_every: float | None = None,
-    refresh_structures: bool = False,
-    progress: bool = True,
     log: Callable[[str], None] | None = None,
+    **build_options: Any,
 ) -> CorpusBuild:
     """``sfn-stream dataset build``: seed the campaign from a corpus snapshot (``seed``), then run it
-    and write the corpus (:func:`build_corpus`), or (``assemble_only``) only write the corpus from what
-    it has finished. ``entries`` and ``sources`` are needed unless ``assemble_only``.
+    and write the corpus (:func:`build_corpus`, which takes ``build_options``: scheduler, n_workers,
+    max_items, assemble_every, refresh_structures, progress), or (``assemble_only``) only write the
+    corpus from what it has finished. ``entries`` and ``sources`` are needed unless ``assemble_only``.
     """
     seeded = seed_from_snapshot(config, seed_from, out_dir, log) if seed else None
     if assemble_only:
@@ -156,10 +152,7 @@ def run_corpus_build(
         return CorpusBuild(assemble_from_workdir(config, out_dir), seeded)
     if entries is None or sources is None:
         raise ValueError("building a corpus needs the source entries and their description")
-    summary, manifest = build_corpus(
-        config, entries, sources, out_dir, scheduler=scheduler, n_workers=n_workers, max_items=max_items,
-        assemble_every=assemble_every, refresh_structures=refresh_structures, progress=progress,
-    )
+    summary, manifest = build_corpus(config, entries, sources, out_dir, **build_options)
     return CorpusBuild(manifest, seeded, summary)
 
 
