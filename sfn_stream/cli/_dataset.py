@@ -91,6 +91,21 @@ def add_parser(sub) -> None:
     batch_import.add_argument("--json", action="store_true")
     batch_import.set_defaults(run=run_batch_import)
 
+    audit = which.add_parser("audit", help="label audit: oxidation states and CNs checked by a second method, "
+                                           "the disagreements written to data/corpus_audit/label_audit.csv")
+    audit.add_argument("path", nargs="?", type=Path, help="corpus folder (default: data/corpus)")
+    audit.add_argument("--table", type=Path, help="findings table (default: data/corpus_audit/label_audit.csv)")
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(run=run_audit)
+
+    teachers = which.add_parser("teacher-audit", help="teacher labels against DFT (matminer_mp, ../shared) and "
+                                                      "measured gaps and magnetism (data/corpus_audit)")
+    teachers.add_argument("path", nargs="?", type=Path, help="corpus folder (default: data/corpus)")
+    teachers.add_argument("--experiment", type=Path, help="measured-properties table (default: "
+                                                          "data/corpus_audit/experimental_properties.csv)")
+    teachers.add_argument("--json", action="store_true")
+    teachers.set_defaults(run=run_teacher_audit)
+
     bench = which.add_parser("bench", help="campaign throughput: seconds per site, 1 vs 2 Dask workers")
     bench.add_argument("--sites", type=int, default=8, help="FEFF sites per configuration (default 8)")
     bench.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
@@ -382,3 +397,95 @@ def run_bench(args) -> int:
                   f"{r['seconds_per_site_min']:.1f}-{r['seconds_per_site_max']:.1f}); wall {r['wall_seconds']:.0f} s, "
                   f"{r['sites_per_hour']:.0f} sites/hour")
     return 0
+
+
+def run_audit(args) -> int:
+    from sfn_stream.offline.corpus import (
+        AUDIT_DIR,
+        AUDIT_RULES,
+        AUDIT_TABLE,
+        CORPUS_DIR,
+        CorpusMissing,
+        audit_corpus,
+        read_manifest,
+        write_findings,
+    )
+
+    path = args.path or CORPUS_DIR
+    try:
+        read_manifest(path)
+    except CorpusMissing as err:
+        raise CliError(str(err)) from err
+    result = audit_corpus(path, progress=not args.json)
+    table = args.table or AUDIT_DIR / AUDIT_TABLE
+    write_findings(result["findings"], table)
+    summary = {**result["summary"], "table": str(table),
+               "changed": [f"{f.material_id} {f.formula} {f.element} {f.label}: {f.value} -> {f.kept} ({f.rule})"
+                           for f in result["findings"] if f.changed]}
+    if args.json:
+        print_json(summary)
+        return 0
+    out = console()
+    out.print(f"[bold]{summary['audited']}[/bold] of {summary['materials']} materials audited "
+              f"({summary['structures_missing']} without a structure here, {summary['site_mismatch']} whose "
+              f"structure here has other sites); {summary['findings']} findings written to {table}")
+    out.print(f"changed: {summary['changed_oxidation_states']} oxidation states, "
+              f"{summary['changed_coordination_numbers']} CNs ({summary['changed_rows']} absorber rows)")
+    for key, count in summary["per_rule"].items():
+        label, rule = key.split(":")
+        out.print(f"  {label:<20} {rule:<21} {count:>5} findings, {summary['changed_per_rule'].get(key, 0):>4} "
+                  f"changed  [dim]{AUDIT_RULES[rule]}[/dim]")
+    return 0
+
+
+def run_teacher_audit(args) -> int:
+    from sfn_stream.offline.corpus import (
+        CORPUS_DIR,
+        EXPERIMENT_TABLE,
+        CorpusMissing,
+        TeacherUnavailable,
+        read_manifest,
+        teacher_audit,
+    )
+
+    path, table = args.path or CORPUS_DIR, args.experiment or EXPERIMENT_TABLE
+    if not Path(table).is_file():
+        raise CliError(f"no measured-properties table at {table}")
+    try:
+        read_manifest(path)
+        result = teacher_audit(path, table, progress=not args.json)
+    except (CorpusMissing, TeacherUnavailable) as err:
+        raise CliError(str(err)) from err
+    if args.json:
+        print_json(result)
+        return 0
+    from rich.table import Table
+
+    out, dft, exp = console(), result["dft_corpus"], result["experiment"]
+    grid = Table("property", "source", "n", "teacher", "gated (option)")
+    if dft is None:
+        out.print("[yellow]../shared is absent: no DFT comparison[/yellow]")
+    else:
+        out.print(f"DFT (matminer_mp, in-sample for the teachers): {dft['matched']} corpus materials matched "
+                  f"({dft['matched_by_id']} by mp-id, {dft['matched_by_structure']} by structure)")
+        grid.add_row("formation energy MAE (eV/atom)", "DFT", str(dft["formation_energy_n"]),
+                     _fmt(dft["formation_energy_mae_ev_atom"]), "")
+        grid.add_row("band gap MAE (eV), DFT non-metals", "DFT", str(dft["band_gap_n"]), _fmt(dft["band_gap_mae_ev"]), "")
+        grid.add_row("called non-metal, DFT non-metals", "DFT", str(dft["nonmetal_n"]),
+                     _fmt(dft["nonmetal_accuracy"]), _fmt(dft["nonmetal_accuracy_gated"]))
+    grid.add_row("band gap MAE (eV), all with a gap", "experiment", str(exp["band_gap_n"]),
+                 _fmt(exp["band_gap_mae_ev"]), "")
+    grid.add_row("band gap MAE (eV), non-metals", "experiment", str(exp["band_gap_nonmetals_n"]),
+                 _fmt(exp["band_gap_mae_nonmetals_ev"]), "")
+    grid.add_row("is-metal accuracy", "experiment", str(exp["is_metal_n"]), _fmt(exp["is_metal_accuracy"]),
+                 _fmt(exp["is_metal_accuracy_gated"]))
+    grid.add_row("is-magnetic (local moment) accuracy", "experiment", str(exp["is_magnetic_n"]),
+                 _fmt(exp["is_magnetic_accuracy"]), _fmt(exp["is_magnetic_accuracy_open_shell_rule"]))
+    out.print(grid)
+    out.print(f"gated (options, not applied to the labels): is-metal: {result['gate']}; is-magnetic: ionic "
+              "compound with an open-shell 3d cation -> local moment")
+    return 0
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"

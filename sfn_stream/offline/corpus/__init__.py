@@ -90,8 +90,18 @@ from ._calibration import rescore
 from ._structures import load_prepared
 from ._batch import read_records
 from ._calibration import omnixas_cu_offset
+from ._audit import AUDIT_DIR, AUDIT_TABLE, RULES as AUDIT_RULES, audit_corpus, audit_material, write_findings
+from ._teacher_audit import EXPERIMENT_TABLE, teacher_audit
 
 __all__ = [
+    "AUDIT_DIR",
+    "AUDIT_TABLE",
+    "AUDIT_RULES",
+    "audit_corpus",
+    "audit_material",
+    "write_findings",
+    "EXPERIMENT_TABLE",
+    "teacher_audit",
     "corpus_fallbacks",
     "oxide_structure",
     "read_rows",

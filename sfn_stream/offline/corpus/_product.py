@@ -34,6 +34,7 @@ from sfn_stream.core import paths
 from sfn_stream.core.files import file_sha256
 from sfn_stream.core.simulation import FeffSettings
 from sfn_stream.offline.splits import SPLITS, stratified_splits
+from ._audit import amcsd_cif_text, audit_material, audit_summary
 from ._items import ITEM_VERSIONS, SEED_KIND
 from ._spectra import IncompleteSpectrum, edge_positions, energy_offset, material_spectrum
 from ._structures import CORPUS_METALS, CorpusMaterial, Rejection, rejection_tally
@@ -50,10 +51,13 @@ LABEL_PROVENANCE = {
     "space_group_number": "exact: spglib through pymatgen SpacegroupAnalyzer, symprec 0.1",
     "crystal_system": "exact: spglib through pymatgen SpacegroupAnalyzer, symprec 0.1",
     "oxidation_state": "exact: pymatgen BVAnalyzer (bond valence, O'Keeffe & Brese 1991); where it fails "
-                       "Composition.oxi_state_guesses; all-metal 0. The method of each row is in "
-                       "absorbers.oxidation_method (sfn_stream.core.chemistry.oxidation_states)",
+                       "Composition.oxi_state_guesses; then audited (sfn_stream.offline.corpus._audit: charge "
+                       "balance and the stated formula; None where no formal state is defined: intermetallics, "
+                       "borides, silicides, pnictides, metal-rich nitrides). The method of each row is in "
+                       "absorbers.oxidation_method",
     "coordination_number": "exact: pymatgen CrystalNN (Pan et al. 2021) on the oxidation-state-decorated "
-                           "structure, per inequivalent site, multiplicity-weighted (sfn_stream.core.chemistry)",
+                           "structure, per inequivalent site, multiplicity-weighted (sfn_stream.core.chemistry); "
+                           "audited against a sum-of-radii bond-length cutoff (sfn_stream.offline.corpus._audit)",
     "band_gap": "teacher: CGCNN band-gap, gated by CGCNN semi-metal-classification (metal -> 0 eV)",
     "is_metal": "teacher: CGCNN semi-metal-classification, P(metal) >= 0.5",
     "formation_energy_per_atom": "teacher: CGCNN formation-energy-per-atom (eV/atom)",
@@ -246,9 +250,13 @@ def assemble_corpus(
     refs = reference_summary(references, results)
     refs["omnixas_cu_energy_offset"] = omnixas_cu_offset
     offsets = {el: entry["energy_offset"] for el, entry in refs["energy_offsets"].items()}
-    material_rows, absorber_rows, in_corpus = [], [], []
+    material_rows, absorber_rows, in_corpus, findings = [], [], [], []
     for material in materials:
         labels = results.labels.get(material.material_id)
+        if labels is not None:  # the label audit's rules decide (sfn_stream.offline.corpus._audit)
+            audit = audit_material(material, labels,
+                                   amcsd_cif_text(material.source_id) if material.source == "amcsd" else None)
+            labels, findings = audit.labels, findings + audit.findings
         rows = []
         for metal in material.metals:
             if metal not in metals:
@@ -292,6 +300,7 @@ def assemble_corpus(
         "rejections": rejection_tally(rejections),
         # content hashes of the snapshots whose material spectra seeded this campaign (sfn_stream.offline.corpus._seed)
         "seeded_from": list(results.seeded_from),
+        "label_audit": audit_summary([f for f in findings if f.material_id in {m.material_id for m in in_corpus}]),
     }
     manifest.update(corpus_counts(material_rows, absorber_rows))
     manifest["files"] = {name: file_sha256(out_dir / name) for name in DATA_FILES}
