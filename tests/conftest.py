@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 
 import pytest
+
+# Every plugin a test makes spools into a folder of this test session, never the user's own spool
+# (a plugin adopts the undelivered runs of any ended session on its spool root).
+os.environ.setdefault("SFN_SPOOL_DIR", tempfile.mkdtemp(prefix="sfn-test-spool-"))
 
 
 @pytest.fixture(scope="session")

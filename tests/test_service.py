@@ -81,3 +81,36 @@ def test_service_process_writes_predictions_to_tiled(proxy, tiled_service, clien
         output, _ = service.communicate(timeout=30)
     assert service.returncode == 0, output
     assert "Traceback" not in output
+
+
+def test_service_started_while_tiled_is_down_delivers_once_tiled_is_up(proxy, beamline, RE, tmp_path):
+    from sfn_stream.offline.evaluation.fault_benchmark import FaultLab
+
+    lab = FaultLab(tmp_path)  # Tiled not started yet
+    port_in, port_out = proxy
+    env = {**os.environ, "SFN_TILED_API_KEY": lab.api_key, "PYTHONUNBUFFERED": "1",
+           "SFN_SPOOL_DIR": str(tmp_path / "spool")}
+    service = subprocess.Popen(
+        [sys.executable, str(ROOT / "callbacks" / "sfn_service.py"), "--zmq", f"127.0.0.1:{port_out}",
+         "--tiled", lab.uri], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    publisher = Publisher(f"127.0.0.1:{port_in}")
+    try:
+        _wait_for_line(service, "sfn-stream service ready", timeout=180)
+        time.sleep(0.5)
+        mono, xas, _ = beamline
+        RE.subscribe(publisher)
+        (uid,) = RE(xanes_scan(xas, mono, "Cu", composition="Sr3CuPtO6", sample="t-service-down"))
+        lab.start_tiled()
+        client = lab.client()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not (uid in client and "sfn" in (client[uid].metadata.get("stop") or {})):
+            time.sleep(0.5)
+        run = client[uid]
+        assert run.metadata["stop"]["sfn"]["status"] in ("ok", "flagged")
+        assert run["primary"].read().sizes["time"] == 200 and set(run) == {"primary", XANES_STREAM}
+    finally:
+        publisher.close()
+        service.terminate()
+        output, _ = service.communicate(timeout=60)
+        lab.close()
+    assert service.returncode == 0, output

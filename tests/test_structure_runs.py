@@ -143,12 +143,13 @@ def test_a_samples_xanes_and_xrd_runs_give_a_linked_queryable_inference_run(RE, 
     assert str(candidates["template_id"].values[0]).startswith("bluesky-templates:")
     assert "_cell_length_a" in str(candidates["cif"].values[0])
 
-    # the raw runs are what they were, and the inference happened on the plugin's worker thread
+    # the raw runs are what they were; the inference run reached Tiled from the spool's forwarder thread,
+    # never from the RunEngine's
     assert set(client[xanes]) == {"primary", XANES_STREAM} and set(client[xrd]) == {"primary", XRD_STREAM}
     assert client[xanes].metadata["stop"]["sfn"]["kind"] == "xanes"
     assert client[other].metadata["stop"]["sfn"]["kind"] == "xrd"
     threads = {thread for name, doc, thread in recorder.docs if name == "start" and doc["uid"] == uid}
-    assert threads == {"sfn-stream"}
+    assert threads == {"sfn-stream-forwarder"}
 
 
 def test_each_new_pair_of_runs_is_inferred_once(RE, beamline, client, demo_sample, templates, cache):

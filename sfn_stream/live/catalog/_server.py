@@ -6,8 +6,9 @@
 The catalog is SQLite by default (``catalog.db``); pass ``catalog_uri="postgresql://..."``
 for PostgreSQL (its tabular store then defaults to the same database). Event tables go to
 the SQL tabular store (a writable Tiled catalog needs one besides the file store); arrays
-go to ``data/`` as Zarr. A URI's password never appears in a message: ``TiledService.masked(uri)``
-shows it as ``***``.
+go to ``data/`` as Zarr. Runs serve their Bluesky documents (``client[uid].documents()``, the
+exporter of ``bluesky_tiled_plugins``), so stored runs can be replayed. A URI's password never
+appears in a message: ``TiledService.masked(uri)`` shows it as ``***``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,18 @@ def _error_summary(err: Exception) -> str:
     return lines[-1] if len(lines) > 1 and "Traceback" in lines[0] else " ".join(lines)
 
 
+def _serialization_registry():
+    """Tiled's default formats plus Bluesky documents (JSON-Seq) for runs with the BlueskyRun spec."""
+    import copy
+
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry
+
+    registry = copy.deepcopy(default_serialization_registry)
+    registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+    return registry
+
+
 class _ThreadedServer(uvicorn.Server):
     def install_signal_handlers(self):  # the main thread owns signals
         pass
@@ -114,7 +127,9 @@ class TiledService:
             reason = _without_password(_error_summary(err), *uris)
             # No exception chaining: the cause's message may carry the password.
             raise TiledServiceError(f"cannot open the Tiled catalog {self.masked(self.catalog_uri)}: {reason}") from None
-        app = build_app(catalog, authentication=Authentication(single_user_api_key=self.api_key))
+        app = build_app(catalog, authentication=Authentication(single_user_api_key=self.api_key),
+                        serialization_registry=_serialization_registry())
+        _own_settings(app)
         logging.getLogger("tiled.server.app").propagate = False  # tiled prints its own lines; no second copy
         port = port or _free_port(host)
         config = uvicorn.Config(app, host=host, port=port, loop="asyncio", log_level="warning",
@@ -166,6 +181,18 @@ class TiledService:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _own_settings(app) -> None:
+    """Give the app a settings object of its own.
+
+    Tiled's apps share one cached ``Settings`` and each ``build_app`` writes its API key into it, so with
+    two servers in one process the first would then refuse its own key (401 "Invalid API key").
+    """
+    from tiled.server.settings import get_settings
+
+    settings = app.dependency_overrides[get_settings]().model_copy()
+    app.dependency_overrides[get_settings] = lambda: settings
 
 
 def _free_port(host: str) -> int:

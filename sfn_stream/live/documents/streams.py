@@ -48,13 +48,21 @@ class DerivedStreams:
             self._bundles[stream] = bundle
             self._emit("descriptor", bundle.descriptor_doc)
         now = time.time()
-        event = self._bundles[stream].compose_event(data=dict(row), timestamps={k: now for k in row},
+        data = {key: _plain(value) for key, value in row.items()}  # JSON-ready wherever the event goes
+        event = self._bundles[stream].compose_event(data=data, timestamps={k: now for k in row},
                                                     validate=self._validate)
         self._emit("event", event)
 
     def event_counts(self) -> dict[str, int]:
         """Events written per derived stream (what the stop's ``num_events`` must say)."""
         return {name: self._compose.event_counters[name] - 1 for name in self._bundles}
+
+
+def _plain(value):
+    """Arrays as lists and numpy scalars as Python numbers (the data keys keep shape and dtype); NaN stays."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def data_keys_for(row: Mapping[str, Any]) -> dict[str, dict]:

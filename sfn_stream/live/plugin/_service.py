@@ -19,13 +19,12 @@ def run_service(zmq_address: str, tiled_uri: str, api_key: str | None = None, *,
                 ready=None) -> None:
     """Serve until SIGINT/SIGTERM; ``ready`` (a callable) is called once subscribed."""
     from bluesky.callbacks.zmq import RemoteDispatcher
-    from tiled.client import from_uri
 
     from ._plugin import SfnPlugin
-    from ._writer import make_tiled_writer
+    from ._writer import TiledTarget
 
-    client = from_uri(tiled_uri, api_key=api_key)
-    plugin = SfnPlugin(make_tiled_writer(client))
+    # Connects on first delivery: with Tiled down the service still listens, and spools what it hears.
+    plugin = SfnPlugin(TiledTarget.connecting(tiled_uri, api_key))
     dispatcher = RemoteDispatcher(zmq_address, prefix=prefix)
     dispatcher.subscribe(plugin)
 

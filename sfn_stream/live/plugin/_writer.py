@@ -1,17 +1,7 @@
-"""The Tiled writer the plugin forwards to."""
+"""The Tiled writer the plugin forwards to (made in ``sfn_stream.live.delivery``, re-exported here)."""
 
 from __future__ import annotations
 
+from sfn_stream.live.delivery import TiledTarget, make_tiled_writer
 
-def make_tiled_writer(client, *, batch_size: int | None = None, **kwargs):
-    """A :class:`bluesky_tiled_plugins.TiledWriter` set up for sfn-stream's streams.
-
-    ``max_array_size=0`` stores every array (probabilities, windows) as an array node: small
-    arrays otherwise stay in the SQL table and read back as strings.
-    """
-    from bluesky_tiled_plugins import TiledWriter
-
-    if batch_size is not None:
-        kwargs["batch_size"] = batch_size
-    kwargs.setdefault("max_array_size", 0)
-    return TiledWriter(client, **kwargs)
+__all__ = ["TiledTarget", "make_tiled_writer"]
