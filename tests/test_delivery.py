@@ -81,13 +81,14 @@ def test_a_session_that_ends_without_flush_delivers_before_exit(lab):
     assert (result.complete, result.documents_lost, result.rows_duplicated) == (2, 0, 0)
 
 
-def test_a_live_session_is_never_adopted_and_an_ended_one_is(tmp_path):
-    live = Spool(tmp_path)
+def test_a_live_session_is_never_adopted_and_an_ended_one_is_for_the_same_destination_only(tmp_path):
+    live = Spool(tmp_path, destination="tiled:http://a:8000")
     live.append_raw("start", {"uid": "run-a", "time": 1.0})
-    other = Spool(tmp_path)
+    other = Spool(tmp_path, destination="tiled:http://a:8000")
     assert other.runs() == []  # run-a belongs to a live session
     live.close()
-    adopted = Spool(tmp_path)
+    assert Spool(tmp_path, destination="tiled:http://b:8000").runs() == []  # run-a is for another server
+    adopted = Spool(tmp_path, destination="tiled:http://a:8000")
     assert [(run.uid, run.recovered, run.has_stop) for run in adopted.runs()] == [("run-a", True, False)]
 
 

@@ -13,7 +13,8 @@ written with one ``write`` and flushed to the OS at once, so a killed process lo
 file is fsynced at each stop, so a crash of the machine loses nothing before the last stop.
 
 A session whose lock is free belongs to a process that has ended (exited, killed): the next spool opened on
-the same root adopts it and delivers what it holds.
+the same root for the same destination (``root/<session>/destination``: the Tiled server's address) adopts
+it and delivers what it holds.
 """
 
 from __future__ import annotations
@@ -151,15 +152,24 @@ def _scan(path: Path) -> tuple[int, bool, bool]:
     return reader.count, has_stop, analysed
 
 
+def _destination_of(session: Path) -> str | None:
+    try:
+        return (session / "destination").read_text()
+    except FileNotFoundError:
+        return None
+
+
 class Spool:
     """This process's session in the spool root, plus the sessions it adopted from ended processes."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, *, destination: str = ""):
         self.root = Path(root) if root is not None else default_spool_root()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.destination = destination
         self.session = self.root / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.session.mkdir()
         self._locks = [self._lock(self.session)]
+        (self.session / "destination").write_text(destination)
         self._runs: dict[str, SpooledRun] = {}
         self._owner: dict[str, str] = {}  # descriptor or resource uid -> run uid
         self._guard = threading.Lock()
@@ -274,6 +284,8 @@ class Spool:
 
     def _adopt_ended_sessions(self) -> None:
         for session in sorted(p for p in self.root.iterdir() if p.is_dir() and p != self.session):
+            if _destination_of(session) != self.destination:
+                continue  # its runs are for another Tiled (or other callbacks)
             handle = self._lock(session, blocking=False)
             if handle is None:
                 continue  # a live process owns it

@@ -32,6 +32,19 @@ class Target(Protocol):
     def open_run(self, run_uid: str, *, clear: bool) -> RunSink: ...
 
 
+def _server(uri: str) -> str:
+    """scheme://host:port of a Tiled URI: one server, however a client or a user spells its address."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else uri
+
+
+def destination_of(targets) -> str:
+    """What a spool session is for: its targets' names (a session is adopted only for the same ones)."""
+    return ";".join(sorted(target.name for target in targets))
+
+
 def make_tiled_writer(client, *, batch_size: int | None = None, **kwargs):
     """A :class:`bluesky_tiled_plugins.TiledWriter` set up for sfn-stream's streams.
 
@@ -72,7 +85,7 @@ class TiledTarget:
         self._template, self._connect, self._options = writer, connect, writer_options
         self._client = writer.client if writer is not None else None
         self._standing = None  # the writer used when called as a plain callback (no spool)
-        self.name = f"tiled:{getattr(self._client, 'uri', None) or label or '?'}"
+        self.name = f"tiled:{_server(getattr(self._client, 'uri', None) or label or '?')}"
 
     @classmethod
     def connecting(cls, uri: str, api_key: str | None = None, **writer_options) -> "TiledTarget":

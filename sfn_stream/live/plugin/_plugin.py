@@ -54,6 +54,7 @@ from sfn_stream.live.delivery import (
     Forwarder,
     RecordReader,
     Spool,
+    destination_of,
     target_for,
 )
 
@@ -245,8 +246,10 @@ class SfnPlugin:
 
     # -- the spool's analysis thread ----------------------------------------------------------------
     def _start_spooled(self, spool, analysis_wait: float, preload: bool) -> None:
-        self._spool = spool if isinstance(spool, Spool) else Spool(None if spool in (None, True) else spool)
-        self._forwarder = Forwarder(self._spool, [target_for(cb) for cb in self._downstream],
+        targets = [target_for(cb) for cb in self._downstream]
+        self._spool = spool if isinstance(spool, Spool) else Spool(None if spool in (None, True) else spool,
+                                                                    destination=destination_of(targets))
+        self._forwarder = Forwarder(self._spool, targets,
                                     analysis_wait=analysis_wait, on_run_delivered=self._run_delivered)
         self._wake = threading.Condition()
         self._tasks: list[Callable[[], None]] = []
