@@ -16,6 +16,9 @@ def add_parser(sub) -> None:
     xanes.add_argument("file", type=Path, help="XDI, CSV/whitespace columns with a header, or .xy")
     xanes.add_argument("--absorber", help="absorbing element (default: XDI Element.symbol or the file name)")
     xanes.add_argument("--elements", help="the sample's elements (Cu,O) or formula (Cu2O)")
+    xanes.add_argument("--edge", action="append", default=[], metavar="EL=FILE",
+                       help="another K edge of the same sample, fused into one prediction (repeatable; needs a "
+                            "bundle covering every edge, e.g. the 3d-metal one)")
     xanes.add_argument("--json", action="store_true", help="print JSON")
     xanes.set_defaults(run=run_xanes)
 
@@ -45,15 +48,52 @@ def run_xanes(args) -> int:
         raise CliError(f"{args.file}: say which element absorbs (--absorber Cu); the file does not name it")
     composition = args.elements or absorber
     flags = [] if args.elements else ["composition_unknown"]
+    extra_edges = _extra_edges(args.edge, absorber)
     try:
-        predictor = default_registry().predictor("xanes", absorber)
+        if extra_edges:
+            predictor = default_registry().predictor_for_edges("xanes", [absorber, *extra_edges])
+        else:
+            predictor = default_registry().predictor("xanes", absorber)
         predictor.check_request(absorber, [absorber] if not args.elements else _elements(args.elements))
         energy = channels.pop("energy")
-        prediction, _ = predictor.predict_scan(energy, absorber=absorber, composition=composition,
-                                               extra_flags=flags, **channels)
+        prediction, window = predictor.predict_scan(energy, absorber=absorber, composition=composition,
+                                                    extra_flags=flags, **channels)
+        if extra_edges and window.usable:
+            prediction = predictor.predict_windows([window, *_edge_windows(extra_edges)], composition,
+                                                   extra_flags=flags)
     except PredictorError as err:
         raise CliError(str(err)) from err
-    return _report(args, prediction.plain(absorber), file=str(args.file))
+    result = prediction.plain(absorber)
+    if extra_edges:
+        result["per_element"] = {element: {task: vars(value) for task, value in tasks.items()}
+                                 for element, tasks in prediction.per_element.items()}
+    return _report(args, result, file=str(args.file))
+
+
+def _extra_edges(items: list[str], absorber: str) -> dict[str, Path]:
+    """``--edge EL=FILE`` options as absorber -> file."""
+    edges: dict[str, Path] = {}
+    for item in items:
+        element, sep, file = item.partition("=")
+        element = element.strip()
+        if not sep or not element or not file:
+            raise CliError(f"--edge takes EL=FILE (e.g. Ti=ti_scan.xdi), got {item!r}")
+        if element == absorber or element in edges:
+            raise CliError(f"--edge gives the {element} edge twice")
+        edges[element] = Path(file)
+    return edges
+
+
+def _edge_windows(edges: dict[str, Path]) -> list:
+    from sfn_stream.core.spectra import SpectrumFileError, preprocess_xanes_file
+
+    windows = []
+    for element, path in edges.items():
+        try:
+            windows.append(preprocess_xanes_file(path, absorber=element))
+        except SpectrumFileError as err:
+            raise CliError(str(err)) from err
+    return windows
 
 
 def run_xrd(args) -> int:

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
 
     evaluate = sub.add_parser("evaluate", help="evaluations that print figures")
     which = evaluate.add_subparsers(dest="what", required=True, metavar="WHAT")
+    from ._evaluate import add_xanes_parser  # sfn-stream evaluate xanes
+
+    add_xanes_parser(which)
     structure = which.add_parser("structure", help="structure-inference benchmark (needs ../shared; slow)")
     structure.add_argument("--settings", default="true,perturbed", help="input settings: true,perturbed")
     structure.add_argument("--split", choices=("test", "dev"), default="test")

@@ -9,24 +9,31 @@ from ._common import CliError, console
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("train", help="train a model bundle (needs ../shared)")
-    parser.add_argument("model", choices=("xanes", "xrd"))
+    parser.add_argument("model", choices=("xanes", "xanes-3d", "xrd"),
+                        help="xanes: the Cu bundle; xanes-3d: one model for Ti..Zn from data/corpus; xrd: crystal system")
     parser.add_argument("--out", type=Path, help="bundle folder (default: models/<bundle name>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+    parser.add_argument("--members", type=int, help="xanes-3d: ensemble members (default 3)")
+    parser.add_argument("--budget", type=float, help="xanes-3d: wall-clock budget in seconds for all members (default 1800)")
+    parser.add_argument("--splits-only", action="store_true",
+                        help="xanes-3d: (re)write data/splits/xanes_3d_splits.json from data/corpus and stop")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     from sfn_stream.core.networks import models_dir
     from sfn_stream.core.predict import XANES_BUNDLE, XRD_BUNDLE
-    from sfn_stream.offline.training import SharedDataMissing
     from sfn_stream.offline.shared import shared_dir
+    from sfn_stream.offline.training import SharedDataMissing
 
     options = {"seed": args.seed, "progress": True}
     if args.epochs:
         options["epochs"] = args.epochs
     try:
         shared_dir()  # say so before any work (the readers behind it cache what they load)
+        if args.model == "xanes-3d":
+            return _train_xanes_3d(args, options)
         if args.model == "xanes":
             from sfn_stream.offline.training import train_xanes_bundle
 
@@ -38,4 +45,24 @@ def run(args) -> int:
     except SharedDataMissing as err:
         raise CliError(f"training needs the shared development data: {err}") from err
     console().print(f"wrote {bundle.path} ({bundle.id})")
+    return 0
+
+
+def _train_xanes_3d(args, options) -> int:
+    from sfn_stream.core.networks import models_dir
+    from sfn_stream.offline.training import (
+        XANES_3D_BUNDLE,
+        read_corpus_materials,
+        train_xanes3d_bundle,
+        write_unified_splits,
+    )
+
+    if args.splits_only:
+        data = write_unified_splits(read_corpus_materials(progress=True))
+        console().print(f"wrote data/splits/xanes_3d_splits.json: {data['counts']}, "
+                        f"{data['n_test_chemical_system']} in the chemical-system test")
+        return 0
+    bundle = train_xanes3d_bundle(args.out or models_dir() / XANES_3D_BUNDLE, members=args.members,
+                                  wall_budget_s=args.budget, **options)
+    console().print(f"wrote {bundle.path} ({bundle.id}); figures: sfn-stream evaluate xanes")
     return 0

@@ -1,7 +1,7 @@
 """Train/validation/test splits that never split a group of related materials (one reduced formula, or
 one formula and space group), so that a test compound's composition is never seen in training.
 
-Three assignments, one per data set; each reproduces the split files committed for it:
+Four assignments; each reproduces the split files committed for it:
 
 - :func:`hashed_splits` (PXRD stick table, grouped by formula + space group): each group's split is
   drawn from a seeded hash of its key, independently of every other group.
@@ -11,6 +11,10 @@ Three assignments, one per data set; each reproduces the split files committed f
   given and a formula seen before goes where it went before, so a growing campaign only adds ids;
   new groups, in an order fixed by a hash of the formula, go to the split whose share of the group's
   strata (absorber x crystal system) is furthest below its target.
+- :func:`unified_splits` (the one assignment of the corpus and every XANES model,
+  ``data/splits/xanes_3d_splits.json``): :func:`stratified_splits` with a shipped model's splits
+  pinned, after whole chemical systems (element sets) are held out for a second, chemical-system-
+  disjoint test.
 """
 
 from __future__ import annotations
@@ -123,3 +127,41 @@ def _neediest_for_strata(members, counts, fractions) -> str:
         return total
 
     return neediest_split(shortfall)
+
+
+def unified_splits(
+    materials: Iterable[tuple[str, str, str, Sequence[str]]],
+    pinned: Mapping[str, str],
+    *,
+    chemical_system_fraction: float = 0.06,
+    seed: int = 0,
+    fractions: Mapping[str, float] = FRACTIONS,
+) -> tuple[dict[str, str], list[str]]:
+    """One assignment for the corpus and every model: ``(material id -> split, chemical-system test ids)``.
+
+    ``materials`` are ``(material_id, formula, chemical_system, strata)``; ``pinned`` material id ->
+    split is kept as it is (a shipped model's splits, or this function's earlier output, so that a
+    growing corpus only adds ids). Then whole chemical systems (element sets) none of whose materials
+    is pinned go to test when a seeded hash of the system falls below ``chemical_system_fraction``:
+    the chemical-system test, whose element sets no training or validation material has. Everything
+    else goes through :func:`stratified_splits` (formula groups, strata-balanced), so every test
+    material's formula is absent from train and validation. Chemical-system test materials are in
+    ``test`` too; the second return value lists them (and, on a later call, pinned test materials
+    whose whole system is still test-only, so the list survives growth).
+    """
+    rows = list(materials)
+    pinned = {mid: split for mid, split in pinned.items() if split in SPLITS}
+    systems = group_by(rows, key=lambda row: row[2])
+    held_out = {
+        system for system, members in systems.items()
+        if all(mid not in pinned for mid, *_ in members) and hash_fraction(f"chemsys:{system}", seed) < chemical_system_fraction
+    }
+    previous = dict(pinned)
+    for system in held_out:
+        for material_id, *_ in systems[system]:
+            previous[material_id] = "test"
+    assignment = stratified_splits(((mid, formula, strata) for mid, formula, _, strata in rows), previous, fractions)
+    test_only = sorted(mid for system, members in systems.items()
+                       if all(assignment[m] == "test" for m, *_ in members)
+                       for mid, *_ in members)
+    return assignment, test_only

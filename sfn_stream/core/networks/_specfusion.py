@@ -38,7 +38,12 @@ ELEMENT_TASK_CLASSES: dict[str, tuple[int, ...]] = {
     "coordination_number": tuple(range(1, 13)),
 }
 # Compound-level regressions (Gaussian mean + variance); more can be added with masked losses.
-COMPOUND_REGRESSION_UNITS: dict[str, str] = {"density": "g/cm3"}
+COMPOUND_REGRESSION_UNITS: dict[str, str] = {
+    "density": "g/cm3",
+    "band_gap": "eV",
+    "formation_energy_per_atom": "eV/atom",
+    "fermi_level": "eV",
+}
 # A XANES bundle's card has the common keys plus these.
 XANES_CARD_KEYS = CARD_KEYS + ("supported_absorbers", "calibration")
 E0_SHIFT_SCALE = 5.0  # eV; e0_shift enters the network divided by this
@@ -144,8 +149,10 @@ class SpecFusionNet(nn.Module):
         pool_size: int = 8,
         dropout: float = 0.1,
         blank_below: int = 0,
-        compound_regressions: Sequence[str] = tuple(COMPOUND_REGRESSION_UNITS),
+        compound_regressions: Sequence[str] = ("density",),
         element_tasks: Mapping[str, int] | None = None,
+        compound_classifications: Sequence[str] = (),
+        unknown_fractions: str = "equal",
     ):
         super().__init__()
         self.config = {
@@ -160,6 +167,15 @@ class SpecFusionNet(nn.Module):
             "compound_regressions": list(compound_regressions),
             "element_tasks": dict(element_tasks or {k: len(v) for k, v in ELEMENT_TASK_CLASSES.items()}),
         }
+        # Bundles before the 3d-metal one have neither key in their card: leave their config as it was.
+        if compound_classifications:
+            self.config["compound_classifications"] = list(compound_classifications)
+        if unknown_fractions != "equal":
+            self.config["unknown_fractions"] = unknown_fractions
+        if unknown_fractions not in UNKNOWN_FRACTIONS:
+            raise ValueError(f"unknown_fractions must be one of {UNKNOWN_FRACTIONS}, got {unknown_fractions!r}")
+        self.unknown_fractions = unknown_fractions
+        self.compound_classifications = tuple(compound_classifications)
         table = torch.as_tensor(np.asarray(descriptor_table), dtype=torch.float32)
         self.register_buffer("descriptors", table)
         is_tm = torch.zeros(table.shape[0], dtype=torch.bool)
@@ -189,6 +205,8 @@ class SpecFusionNet(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.compound_head = _mlp(d_model, d_model, 2 * len(self.compound_regressions), dropout)
         self.element_heads = nn.ModuleDict({name: _mlp(d_model, d_model, n, dropout) for name, n in self.element_tasks.items()})
+        if self.compound_classifications:
+            self.compound_class_head = _mlp(d_model, d_model, len(self.compound_classifications), dropout)
 
     def forward(
         self,
@@ -224,6 +242,8 @@ class SpecFusionNet(nn.Module):
             "compound_log_var": raw[..., 1].clamp(-10.0, 6.0),
             "element_logits": {name: head(tokens) for name, head in self.element_heads.items()},
         }
+        if self.compound_classifications:
+            out["compound_logits"] = self.compound_class_head(pooled)  # (B, K): one yes/no logit per property
         return out
 
     def constructor_kwargs(self) -> dict[str, Any]:
@@ -246,9 +266,16 @@ class EncodedBatch:
         return self.z, self.fractions, self.spectra, self.e0_shift, self.has_spectrum
 
 
-def _fractions_for(elements: Sequence[str], fractions: Mapping[str, float] | None) -> list[float]:
+# How an element list without stoichiometry enters the network: "equal" fractions (the Cu bundle,
+# which never trained without stoichiometry) or all "zero" (bundles trained with stoichiometry
+# dropout: a zero fraction never occurs in a known composition, so it means "unknown").
+UNKNOWN_FRACTIONS = ("equal", "zero")
+
+
+def _fractions_for(elements: Sequence[str], fractions: Mapping[str, float] | None,
+                   unknown_as: str = "equal") -> list[float]:
     if fractions is None:
-        return [1.0 / len(elements)] * len(elements)
+        return [0.0 if unknown_as == "zero" else 1.0 / len(elements)] * len(elements)
     unknown = set(fractions) - set(elements)
     if unknown:
         raise ValueError(f"fractions given for {sorted(unknown)}, which are not among the elements {list(elements)}")
@@ -264,6 +291,7 @@ def encode_compounds(
     *,
     spectrum_length: int,
     supported_absorbers: Sequence[str] | None = None,
+    unknown_fractions: str = "equal",
 ) -> EncodedBatch:
     """Pad a list of (elements, spectra, fractions) into network inputs, validating every part."""
     n_max = max(len(elements) for elements, _, _ in compounds)
@@ -287,7 +315,7 @@ def encode_compounds(
                     f"this model was trained on {', '.join(supported_absorbers)} K-edge spectra only; "
                     f"it cannot use a {symbol} spectrum (leave it out or use a bundle trained on {symbol})"
                 )
-        for j, (symbol, value) in enumerate(zip(elements, _fractions_for(elements, fractions))):
+        for j, (symbol, value) in enumerate(zip(elements, _fractions_for(elements, fractions, unknown_fractions))):
             z_value = element_z(symbol)  # UnknownElementError for bad symbols
             if z_value > MAX_Z:
                 raise UnknownElementError(f"element {symbol} is outside the supported range H..Pu")
@@ -382,6 +410,10 @@ def ensemble_outputs(
     for name, logits in out["element_logits"].items():
         t = float(temperatures.get(name, 1.0))
         result[name] = torch.softmax(logits / t, dim=-1).mean(0).numpy()
+    if "compound_logits" in out:  # (M, B, K) -> P(yes) per property, temperature-scaled, member mean
+        for k, name in enumerate(stacked.config.get("compound_classifications", ())):
+            t = float(temperatures.get(name, 1.0))
+            result[name] = torch.sigmoid(out["compound_logits"][..., k] / t).mean(0).numpy()
     return result
 
 
@@ -401,10 +433,13 @@ class XanesEnsemble:
         self.regression_scale = {k: float(v) for k, v in calibration.get("regression_std_scale", {}).items()}
         self.supported_absorbers: tuple[str, ...] = tuple(card["supported_absorbers"])
         self.spectrum_length = self.members[0].spectrum_length
+        self.unknown_fractions = self.members[0].unknown_fractions
+        # Bundles trained with edge dropout also answer for 3d metals of the sample whose edge was not given.
+        self.predicts_unmeasured = bool(card.get("predicts_unmeasured_metals", False))
         self.task_classes = {
             name: tuple(int(c) for c in spec["classes"])
             for name, spec in card["tasks"].items()
-            if spec.get("type") == "classification"
+            if spec.get("type") == "classification" and spec.get("level", "element") == "element"
         }
 
     @classmethod
@@ -447,7 +482,8 @@ class XanesEnsemble:
         """Predictions for several compounds, each given as (elements, spectra, fractions)."""
         if not compounds:
             return []
-        batch = encode_compounds(compounds, spectrum_length=self.spectrum_length, supported_absorbers=self.supported_absorbers)
+        batch = encode_compounds(compounds, spectrum_length=self.spectrum_length, supported_absorbers=self.supported_absorbers,
+                                 unknown_fractions=self.unknown_fractions)
         raw = ensemble_outputs(self.stacked, batch, self.temperatures, self.regression_scale)
         results = []
         for i, (elements, spectra, _) in enumerate(compounds):
@@ -456,13 +492,19 @@ class XanesEnsemble:
                 for name, unit in COMPOUND_REGRESSION_UNITS.items()
                 if name in raw
             }
+            compound_classes = {
+                name: {"classes": [False, True], "probabilities": [1.0 - float(raw[name][i]), float(raw[name][i])]}
+                for name in self.stacked.config.get("compound_classifications", ())
+            }
             per_element = {}
             for j, symbol in enumerate(str(s).strip() for s in elements):
-                if symbol not in spectra:
+                unmeasured_ok = self.predicts_unmeasured and symbol in self.supported_absorbers
+                if symbol not in spectra and not unmeasured_ok:
                     continue
                 per_element[symbol] = {
                     name: {"classes": list(classes), "probabilities": [float(p) for p in raw[name][i, j]]}
                     for name, classes in self.task_classes.items()
                 }
-            results.append({"compound": compound, "per_element": per_element})
+            results.append({"compound": compound, "compound_classes": compound_classes, "per_element": per_element,
+                            "measured": [symbol for symbol in spectra]})
         return results

@@ -63,26 +63,48 @@ class XanesPredictor:
 
     def predict_window(self, window, composition: str | Sequence[str], *, extra_flags=()) -> Prediction:
         """Predict from a preprocessed :class:`~sfn_stream.core.spectra.XanesWindow`."""
+        return self.predict_windows([window], composition, extra_flags=extra_flags)
+
+    def predict_windows(self, windows, composition: str | Sequence[str], *, extra_flags=()) -> Prediction:
+        """One fused prediction from several edges of one sample (one window per absorber; the first is the
+        run's own). An unusable extra edge is left out with a flag; an unusable first one fails the request."""
         elements, fractions = parse_elements(composition)
-        flags = [*window.flags, *extra_flags]
-        inputs = {"absorber": window.absorber, "elements": elements, "fractions": fractions}
-        if not window.usable:
-            return Prediction.failed("xanes", "insufficient_data", window.reason, bundle_id=self.bundle.id,
-                                     flags=flags, preprocessing=window.to_dict(), inputs=inputs)
-        self.check_request(window.absorber, elements)
-        raw = self.ensemble.predict(elements, {window.absorber: (window.mu, window.e0_shift)}, fractions)
+        first, extras = windows[0], list(windows[1:])
+        flags = [*first.flags, *extra_flags]
+        inputs = {"absorber": first.absorber, "elements": elements, "fractions": fractions}
+        if not first.usable:
+            return Prediction.failed("xanes", "insufficient_data", first.reason, bundle_id=self.bundle.id,
+                                     flags=flags, preprocessing=first.to_dict(), inputs=inputs)
+        if len({w.absorber for w in windows}) != len(windows):
+            raise PredictorError(f"one window per absorber, got {[w.absorber for w in windows]}")
+        used = [first]
+        for window in extras:
+            if window.usable:
+                used.append(window)
+            else:
+                flags.append(f"edge_left_out:{window.absorber}")
+        for window in used:
+            self.check_request(window.absorber, elements)
+        if extras:
+            inputs["edges"] = [w.absorber for w in used]
+        raw = self.ensemble.predict(elements, {w.absorber: (w.mu, w.e0_shift) for w in used}, fractions)
         properties = {
             name: ValuePrediction(value=float(v["mean"]), std=float(v["std"]), unit=v.get("unit", ""))
             for name, v in raw.get("compound", {}).items()
         }
+        properties.update({name: ClassPrediction.from_probabilities(v["classes"], v["probabilities"])
+                           for name, v in raw.get("compound_classes", {}).items()})
         per_element = {
             element: {task: ClassPrediction.from_probabilities(v["classes"], v["probabilities"])
                       for task, v in tasks.items()}
             for element, tasks in raw.get("per_element", {}).items()
         }
+        preprocessing = first.to_dict()
+        if extras:
+            preprocessing["other_edges"] = {w.absorber: w.to_dict() for w in extras}
         return Prediction(kind="xanes", status=_status(flags), bundle_id=self.bundle.id, properties=properties,
-                          per_element=per_element, quality_flags=flags, messages=list(window.messages),
-                          preprocessing=window.to_dict(), inputs=inputs)
+                          per_element=per_element, quality_flags=flags,
+                          messages=[m for w in used for m in w.messages], preprocessing=preprocessing, inputs=inputs)
 
     def predict_scan(self, energy, mu=None, *, absorber: str, composition, i0=None, it=None, ifluor=None,
                      iref=None, extra_flags=()):

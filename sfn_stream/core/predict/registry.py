@@ -85,11 +85,35 @@ class ModelRegistry:
             return named[0].path if named else self.directory / default
         return of_kind[0].path
 
+    def predictor_for_edges(self, kind: str, absorbers):
+        """The predictor of the narrowest bundle covering every absorber in ``absorbers`` (several edges of one
+        sample); :class:`PredictorError` when no bundle covers them all."""
+        absorbers = list(absorbers)
+        if kind in self._given or len(absorbers) <= 1:
+            return self.predictor(kind, absorbers[0] if absorbers else None)
+        for absorber in absorbers:
+            self._check_covered(kind, absorber)
+        covering = [card for card in self.cards() if card.kind == kind and all(card.covers(a) for a in absorbers)]
+        if not covering:
+            raise PredictorError(f"no single {kind.upper()} bundle covers the edges {', '.join(absorbers)} together")
+        best = min(covering, key=lambda card: (len(card.supported_absorbers), card.name))
+        return load_predictor(kind, best.path)
+
     def predictor(self, kind: str, absorber: str | None = None):
         """The predictor for ``kind`` (and ``absorber``), loaded on first use."""
         if kind in self._given:
             return self._given[kind]
+        self._check_covered(kind, absorber)
         return load_predictor(kind, self.bundle_path(kind, absorber))
+
+    def _check_covered(self, kind: str, absorber: str | None) -> None:
+        """Say which absorbers the folder's bundles cover when none covers ``absorber``."""
+        of_kind = [card for card in self.cards() if card.kind == kind and card.supported_absorbers]
+        if absorber is None or not of_kind or any(card.covers(absorber) for card in of_kind):
+            return
+        covered = sorted({a for card in of_kind for a in card.supported_absorbers})
+        raise PredictorError(f"no {kind.upper()} model supports the {absorber} K edge yet (the bundles in "
+                             f"{self.directory} cover: {', '.join(covered)})")
 
     def preload(self) -> list[str]:
         """Load every bundle of the known kinds now; return the reasons of those that failed (they fail

@@ -4,6 +4,14 @@ from sfn_stream.offline.shared import SharedDataMissing
 
 from ._amcsd import AmcsdEntry, amcsd_ids, iter_amcsd_structures
 from ._corpus_sources import CORPUS_SOURCES, corpus_sources
+from ._corpus_xanes import (
+    MATERIAL_CLASSIFICATIONS,
+    MATERIAL_REGRESSIONS,
+    METALS_3D,
+    CorpusMaterial,
+    EdgeSpectrum,
+    read_corpus_materials,
+)
 from ._omnixas import (
     LABELS_FILE,
     MaterialSpectrum,
@@ -27,6 +35,21 @@ from ._xanes import (
     window_sample,
     write_splits,
 )
+from ._xanes3d import BUNDLE_NAME as XANES_3D_BUNDLE
+from ._xanes3d import (
+    Augmentation3d,
+    Train3dConfig,
+    edge_window,
+    load_training_materials,
+    train_xanes3d_bundle,
+)
+from ._xanes_splits import (
+    UNIFIED_SPLITS_FILE,
+    make_unified_splits,
+    read_unified_splits,
+    split_of,
+    write_unified_splits,
+)
 from ._xrd import (
     DEFAULT_STICK_TABLE,
     assign_splits,
@@ -43,10 +66,19 @@ __all__ = [
     "CORPUS_SOURCES",
     "DEFAULT_STICK_TABLE",
     "LABELS_FILE",
+    "MATERIAL_CLASSIFICATIONS",
+    "MATERIAL_REGRESSIONS",
+    "METALS_3D",
+    "UNIFIED_SPLITS_FILE",
+    "XANES_3D_BUNDLE",
     "AmcsdEntry",
     "Augmentation",
+    "Augmentation3d",
+    "CorpusMaterial",
+    "EdgeSpectrum",
     "MaterialSpectrum",
     "SharedDataMissing",
+    "Train3dConfig",
     "TrainConfig",
     "TrainingDataError",
     "XanesDataset",
@@ -57,21 +89,29 @@ __all__ = [
     "build_xanes_dataset",
     "compute_omnixas_labels",
     "corpus_sources",
+    "edge_window",
     "evaluate_measured",
     "evaluate_measured_dev",
     "evaluate_split",
     "iter_amcsd_structures",
     "labels_of",
+    "load_training_materials",
+    "make_unified_splits",
     "material_spectrum",
     "measure_feff_energy_offset",
     "measured_dev_set",
+    "read_corpus_materials",
     "read_omnixas_labels",
     "read_split_files",
     "read_splits",
+    "read_unified_splits",
     "recorded_energy_offset",
+    "split_of",
     "synthesize_set",
+    "train_xanes3d_bundle",
     "train_xanes_bundle",
     "train_xrd_bundle",
     "window_sample",
     "write_splits",
+    "write_unified_splits",
 ]

@@ -1,0 +1,629 @@
+"""``sfn-stream evaluate xanes``: the 3d-metal XANES model per absorber x task x input mode, beside
+baselines that read no spectrum, on the unified test split (data/splits/xanes_3d_splits.json).
+
+Input modes: ``elements`` (the sample's element set only, as at a beamline) and ``formula``
+(stoichiometry given). One edge per example (the absorber's own spectrum). Test sets: ``test`` (every
+test material: formula-disjoint from train and val) and ``test_chemical_system`` (its materials whose
+element set no training or validation material has).
+
+Baselines: the composition-only rule (formula mode: pymatgen ``Composition.oxi_state_guesses``, its
+most probable guess rounded; elements mode, and CN in both modes: the most frequent training label of
+the (absorber, element set), else of the absorber), the absorber's majority training class, the
+training mean of each regression, and the shipped Cu bundle on Cu. Measured development set
+(../shared/data/xanes_experimental_dev): file by file, elements-only input. Figures only: nothing here
+passes or fails.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sfn_stream.offline.metrics import (
+    expected_calibration_error,
+    label_metrics,
+    regression_metrics,
+)
+
+MODES = ("elements", "formula")
+POOLED = "all FEFF10"  # the nine metals' FEFF10 test units together
+TEST_SETS = ("test", "test_chemical_system")
+ELEMENT_TASKS = ("oxidation_state", "coordination_number")
+
+
+@dataclass
+class Unit:
+    """One test example: a material seen through one of its edges."""
+
+    material: Any  # CorpusMaterial
+    absorber: str
+    source: str
+    window: Any  # XanesWindow
+    chemical_system_test: bool
+
+    @property
+    def group(self) -> str:
+        return self.absorber if self.source == "feff10" else f"{self.absorber}/omnixas"
+
+    def label(self, task: str):
+        if task in ELEMENT_TASKS:
+            return self.material.metal_labels.get(self.absorber, {}).get(task)
+        return self.material.labels.get(task)
+
+
+# --- baselines -------------------------------------------------------------------------------------
+
+
+class CompositionBaselines:
+    """What can be said without a spectrum, learned from the training split's labels."""
+
+    def __init__(self, train_materials):
+        self.by_absorber: dict[tuple[str, str], Counter] = defaultdict(Counter)
+        self.by_system: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
+        self.values: dict[str, list[float]] = defaultdict(list)
+        for material in train_materials:
+            for absorber, labels in material.metal_labels.items():
+                for task in ELEMENT_TASKS:
+                    if labels.get(task) is not None:
+                        self.by_absorber[absorber, task][labels[task]] += 1
+                        self.by_system[absorber, material.chemical_system, task][labels[task]] += 1
+            for name, value in material.labels.items():
+                if value is not None:
+                    self.values[name].append(float(value))
+
+    def majority(self, absorber: str, task: str):
+        counts = self.by_absorber.get((absorber, task))
+        return counts.most_common(1)[0][0] if counts else None
+
+    def element_set_rule(self, absorber: str, chemical_system: str, task: str):
+        counts = self.by_system.get((absorber, chemical_system, task))
+        return counts.most_common(1)[0][0] if counts else self.majority(absorber, task)
+
+    def rule(self, unit: Unit, task: str, mode: str):
+        if task == "oxidation_state" and mode == "formula":
+            guess = oxidation_guess(unit.material.formula, unit.absorber)
+            if guess is not None:
+                return guess
+        return self.element_set_rule(unit.absorber, unit.material.chemical_system, task)
+
+    def mean(self, name: str) -> float:
+        return float(np.mean(self.values[name])) if self.values.get(name) else math.nan
+
+    def majority_flag(self, name: str) -> bool:
+        return bool(np.mean(self.values[name]) >= 0.5) if self.values.get(name) else False
+
+
+@cache
+def oxidation_guess(formula: str, absorber: str) -> int | None:
+    """The absorber's oxidation state in pymatgen's most probable charge-balanced guess, rounded."""
+    from pymatgen.core import Composition
+
+    try:
+        guesses = Composition(formula).oxi_state_guesses(max_sites=-50)
+    except Exception:  # noqa: BLE001 (pymatgen raises several types for odd compositions)
+        return None
+    if not guesses or absorber not in guesses[0]:
+        return None
+    return math.floor(float(guesses[0][absorber]) + 0.5)
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+
+def test_units(materials, splits: Mapping[str, Sequence[str]]) -> list[Unit]:
+    from sfn_stream.offline.training import edge_window
+
+    test_ids, chemsys_ids = set(splits["test"]), set(splits["test_chemical_system"])
+    units = []
+    for material in materials:
+        if material.material_id not in test_ids:
+            continue
+        for absorber, edge in sorted(material.edges.items()):
+            window = edge_window(edge)
+            if window is not None:
+                units.append(Unit(material, absorber, edge.source, window, material.material_id in chemsys_ids))
+    return units
+
+
+def predict_units(ensemble, units: Sequence[Unit], mode: str, batch: int = 256,
+                  all_edges: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Predictions per unit from its own edge, or from every edge of its material (``all_edges``: material id ->
+    absorber -> window)."""
+    out = []
+    for start in range(0, len(units), batch):
+        chunk = units[start:start + batch]
+        compounds = [(list(u.material.elements),
+                      {a: (w.mu, w.e0_shift) for a, w in all_edges[u.material.material_id].items()} if all_edges
+                      else {u.absorber: (u.window.mu, u.window.e0_shift)},
+                      dict(zip(u.material.elements, u.material.fractions)) if mode == "formula" else None)
+                     for u in chunk]
+        out.extend(ensemble.predict_batch(compounds))
+    return out
+
+
+def _class_scores(units, predictions, task, absorber_of, baselines: CompositionBaselines, mode: str):
+    keep = [i for i, u in enumerate(units) if u.label(task) is not None]
+    if not keep:
+        return None
+    true = [units[i].label(task) for i in keep]
+    entry: dict[str, Any] = {"n": len(keep)}
+    if predictions is not None:
+        probs, classes = [], None
+        for i in keep:
+            p = predictions[i]["per_element"][absorber_of(units[i])][task]
+            probs.append(p["probabilities"])
+            classes = p["classes"]
+        probs = np.asarray(probs)
+        pred = [classes[k] for k in probs.argmax(1)]
+        true_index = np.array([classes.index(t) if t in classes else -1 for t in true])
+        metrics = label_metrics(true, pred)
+        entry["model"] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                          "ece": expected_calibration_error(probs, true_index), "confusion": metrics["confusion"]}
+    rule = [baselines.rule(units[i], task, mode) for i in keep]
+    majority = [baselines.majority(units[i].absorber, task) for i in keep]
+    for name, pred in (("composition_rule", rule), ("majority_class", majority)):
+        m = label_metrics(true, pred)
+        entry[name] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    return entry
+
+
+def _flag_scores(units, predictions, name, baselines: CompositionBaselines):
+    keep = [i for i, u in enumerate(units) if u.label(name) is not None]
+    if not keep or predictions is None or name not in predictions[0].get("compound_classes", {}):
+        return None
+    true = np.array([int(bool(units[i].label(name))) for i in keep])
+    p_yes = np.array([predictions[i]["compound_classes"][name]["probabilities"][1] for i in keep])
+    probs = np.stack([1 - p_yes, p_yes], axis=1)
+    model = label_metrics(true.tolist(), (p_yes >= 0.5).astype(int).tolist())
+    majority = label_metrics(true.tolist(), [int(baselines.majority_flag(name))] * len(true))
+    return {"n": len(keep), "model": {"accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
+                                      "ece": expected_calibration_error(probs, true)},
+            "majority_class": {"accuracy": majority["accuracy"], "macro_f1": majority["macro_f1"]}}
+
+
+def _value_scores(units, predictions, name, baselines: CompositionBaselines):
+    keep = [i for i, u in enumerate(units) if u.label(name) is not None]
+    if not keep or predictions is None or name not in predictions[0]["compound"]:
+        return None
+    true = np.array([float(units[i].label(name)) for i in keep])
+    mean = np.array([predictions[i]["compound"][name]["mean"] for i in keep])
+    std = np.array([predictions[i]["compound"][name]["std"] for i in keep])
+    model = regression_metrics(true, mean)
+    base = regression_metrics(true, np.full_like(true, baselines.mean(name)))
+    return {"n": len(keep), "coverage": len(keep) / len(units),
+            "model": {"mae": model["mae"], "r2": model["r2"], "within_1_std": float(np.mean(np.abs(mean - true) < std))},
+            "training_mean": {"mae": base["mae"], "r2": base["r2"]}}
+
+
+def evaluate_group(units, predictions, cu_predictions, baselines, mode: str, absorber_of=lambda u: u.absorber):
+    from sfn_stream.offline.training import (
+        MATERIAL_CLASSIFICATIONS,
+        MATERIAL_REGRESSIONS,
+    )
+
+    out: dict[str, Any] = {"n_units": len(units)}
+    for task in ELEMENT_TASKS:
+        entry = _class_scores(units, predictions, task, absorber_of, baselines, mode)
+        if entry is not None and cu_predictions is not None:
+            cu = _class_scores(units, cu_predictions, task, absorber_of, baselines, mode)
+            entry["cu_bundle"] = {k: cu["model"][k] for k in ("accuracy", "macro_f1", "ece")}
+        out[task] = entry
+    for name in MATERIAL_REGRESSIONS:
+        out[name] = _value_scores(units, predictions, name, baselines)
+    if cu_predictions is not None:
+        cu_density = _value_scores(units, cu_predictions, "density", baselines)
+        if out.get("density") and cu_density:
+            out["density"]["cu_bundle"] = cu_density["model"]
+    for name in MATERIAL_CLASSIFICATIONS:
+        out[name] = _flag_scores(units, predictions, name, baselines)
+    return out
+
+
+def evaluate_xanes(bundle_path: str | Path | None = None, *, cu_bundle_path: str | Path | None = None,
+                   dev: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Every figure of ``sfn-stream evaluate xanes`` as one JSON-able dict."""
+    from sfn_stream.core.networks import XanesEnsemble, load_bundle, models_dir
+    from sfn_stream.offline.training import (
+        XANES_3D_BUNDLE,
+        load_training_materials,
+        split_of,
+    )
+
+    bundle = load_bundle(bundle_path or models_dir() / XANES_3D_BUNDLE)
+    ensemble = XanesEnsemble.from_bundle(bundle)
+    cu_bundle = load_bundle(cu_bundle_path or models_dir() / "xanes-specfusion")
+    cu_ensemble = XanesEnsemble.from_bundle(cu_bundle)
+    materials, splits = load_training_materials(progress=progress)
+    assignment = split_of(splits)
+    baselines = CompositionBaselines([m for m in materials if assignment.get(m.material_id) == "train"])
+    units = test_units(materials, splits)
+    report: dict[str, Any] = {"bundle": bundle.id, "cu_bundle": cu_bundle.id, "splits": "data/splits/xanes_3d_splits.json",
+                              "edges": "one edge per example (the absorber's own spectrum)", "results": {}}
+    for mode in MODES:
+        predictions = predict_units(ensemble, units, mode)
+        cu_units = [i for i, u in enumerate(units) if u.absorber == "Cu"]
+        cu_predictions = dict(zip(cu_units, predict_units(cu_ensemble, [units[i] for i in cu_units], mode)))
+        for test_set in TEST_SETS:
+            chosen = [i for i, u in enumerate(units) if test_set == "test" or u.chemical_system_test]
+            groups = defaultdict(list)
+            for i in chosen:
+                groups[units[i].group].append(i)
+            table = {}
+            for group, rows in sorted(groups.items(), key=lambda item: _group_order(item[0])):
+                group_units = [units[i] for i in rows]
+                cu = [cu_predictions[i] for i in rows] if all(i in cu_predictions for i in rows) else None
+                table[group] = evaluate_group(group_units, [predictions[i] for i in rows], cu, baselines, mode)
+            pooled = [i for i in chosen if units[i].source == "feff10"]
+            table[POOLED] = evaluate_group([units[i] for i in pooled], [predictions[i] for i in pooled], None, baselines, mode)
+            report["results"][f"{test_set}/{mode}"] = {"per_absorber": table, "mean_over_metals": _means(table)}
+    report["multi_edge"] = evaluate_multi_edge(ensemble, units, baselines)
+    if dev:
+        report["measured_dev"] = evaluate_dev(ensemble, baselines)
+    return report
+
+
+def evaluate_multi_edge(ensemble, units: Sequence[Unit], baselines) -> dict[str, Any]:
+    """Test materials with two or more usable edges: each absorber predicted from its own edge and from all
+    the material's edges together (the paper's partial-measurement setting), on the same units."""
+    windows: dict[str, dict[str, Any]] = defaultdict(dict)
+    for unit in units:
+        windows[unit.material.material_id][unit.absorber] = unit.window
+    chosen = [u for u in units if len(windows[u.material.material_id]) >= 2]
+    out: dict[str, Any] = {"n_materials": len({u.material.material_id for u in chosen}), "n_units": len(chosen)}
+    if not chosen:
+        return out
+    for mode in MODES:
+        one = predict_units(ensemble, chosen, mode)
+        every = predict_units(ensemble, chosen, mode, all_edges=windows)
+        out[mode] = {edges: {task: _class_scores(chosen, predictions, task, lambda u: u.absorber, baselines, mode)
+                             for task in ELEMENT_TASKS}
+                     for edges, predictions in (("one_edge", one), ("all_edges", every))}
+    return out
+
+
+def _group_order(group: str):
+    from sfn_stream.offline.training import METALS_3D
+
+    if group == POOLED:
+        return (100, group)
+    absorber = group.split("/")[0]
+    return (METALS_3D.index(absorber) if absorber in METALS_3D else 99, group)
+
+
+def _means(table: Mapping[str, Any]) -> dict[str, Any]:
+    """Unweighted means over the nine metals' FEFF10 rows (each metal counts once)."""
+    from sfn_stream.offline.training import METALS_3D
+
+    rows = [table[m] for m in METALS_3D if m in table]
+    out: dict[str, Any] = {"n_metals": len(rows)}
+    for task in ELEMENT_TASKS:
+        for who in ("model", "composition_rule", "majority_class"):
+            values = [r[task][who]["accuracy"] for r in rows if r.get(task)]
+            out[f"{task}_accuracy_{who}"] = float(np.mean(values)) if values else math.nan
+        values = [r[task]["model"]["ece"] for r in rows if r.get(task)]
+        out[f"{task}_ece_model_max"] = float(np.max(values)) if values else math.nan
+    values = [r["density"]["model"]["mae"] for r in rows if r.get("density")]
+    out["density_mae_model"] = float(np.mean(values)) if values else math.nan
+    return out
+
+
+# --- measured development set ---------------------------------------------------------------------
+
+
+def evaluate_dev(ensemble, baselines: CompositionBaselines) -> dict[str, Any]:
+    """Each labelled measured file with elements-only input: the 3d model, the registry's choice (the Cu
+    bundle for Cu), the composition rule. A file that cannot be predicted says why."""
+    from sfn_stream.core.predict import PredictorError, default_registry
+    from sfn_stream.core.spectra import preprocess_xanes_file
+    from sfn_stream.offline.shared import have_shared, shared_path
+
+    if not have_shared():
+        return {"skipped": "../shared is absent"}
+    base = shared_path("data", "xanes_experimental_dev")
+    rows = []
+    with open(base / "labels.csv", newline="") as fh:
+        for item in csv.DictReader(fh):
+            absorber = item["absorber"]
+            elements = [e.strip() for e in item["elements"].split(",") if e.strip()]
+            row: dict[str, Any] = {"file": item["file"], "absorber": absorber, "elements": ",".join(elements),
+                                   "label_oxidation_state": _int(item["oxidation_state"]), "label_cn": _int(item["cn"])}
+            system = "-".join(sorted(elements))
+            row["rule_oxidation_state"] = baselines.element_set_rule(absorber, system, "oxidation_state")
+            row["rule_cn"] = baselines.element_set_rule(absorber, system, "coordination_number")
+            try:
+                window = preprocess_xanes_file(base / item["file"], absorber=absorber)
+            except Exception as err:  # noqa: BLE001 (a file the readers cannot take: recorded, never a crash)
+                row["reason"] = f"{type(err).__name__}: {err}"
+                rows.append(row)
+                continue
+            if not window.usable:
+                row["reason"] = window.reason
+                rows.append(row)
+                continue
+            row["e0_shift"] = round(float(window.e0_shift), 2)
+            raw = ensemble.predict(elements, {absorber: (window.mu, window.e0_shift)}, None)
+            per = raw["per_element"][absorber]
+            row["oxidation_state"], row["oxidation_state_p"] = _best(per["oxidation_state"])
+            row["cn"], row["cn_p"] = _best(per["coordination_number"])
+            try:
+                chosen = default_registry().predictor("xanes", absorber)
+                prediction = chosen.predict_window(window, elements)
+                row["registry_bundle"] = prediction.bundle_id
+                row["registry_oxidation_state"] = prediction.per_element[absorber]["oxidation_state"].value
+                row["registry_cn"] = prediction.per_element[absorber]["coordination_number"].value
+            except PredictorError as err:
+                row["registry_reason"] = str(err)
+            rows.append(row)
+
+    def score(label, predicted):
+        pairs = [(r[label], r.get(predicted)) for r in rows if r[label] is not None]
+        return {"correct": sum(a == b for a, b in pairs), "n_labelled": len(pairs),
+                "n_predicted": sum(b is not None for _, b in pairs)}
+
+    return {
+        "description": "../shared/data/xanes_experimental_dev, every labelled file, elements-only input (the "
+        "labels.csv elements column). A sanity check on measured data: nothing was tuned on it.",
+        "model": {"oxidation_state": score("label_oxidation_state", "oxidation_state"),
+                  "coordination_number": score("label_cn", "cn")},
+        "registry": {"oxidation_state": score("label_oxidation_state", "registry_oxidation_state"),
+                     "coordination_number": score("label_cn", "registry_cn")},
+        "composition_rule": {"oxidation_state": score("label_oxidation_state", "rule_oxidation_state"),
+                             "coordination_number": score("label_cn", "rule_cn")},
+        "files": rows,
+    }
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text and text.strip() else None
+
+
+def _best(prediction: Mapping[str, Any]) -> tuple[Any, float]:
+    probs = prediction["probabilities"]
+    k = int(np.argmax(probs))
+    return prediction["classes"][k], round(float(probs[k]), 3)
+
+
+# --- printing --------------------------------------------------------------------------------------
+
+
+def format_report(report: Mapping[str, Any]) -> list[str]:
+    lines = [f"model {report['bundle']}   Cu bundle {report['cu_bundle']}   splits {report['splits']}",
+             f"{report['edges']}; acc = accuracy, F1 = macro-F1; rule = composition-only rule, maj = majority class"]
+    for key, block in report["results"].items():
+        lines.append("")
+        lines.append(f"== {key} ==")
+        lines.append(f"{'absorber':12s} {'n':>4s} | {'ox acc':>6s} {'F1':>5s} {'ECE':>5s} {'rule':>5s} {'maj':>5s} {'Cu-b':>5s} | "
+                     f"{'CN acc':>6s} {'F1':>5s} {'ECE':>5s} {'rule':>5s} {'maj':>5s} {'Cu-b':>5s} | {'rho MAE':>7s} {'mean':>5s}")
+        for group, row in block["per_absorber"].items():
+            lines.append(f"{group:12s} {row['n_units']:4d} | {_task_cells(row.get('oxidation_state'))} | "
+                         f"{_task_cells(row.get('coordination_number'))} | {_density_cells(row.get('density'))}")
+        mean = block["mean_over_metals"]
+        lines.append(f"{'mean (9 FEFF10)':12s}      | {mean['oxidation_state_accuracy_model']:6.3f} {'':5s} "
+                     f"{mean['oxidation_state_ece_model_max']:5.3f} {mean['oxidation_state_accuracy_composition_rule']:5.3f} "
+                     f"{mean['oxidation_state_accuracy_majority_class']:5.3f} {'':5s} | "
+                     f"{mean['coordination_number_accuracy_model']:6.3f} {'':5s} {mean['coordination_number_ece_model_max']:5.3f} "
+                     f"{mean['coordination_number_accuracy_composition_rule']:5.3f} "
+                     f"{mean['coordination_number_accuracy_majority_class']:5.3f} {'':5s} | {mean['density_mae_model']:7.3f}"
+                     "   (ECE column: max over metals)")
+        lines.extend(_property_lines(block["per_absorber"]))
+    multi = report.get("multi_edge") or {}
+    if multi.get("n_units"):
+        lines.append("")
+        lines.append(f"== multi-edge test materials ({multi['n_materials']} materials, {multi['n_units']} absorber units): "
+                     "one edge vs all edges of the material ==")
+        for mode in MODES:
+            for edges in ("one_edge", "all_edges"):
+                cells = []
+                for task in ELEMENT_TASKS:
+                    entry = multi[mode][edges][task]
+                    if entry:
+                        cells.append(f"{task} acc {entry['model']['accuracy']:.3f} (n {entry['n']}, rule "
+                                     f"{entry['composition_rule']['accuracy']:.3f})")
+                lines.append(f"  {mode:8s} {edges:9s} " + "  ".join(cells))
+    dev = report.get("measured_dev")
+    if dev and "files" in dev:
+        lines.append("")
+        lines.append("== measured dev set, elements only (sanity check, not tuned on) ==")
+        for who in ("model", "registry", "composition_rule"):
+            s = dev[who]
+            lines.append(f"  {who:17s} oxidation state {s['oxidation_state']['correct']}/{s['oxidation_state']['n_labelled']}"
+                         f"  CN {s['coordination_number']['correct']}/{s['coordination_number']['n_labelled']}")
+        for r in dev["files"]:
+            head = f"  {r['file'][:58]:58s} {r['elements']:10s}"
+            if "reason" in r:
+                lines.append(f"{head} not predicted: {r['reason']}")
+                continue
+            lines.append(f"{head} ox {_s(r['label_oxidation_state'])}->{r['oxidation_state']} (p {r['oxidation_state_p']:.2f}, "
+                         f"reg {_s(r.get('registry_oxidation_state'))}, rule {_s(r['rule_oxidation_state'])})  "
+                         f"CN {_s(r['label_cn'])}->{r['cn']} (p {r['cn_p']:.2f}, reg {_s(r.get('registry_cn'))}, "
+                         f"rule {_s(r['rule_cn'])})  dE0 {r['e0_shift']:+.1f}")
+    return lines
+
+
+def _s(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def _task_cells(entry) -> str:
+    if not entry:
+        return " " * 41
+    model = entry.get("model", {})
+    cu = entry.get("cu_bundle")
+    return (f"{model.get('accuracy', math.nan):6.3f} {model.get('macro_f1', math.nan):5.3f} {model.get('ece', math.nan):5.3f} "
+            f"{entry['composition_rule']['accuracy']:5.3f} {entry['majority_class']['accuracy']:5.3f} "
+            f"{_cell(cu['accuracy'] if cu else None)}")
+
+
+def _cell(value) -> str:
+    return "    -" if value is None else f"{value:5.3f}"
+
+
+def _density_cells(entry) -> str:
+    if not entry:
+        return " " * 13
+    return f"{entry['model']['mae']:7.3f} {entry['training_mean']['mae']:5.3f}"
+
+
+def _property_lines(table: Mapping[str, Any]) -> list[str]:
+    from sfn_stream.offline.training import (
+        MATERIAL_CLASSIFICATIONS,
+        MATERIAL_REGRESSIONS,
+    )
+
+    lines = ["  properties, every absorber's test units pooled (model vs training mean / majority class):"]
+    table = {group: row for group, row in table.items() if group != POOLED}
+    for name in MATERIAL_REGRESSIONS:
+        entries = [row[name] for row in table.values() if row.get(name)]
+        if entries:
+            n = sum(e["n"] for e in entries)
+            mae = sum(e["model"]["mae"] * e["n"] for e in entries) / n
+            base = sum(e["training_mean"]["mae"] * e["n"] for e in entries) / n
+            lines.append(f"    {name:26s} MAE {mae:.3f} vs {base:.3f}  (n {n})")
+    for name in MATERIAL_CLASSIFICATIONS:
+        entries = [row[name] for row in table.values() if row.get(name)]
+        if entries:
+            n = sum(e["n"] for e in entries)
+            acc = sum(e["model"]["accuracy"] * e["n"] for e in entries) / n
+            base = sum(e["majority_class"]["accuracy"] * e["n"] for e in entries) / n
+            lines.append(f"    {name:26s} accuracy {acc:.3f} vs {base:.3f}  (n {n})")
+    return lines
+
+
+# --- the model card's summary ---------------------------------------------------------------------
+
+
+def card_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What the card says about performance: per metal, per mode and test set, model beside baselines."""
+    out: dict[str, Any] = {
+        "source": "sfn-stream evaluate xanes (sfn_stream.offline.evaluation.xanes_3d_eval); one edge per example",
+        "splits": report["splits"],
+        "note": "test sets are small (about 10 materials per metal): read per-metal figures with that in mind",
+    }
+    mean = report["results"]["test/elements"]["mean_over_metals"]
+    pooled = report["results"]["test/elements"]["per_absorber"].get(POOLED, {})
+    out["summary_elements_only_test"] = {
+        "oxidation_state_accuracy": {"model": _r(mean["oxidation_state_accuracy_model"]),
+                                     "composition_rule": _r(mean["oxidation_state_accuracy_composition_rule"]),
+                                     "majority_class": _r(mean["oxidation_state_accuracy_majority_class"])},
+        "coordination_number_accuracy": {"model": _r(mean["coordination_number_accuracy_model"]),
+                                         "composition_rule": _r(mean["coordination_number_accuracy_composition_rule"]),
+                                         "majority_class": _r(mean["coordination_number_accuracy_majority_class"])},
+        "density_mae_g_cm3": _r(mean["density_mae_model"]),
+        "ece_pooled_feff10": {task: _r(pooled[task]["model"]["ece"]) for task in ELEMENT_TASKS if pooled.get(task)},
+        "how": "unweighted mean over the nine metals' FEFF10 test units, one edge each, no stoichiometry",
+    }
+    for key, block in report["results"].items():
+        rows = {}
+        for group, row in block["per_absorber"].items():
+            entry: dict[str, Any] = {"n": row["n_units"]}
+            for task in ELEMENT_TASKS:
+                t = row.get(task)
+                if t:
+                    entry[task] = {"n": t["n"], "model_accuracy": _r(t["model"]["accuracy"]),
+                                   "model_macro_f1": _r(t["model"]["macro_f1"]), "model_ece": _r(t["model"]["ece"]),
+                                   "composition_rule_accuracy": _r(t["composition_rule"]["accuracy"]),
+                                   "majority_class_accuracy": _r(t["majority_class"]["accuracy"])}
+                    if "cu_bundle" in t:
+                        entry[task]["cu_bundle_accuracy"] = _r(t["cu_bundle"]["accuracy"])
+            for name, value in row.items():
+                if isinstance(value, dict) and "training_mean" in value:
+                    entry[name] = {"model_mae": _r(value["model"]["mae"]), "model_r2": _r(value["model"]["r2"]),
+                                   "training_mean_mae": _r(value["training_mean"]["mae"])}
+                elif isinstance(value, dict) and "majority_class" in value and name not in ELEMENT_TASKS:
+                    entry[name] = {"model_accuracy": _r(value["model"]["accuracy"]), "model_ece": _r(value["model"]["ece"]),
+                                   "majority_class_accuracy": _r(value["majority_class"]["accuracy"])}
+            rows[group] = entry
+        out[key] = {"per_absorber": rows, "mean_over_metals": {k: _r(v) for k, v in block["mean_over_metals"].items()}}
+    multi = report.get("multi_edge") or {}
+    if multi.get("n_units"):
+        out["multi_edge"] = {"n_materials": multi["n_materials"], "n_units": multi["n_units"], **{
+            f"{mode}/{edges}": {task: {"n": e["n"], "model_accuracy": _r(e["model"]["accuracy"]),
+                                       "composition_rule_accuracy": _r(e["composition_rule"]["accuracy"])}
+                                for task, e in multi[mode][edges].items() if e}
+            for mode in MODES for edges in ("one_edge", "all_edges")}}
+    if report.get("learning_curve"):
+        out["learning_curve"] = report["learning_curve"]
+    dev = report.get("measured_dev")
+    if dev and "files" in dev:
+        out["measured_dev_elements_only"] = {who: dev[who] for who in ("model", "registry", "composition_rule")}
+    return out
+
+
+def _r(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 4)
+
+
+def write_card_metrics(bundle_path: str | Path, report: Mapping[str, Any]) -> None:
+    """Put :func:`card_metrics` into the bundle's card (the weights, and so their hash, stay as they are)."""
+    import json
+
+    card_path = Path(bundle_path) / "card.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"] = card_metrics(report)
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+# --- learning curve -------------------------------------------------------------------------------
+
+
+def learning_curve(fractions: Sequence[float] = (0.25, 0.5, 1.0), *, epochs: int = 25, seed: int = 0,
+                   progress: bool = False) -> dict[str, Any]:
+    """Test accuracy per metal (elements only, one edge) of one-member models trained on a fraction of the
+    FEFF10 training materials (the OmniXAS Cu materials always in): what more FEFF spectra would buy.
+    Each point trains a small model (minutes of CPU)."""
+    import tempfile
+
+    from sfn_stream.core.networks import XanesEnsemble, load_bundle
+    from sfn_stream.offline.splits import hash_fraction
+    from sfn_stream.offline.training import (
+        METALS_3D,
+        load_training_materials,
+        split_of,
+        train_xanes3d_bundle,
+    )
+
+    materials, splits = load_training_materials(progress=progress)
+    assignment = split_of(splits)
+    baselines = CompositionBaselines([m for m in materials if assignment.get(m.material_id) == "train"])
+    units = [u for u in test_units(materials, splits) if u.source == "feff10"]
+    points = []
+    for fraction in fractions:
+        keep = [m for m in materials if assignment.get(m.material_id) != "train" or m.source != "amcsd"
+                or hash_fraction(m.material_id, seed) < fraction]
+        subset = {name: [mid for mid in ids if mid in {m.material_id for m in keep}] for name, ids in splits.items()}
+        n_train = {metal: sum(1 for m in keep if assignment.get(m.material_id) == "train" and metal in m.edges
+                              and m.edges[metal].source == "feff10") for metal in METALS_3D}
+        with tempfile.TemporaryDirectory() as folder:
+            train_xanes3d_bundle(folder, members=1, epochs=epochs, seed=seed, materials=keep, splits=subset,
+                                 progress=progress)
+            ensemble = XanesEnsemble.from_bundle(load_bundle(folder))
+            predictions = predict_units(ensemble, units, "elements")
+        per_metal = {}
+        for metal in METALS_3D:
+            rows = [i for i, u in enumerate(units) if u.absorber == metal]
+            group = evaluate_group([units[i] for i in rows], [predictions[i] for i in rows], None, baselines, "elements")
+            per_metal[metal] = {"n_train_materials": n_train[metal], **{
+                task: _r(group[task]["model"]["accuracy"]) for task in ELEMENT_TASKS if group.get(task)}}
+        points.append({"fraction_of_feff10_train": fraction, "per_metal": per_metal,
+                       "mean_oxidation_state_accuracy": _r(np.mean([v["oxidation_state"] for v in per_metal.values()])),
+                       "mean_coordination_number_accuracy": _r(np.mean([v["coordination_number"] for v in per_metal.values()]))})
+    return {"epochs": epochs, "members": 1, "mode": "elements only, one edge, test split", "points": points}
+
+
+def format_learning_curve(curve: Mapping[str, Any]) -> list[str]:
+    lines = [f"== learning curve ({curve['mode']}; 1 member, {curve['epochs']} epochs per point) =="]
+    for point in curve["points"]:
+        cells = "  ".join(f"{metal} {v['n_train_materials']:3d}: {v.get('oxidation_state', math.nan):.2f}/"
+                          f"{v.get('coordination_number', math.nan):.2f}" for metal, v in point["per_metal"].items())
+        lines.append(f"  {point['fraction_of_feff10_train']:.2f} of FEFF10 train  mean ox {point['mean_oxidation_state_accuracy']:.3f} "
+                     f"CN {point['mean_coordination_number_accuracy']:.3f}")
+        lines.append(f"    per metal (training materials: ox/CN accuracy): {cells}")
+    return lines

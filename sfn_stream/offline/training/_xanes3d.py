@@ -1,0 +1,536 @@
+"""One SpecFusionNet for the K edges of all nine 3d metals (Ti..Zn), trained from ``data/corpus``.
+
+Input: the sample's elements, its stoichiometry when known, and the spectra of any subset of its
+3d-metal edges. Training draws, per example, a random subset of the material's edges (edge dropout:
+partial measurement) and drops the stoichiometry half of the time (fractions all zero: the
+beamline's elements-only mode). Windows come from :func:`sfn_stream.core.spectra.preprocess_xanes`
+with each row's energy offset, as beamline scans do. Splits: ``data/splits/xanes_3d_splits.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sfn_stream.core.chemistry import (
+    DESCRIPTOR_NAMES,
+    descriptor_stats,
+    descriptor_table,
+)
+from sfn_stream.core.spectra import XANES_WINDOW, preprocess_xanes
+from sfn_stream.offline.metrics import fit_temperature
+
+from ._corpus_xanes import (
+    MATERIAL_CLASSIFICATIONS,
+    MATERIAL_REGRESSIONS,
+    METALS_3D,
+    OMNIXAS,
+    CorpusMaterial,
+    read_corpus_materials,
+)
+from ._xanes import TrainingDataError, gaussian_broaden
+from ._xanes_splits import (
+    UNIFIED_SPLITS_FILE,
+    read_unified_splits,
+    split_of,
+    write_unified_splits,
+)
+
+BUNDLE_NAME = "xanes-specfusion-3d"
+BUNDLE_VERSION = "0.1.0"
+# Why Cu stays with the Cu bundle (written into the card; the figures are in the card's metrics).
+REGISTRY_NOTE = ("the model registry picks the narrowest card covering an absorber, so Cu scans keep going to "
+                 "models/xanes-specfusion (Cu only); this bundle answers Ti, V, Cr, Mn, Fe, Co, Ni, Zn. On the Cu "
+                 "test units it is not better in every mode (see metrics: better CN in elements-only mode, worse "
+                 "oxidation state and CN in formula mode on the OmniXAS Cu test), so the Cu bundle's behaviour is kept.")
+MAX_TOKENS = 5  # the corpus holds 2-5 element compounds
+OX_CLASSES = tuple(range(8))
+CN_CLASSES = tuple(range(1, 13))
+
+
+@dataclass(frozen=True)
+class Augmentation3d:
+    """What measured scans have and FEFF windows lack, applied per training view / batch."""
+
+    views: int = 5  # augmented views per edge besides the clean one
+    energy_shift_sigma: float = 1.5  # eV, Gaussian, clipped at 3 sigma: calibration error without a foil
+    broadening: tuple[float, float] = (0.3, 2.5)  # eV FWHM, extra Gaussian broadening
+    noise: float = 0.015  # max sigma of white noise, in edge steps
+    scale_error: float = 0.04  # normalisation: 1 + N(0, s)
+    tilt_error: float = 0.03  # normalisation: linear tilt across the window
+    self_absorption: float = 0.35  # max beta of the damping mu -> mu (1 + beta) / (1 + beta mu)
+    self_absorption_probability: float = 0.3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "note": "shift and broadening go through preprocess_xanes (window and e0_shift move "
+                "together); noise, normalisation errors and self-absorption damping act on the windows per batch; "
+                "view 0 is the clean window. Not done: sharpening (HERFD), metal-foil references."}
+
+
+@dataclass(frozen=True)
+class Train3dConfig:
+    epochs: int = 45
+    examples_per_epoch: int = 2400
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 100  # no early stop: keep the best validation epoch of the whole one-cycle schedule
+    omnixas_share: float = 0.3  # share of each epoch's examples drawn from the OmniXAS Cu materials
+    edge_keep: float = 0.5  # each further edge of a multi-edge material is kept with this probability
+    stoichiometry_dropout: float = 0.5
+    members: int = 3
+    wall_budget_s: float = 1800.0  # all members together; a member stops early when its share is spent
+    model: dict[str, Any] = field(default_factory=lambda: {
+        "d_model": 64, "n_heads": 4, "n_layers": 2, "cnn_channels": 16, "pool_size": 8, "dropout": 0.1})
+
+
+# --- windows and tensors ---------------------------------------------------------------------------
+
+
+@dataclass
+class EdgeViews:
+    windows: np.ndarray  # (V, L) float32, view 0 clean
+    shifts: np.ndarray  # (V,) e0 shift
+    source: str
+
+
+def edge_window(edge, *, shift: float = 0.0, broadening: float = 0.0):
+    """The model window of one corpus edge (optionally shifted / broadened first), or None if unusable."""
+    energy, mu = edge.energy, edge.mu
+    if broadening > 0:
+        energy, mu = gaussian_broaden(energy, mu, broadening)
+    window = preprocess_xanes(energy + shift, mu, absorber=edge.absorber, energy_offset=edge.energy_offset)
+    return window if window.usable else None
+
+
+def material_views(material: CorpusMaterial, aug: Augmentation3d | None, rng: np.random.Generator) -> dict[str, EdgeViews]:
+    """absorber -> views of each usable edge (only the clean one when ``aug`` is None)."""
+    out = {}
+    for absorber, edge in material.edges.items():
+        clean = edge_window(edge)
+        if clean is None:
+            continue
+        windows, shifts = [clean.mu.astype(np.float32)], [float(clean.e0_shift)]
+        for _ in range(aug.views if aug else 0):
+            shift = float(np.clip(rng.normal(0, aug.energy_shift_sigma), -3 * aug.energy_shift_sigma, 3 * aug.energy_shift_sigma))
+            view = edge_window(edge, shift=shift, broadening=rng.uniform(*aug.broadening))
+            if view is not None:
+                windows.append(view.mu.astype(np.float32))
+                shifts.append(float(view.e0_shift))
+        out[absorber] = EdgeViews(np.stack(windows), np.asarray(shifts, np.float32), edge.source)
+    return out
+
+
+class MaterialTable:
+    """Padded per-material arrays (tokens, labels) and a table of edge views, for fast batches."""
+
+    def __init__(self, materials: Sequence[CorpusMaterial], views: Sequence[dict[str, EdgeViews]], n_views: int):
+        import torch
+
+        from sfn_stream.core.chemistry import element_z
+
+        m, length = len(materials), XANES_WINDOW.n_points
+        self.materials = list(materials)
+        self.z = torch.zeros(m, MAX_TOKENS, dtype=torch.long)
+        self.fractions = torch.zeros(m, MAX_TOKENS)
+        self.ox = torch.full((m, MAX_TOKENS), -1, dtype=torch.long)
+        self.cn = torch.full((m, MAX_TOKENS), -1, dtype=torch.long)
+        self.edge = torch.full((m, MAX_TOKENS), -1, dtype=torch.long)
+        self.regressions = torch.full((m, len(MATERIAL_REGRESSIONS)), float("nan"))
+        self.flags = torch.full((m, len(MATERIAL_CLASSIFICATIONS)), -1.0)
+        windows, shifts, counts = [], [], []
+        for i, (material, edge_views) in enumerate(zip(materials, views)):
+            for j, (symbol, fraction) in enumerate(zip(material.elements, material.fractions)):
+                self.z[i, j], self.fractions[i, j] = element_z(symbol), fraction
+                labels = material.metal_labels.get(symbol, {})
+                self.ox[i, j] = _class_index(labels.get("oxidation_state"), OX_CLASSES)
+                self.cn[i, j] = _class_index(labels.get("coordination_number"), CN_CLASSES)
+                if symbol in edge_views:
+                    ev = edge_views[symbol]
+                    pad = n_views - len(ev.shifts)  # repeat the clean view where augmentation failed
+                    windows.append(np.concatenate([ev.windows, np.repeat(ev.windows[:1], pad, 0)]))
+                    shifts.append(np.concatenate([ev.shifts, np.repeat(ev.shifts[:1], pad)]))
+                    counts.append(len(ev.shifts))
+                    self.edge[i, j] = len(windows) - 1
+            for k, name in enumerate(MATERIAL_REGRESSIONS):
+                value = material.labels.get(name)
+                if value is not None:
+                    self.regressions[i, k] = value
+            for k, name in enumerate(MATERIAL_CLASSIFICATIONS):
+                value = material.labels.get(name)
+                if value is not None:
+                    self.flags[i, k] = float(value)
+        self.windows = torch.from_numpy(np.stack(windows)) if windows else torch.zeros(0, n_views, length)
+        self.shifts = torch.from_numpy(np.stack(shifts)) if shifts else torch.zeros(0, n_views)
+        self.view_counts = torch.tensor(counts or [1])
+
+    def __len__(self) -> int:
+        return len(self.materials)
+
+    def batch(self, index, generator, *, edge_keep: float, stoichiometry_dropout: float, augmented: bool):
+        """Network inputs for materials ``index``: random edge subset (>= 1 edge), random views."""
+        import torch
+
+        available = self.edge[index] >= 0
+        score = torch.rand(available.shape, generator=generator).masked_fill(~available, -1.0)
+        first = score.argmax(1, keepdim=True)
+        keep = (torch.rand(available.shape, generator=generator) < edge_keep) & available
+        keep.scatter_(1, first, available.gather(1, first))
+        edge = self.edge[index].clamp(min=0)
+        if augmented:
+            view = (torch.rand(edge.shape, generator=generator) * self.view_counts[edge]).long()
+        else:
+            view = torch.zeros_like(edge)
+        spectra = self.windows[edge, view]
+        shifts = self.shifts[edge, view]
+        fractions = self.fractions[index].clone()
+        drop = torch.rand(len(index), generator=generator) < stoichiometry_dropout
+        fractions[drop] = 0.0
+        return self.z[index], fractions, spectra, shifts, keep
+
+    def one_edge_rows(self) -> list[tuple[int, int]]:
+        """(material row, token) of every edge: the one-edge evaluation / calibration units."""
+        rows, tokens = (self.edge >= 0).nonzero(as_tuple=True)
+        return list(zip(rows.tolist(), tokens.tolist()))
+
+
+def _class_index(value, classes) -> int:
+    return classes.index(value) if value is not None and value in classes else -1
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+def _loss(out, table: MaterialTable, index, target_mean, target_std):
+    import torch
+    import torch.nn.functional as F
+
+    loss = torch.zeros(())
+    for name, target in (("oxidation_state", table.ox[index]), ("coordination_number", table.cn[index])):
+        logits = out["element_logits"][name]
+        if (target >= 0).any():
+            loss = loss + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-1)
+    values = (table.regressions[index] - target_mean) / target_std
+    ok = torch.isfinite(values)
+    if ok.any():
+        mean, variance = out["compound_mean"][ok], out["compound_log_var"][ok].exp()
+        loss = loss + F.gaussian_nll_loss(mean, values[ok], variance)
+    flags = table.flags[index]
+    known = flags >= 0
+    if known.any():
+        loss = loss + 0.5 * F.binary_cross_entropy_with_logits(out["compound_logits"][known], flags[known])
+    return loss
+
+
+def _augment(spectra, has, generator, aug: Augmentation3d):
+    import torch
+
+    b, n, length = spectra.shape
+    beta = torch.rand(b, n, 1, generator=generator) * aug.self_absorption
+    beta = beta * (torch.rand(b, n, 1, generator=generator) < aug.self_absorption_probability)
+    damped = spectra * (1 + beta) / (1 + beta * spectra.clamp(min=0))
+    sigma = torch.rand(b, n, 1, generator=generator) * aug.noise
+    scale = 1 + torch.randn(b, n, 1, generator=generator) * aug.scale_error
+    tilt = torch.randn(b, n, 1, generator=generator) * aug.tilt_error
+    x = torch.linspace(-0.5, 0.5, length)
+    noisy = damped * scale + tilt * x + sigma * torch.randn(b, n, length, generator=generator)
+    return torch.where(has.unsqueeze(-1), noisy, spectra)
+
+
+def _one_edge_inputs(table: MaterialTable, rows, *, elements_only: bool):
+    """Inputs with only one edge given per row (``rows`` from :meth:`MaterialTable.one_edge_rows`)."""
+    import torch
+
+    index = torch.tensor([r for r, _ in rows], dtype=torch.long)
+    token = torch.tensor([t for _, t in rows], dtype=torch.long)
+    has = torch.zeros(len(rows), MAX_TOKENS, dtype=torch.bool)
+    has[torch.arange(len(rows)), token] = True
+    edge = table.edge[index].clamp(min=0)
+    fractions = torch.zeros_like(table.fractions[index]) if elements_only else table.fractions[index]
+    return index, token, (table.z[index], fractions, table.windows[edge, 0], table.shifts[edge, 0], has)
+
+
+def train_member(train: MaterialTable, val: MaterialTable, *, table, config: Train3dConfig, aug: Augmentation3d,
+                 seed: int, target_mean, target_std, deadline: float, progress_bar=None):
+    import torch
+
+    from sfn_stream.core.networks import SpecFusionNet
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = SpecFusionNet(table, spectrum_length=XANES_WINDOW.n_points, compound_regressions=tuple(MATERIAL_REGRESSIONS),
+                          compound_classifications=tuple(MATERIAL_CLASSIFICATIONS), unknown_fractions="zero", **config.model)
+    model.target_mean.copy_(target_mean)
+    model.target_std.copy_(target_std)
+    weights = torch.tensor([config.omnixas_share / max(1, n_omni) if is_omni else (1 - config.omnixas_share) / max(1, n_feff)
+                            for is_omni, n_omni, n_feff in _source_counts(train)])
+    steps_per_epoch = math.ceil(config.examples_per_epoch / config.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1)
+    val_rows = val.one_edge_rows()
+    val_index, _, val_inputs = _one_edge_inputs(val, val_rows, elements_only=True)
+    best, best_loss, since_best, history = None, math.inf, 0, []
+    for epoch in range(config.epochs):
+        model.train()
+        drawn = torch.multinomial(weights, steps_per_epoch * config.batch_size, replacement=True, generator=generator)
+        for step in range(steps_per_epoch):
+            index = drawn[step * config.batch_size:(step + 1) * config.batch_size]
+            z, fractions, spectra, shifts, has = train.batch(index, generator, edge_keep=config.edge_keep,
+                                                             stoichiometry_dropout=config.stoichiometry_dropout, augmented=True)
+            out = model(z, fractions, _augment(spectra, has, generator, aug), shifts, has)
+            loss = _loss(out, train, index, target_mean, target_std)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(_loss(model(*val_inputs), val, val_index, target_mean, target_std))
+        history.append(round(val_loss, 4))
+        if progress_bar is not None:
+            progress_bar.update(1)
+            progress_bar.set_postfix(member=seed, val_loss=f"{val_loss:.3f}")
+        if val_loss < best_loss - 1e-4:
+            best_loss, since_best = val_loss, 0
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+            if since_best >= config.patience and epoch >= config.epochs // 3:
+                break
+        if time.monotonic() > deadline:
+            break
+    if progress_bar is not None:
+        progress_bar.update(config.epochs - len(history))
+    model.load_state_dict(best)
+    model.eval()
+    return model, {"best_val_loss": round(best_loss, 4), "epochs_run": len(history), "val_loss": history,
+                   "stopped_by_wall_budget": time.monotonic() > deadline}
+
+
+def _is_omnixas(material: CorpusMaterial) -> bool:
+    return any(e.source == OMNIXAS for e in material.edges.values())
+
+
+def _cap_omnixas(materials: Sequence[CorpusMaterial], rng: np.random.Generator) -> list[CorpusMaterial]:
+    """At most as many OmniXAS materials as FEFF10 ones (a fixed random subset), so that early stopping and
+    calibration on validation are not decided by the Cu edge alone."""
+    omni = [m for m in materials if _is_omnixas(m)]
+    others = [m for m in materials if not _is_omnixas(m)]
+    if len(omni) > len(others):
+        omni = [omni[i] for i in sorted(rng.choice(len(omni), len(others), replace=False))]
+    return others + omni
+
+
+def _source_counts(table: MaterialTable):
+    omni = [_is_omnixas(m) for m in table.materials]
+    n_omni = sum(omni)
+    return [(flag, n_omni, len(omni) - n_omni) for flag in omni]
+
+
+# --- calibration ----------------------------------------------------------------------------------
+
+
+def fit_calibration(members, val: MaterialTable) -> dict[str, Any]:
+    """Temperatures (per classification head) and regression std scales, fitted on the validation split
+    in the beamline's mode: one edge per example, elements only."""
+    import torch
+
+    rows = val.one_edge_rows()
+    index, token, inputs = _one_edge_inputs(val, rows, elements_only=True)
+    with torch.no_grad():
+        outs = [member(*inputs) for member in members]
+    temperatures, scales = {}, {}
+    for name, labels in (("oxidation_state", val.ox[index, token]), ("coordination_number", val.cn[index, token])):
+        keep = (labels >= 0).numpy()
+        logits = np.stack([o["element_logits"][name][torch.arange(len(rows)), token].numpy() for o in outs])[:, keep]
+        y = labels.numpy()[keep]
+        temperatures[name] = (fit_temperature(y, probabilities_at=lambda t, logits=logits: _softmax(logits / t).mean(0))
+                              if len(y) else 1.0)
+    for k, name in enumerate(MATERIAL_CLASSIFICATIONS):
+        flags = val.flags[index, k].numpy()
+        keep = flags >= 0
+        logits = np.stack([o["compound_logits"][:, k].numpy() for o in outs])[:, keep]
+        y = flags[keep].astype(int)
+
+        def binary(t, logits=logits):
+            p = (1 / (1 + np.exp(-logits / t))).mean(0)
+            return np.stack([1 - p, p], axis=1)
+
+        temperatures[name] = fit_temperature(y, probabilities_at=binary) if len(y) else 1.0
+    for k, name in enumerate(MATERIAL_REGRESSIONS):
+        truth = val.regressions[index, k].numpy()
+        std_t = members[0].target_std[k].item()
+        means = np.stack([o["compound_mean"][:, k].numpy() for o in outs]) * std_t + members[0].target_mean[k].item()
+        variances = np.stack([o["compound_log_var"][:, k].exp().numpy() for o in outs]) * std_t**2
+        mixture_std = np.sqrt(variances.mean(0) + means.var(0))
+        ok = np.isfinite(truth)
+        z = (means.mean(0)[ok] - truth[ok]) / mixture_std[ok]
+        scales[name] = float(np.sqrt(np.mean(z**2))) if ok.any() else 1.0
+    return {"temperatures": {k: float(v) for k, v in temperatures.items()}, "regression_std_scale": scales,
+            "fitted_on": "validation split, one edge per example, elements only (no stoichiometry)"}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(-1, keepdims=True)
+
+
+# --- the bundle ------------------------------------------------------------------------------------
+
+
+def load_training_materials(progress: bool = True) -> tuple[list[CorpusMaterial], dict[str, list[str]]]:
+    """The corpus materials and the committed unified splits (written first if the file is absent)."""
+    materials = read_corpus_materials(progress=progress)
+    if not UNIFIED_SPLITS_FILE.is_file():
+        write_unified_splits(materials)
+    return materials, read_unified_splits()
+
+
+def train_xanes3d_bundle(out_dir: str | Path, *, seed: int = 0, config: Train3dConfig | None = None,
+                         augmentation: Augmentation3d = Augmentation3d(), progress: bool = True,
+                         materials: Sequence[CorpusMaterial] | None = None,
+                         splits: Mapping[str, Sequence[str]] | None = None, epochs: int | None = None,
+                         members: int | None = None, wall_budget_s: float | None = None):
+    """Train, calibrate on validation, save the bundle; figures come from ``sfn-stream evaluate xanes``."""
+    import torch
+    from tqdm import tqdm
+
+    from sfn_stream.core.networks import save_bundle
+
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    config = config or Train3dConfig()
+    overrides = {k: v for k, v in (("epochs", epochs), ("members", members), ("wall_budget_s", wall_budget_s)) if v}
+    if overrides:
+        config = Train3dConfig(**{**asdict(config), **overrides})
+    if materials is None:
+        materials, splits = load_training_materials(progress)
+    assignment = split_of(splits)
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[CorpusMaterial]] = {"train": [], "val": []}
+    for material in materials:
+        split = assignment.get(material.material_id)
+        if split in parts and any(a in METALS_3D for a in material.edges):
+            parts[split].append(material)
+    if not parts["train"] or not parts["val"]:
+        raise TrainingDataError("the train or val split has no material with a spectrum")
+    train_views = [material_views(m, augmentation, rng) for m in tqdm(parts["train"], disable=not progress,
+                                                                        desc="augmented views", mininterval=5)]
+    train_pairs = [(m, v) for m, v in zip(parts["train"], train_views) if v]
+    train = MaterialTable([m for m, _ in train_pairs], [v for _, v in train_pairs], augmentation.views + 1)
+    val_pairs = [(m, material_views(m, None, rng)) for m in _cap_omnixas(parts["val"], rng)]
+    val = MaterialTable([m for m, v in val_pairs if v], [v for _, v in val_pairs if v], 1)
+    finite = torch.isfinite(train.regressions)
+    target_mean = torch.tensor([float(train.regressions[finite[:, k], k].mean()) for k in range(finite.shape[1])])
+    target_std = torch.tensor([float(train.regressions[finite[:, k], k].std()) or 1.0 for k in range(finite.shape[1])])
+    stats = descriptor_stats()
+    table = descriptor_table(stats)
+    trained, info = [], []
+    deadline = started + config.wall_budget_s
+    with tqdm(total=config.members * config.epochs, disable=not progress, desc="training", mininterval=2) as bar:
+        for k in range(config.members):
+            member_deadline = time.monotonic() + (deadline - time.monotonic()) / (config.members - k)
+            model, member_info = train_member(train, val, table=table, config=config, aug=augmentation, seed=seed * 100 + k,
+                                              target_mean=target_mean, target_std=target_std, deadline=member_deadline,
+                                              progress_bar=bar)
+            trained.append(model)
+            info.append(member_info)
+    calibration = fit_calibration(trained, val)
+    training_seconds = time.monotonic() - started
+    card = _card(trained, config, augmentation, calibration, train, val, info, seed, training_seconds)
+    weights = {"descriptor_table": torch.from_numpy(table), "members": [m.state_dict() for m in trained],
+               "calibration": calibration}
+    return save_bundle(out_dir, card, weights)
+
+
+def _card(trained, config, augmentation, calibration, train: MaterialTable, val: MaterialTable, info, seed, seconds):
+    from sfn_stream.core.networks import ELEMENT_TASK_CLASSES
+
+    edges = Counter((e.absorber, e.source) for m in train.materials for e in m.edges.values())
+    return {
+        "name": BUNDLE_NAME,
+        "version": BUNDLE_VERSION,
+        "kind": "xanes",
+        "created": _dt.date.today().isoformat(),
+        "supported_absorbers": list(METALS_3D),
+        "predicts_unmeasured_metals": True,
+        "registry": REGISTRY_NOTE,
+        "covers": "K-edge XANES of Ti, V, Cr, Mn, Fe, Co, Ni, Cu, Zn in 2-5 element compounds (no elemental "
+        "metals: the corpus has none, so a foil is outside what it was trained on). Input: the sample's "
+        "elements, stoichiometry when known, the spectra of any subset of its 3d-metal edges. Output: per 3d "
+        "metal of the sample oxidation state and CN (also for metals whose edge was not given), per sample "
+        "density, band gap, formation energy, Fermi level, is-metal, is-magnetic. Not predicted: direct/indirect "
+        "gap and magnetic ordering (no label source).",
+        "training_data": {
+            "description": "data/corpus: this corpus's FEFF10 spectra of all nine 3d metals (AMCSD structures) and "
+            "the OmniXAS Cu FEFF 9.9.1 spectra of Materials Project structures (a second calculation setting, read "
+            "from ../shared, aligned with its own energy offset and drawn for omnixas_share of each epoch)",
+            "corpus_content_hash": _corpus_hash(),
+            "splits": str(UNIFIED_SPLITS_FILE.relative_to(UNIFIED_SPLITS_FILE.parents[2])),
+            "n_train_materials": len(train),
+            "n_val_materials": len(val),
+            "train_edges": {f"{a}/{s}": n for (a, s), n in sorted(edges.items())},
+            "augmentation": augmentation.to_dict(),
+            "stoichiometry_dropout": config.stoichiometry_dropout,
+            "edge_dropout": f"every edge of a material but one random one kept with probability {config.edge_keep}",
+            "wall_seconds": round(seconds, 1),
+            "cpu": "nice -n 5, one torch thread, on a 2-core machine shared with a FEFF campaign",
+        },
+        "label_sources": {
+            "oxidation_state": "data/corpus absorbers: pymatgen BVAnalyzer, else Composition.oxi_state_guesses; "
+            "multiplicity-weighted mean over sites rounded to the class (oxidation_method per row)",
+            "coordination_number": "data/corpus absorbers: CrystalNN, multiplicity-weighted mean rounded to the class",
+            **{name: source for name, (_, source) in MATERIAL_REGRESSIONS.items()},
+            **MATERIAL_CLASSIFICATIONS,
+            "not_predicted": {"gap_type": "no label source (empty in data/corpus)",
+                              "magnetic_ordering": "no label source (empty in data/corpus)"},
+        },
+        "preprocessing": {
+            "function": "sfn_stream.core.spectra.preprocess_xanes",
+            "window": XANES_WINDOW.to_dict(),
+            "energy_offset": "per corpus row (FEFF metal first inflection - tabulated edge at that row's settings); "
+            "beamline scans are taken as foil-calibrated",
+            "unknown_stoichiometry": "fractions all zero (trained with stoichiometry dropout)",
+        },
+        "architecture": {
+            "class": "sfn_stream.core.networks.SpecFusionNet",
+            "kwargs": trained[0].constructor_kwargs(),
+            "n_parameters_per_member": int(sum(p.numel() for p in trained[0].parameters())),
+            "ensemble_members": len(trained),
+            "absorber_identity": "through the element descriptors of the metal's token (one network, shared heads)",
+            "descriptors": {"names": list(DESCRIPTOR_NAMES)},
+            "training": {**asdict(config), "seed": seed, "members": info},
+        },
+        "tasks": {
+            **{name: {"type": "classification", "level": "element", "classes": list(classes),
+                      "temperature": calibration["temperatures"][name]}
+               for name, classes in ELEMENT_TASK_CLASSES.items()},
+            **{name: {"type": "regression", "level": "compound", "unit": unit, "label_source": source}
+               for name, (unit, source) in MATERIAL_REGRESSIONS.items()},
+            **{name: {"type": "classification", "level": "compound", "classes": [False, True], "label_source": source,
+                      "temperature": calibration["temperatures"][name]}
+               for name, source in MATERIAL_CLASSIFICATIONS.items()},
+        },
+        "calibration": calibration,
+        "metrics": {"note": "see sfn-stream evaluate xanes (filled in below by the evaluation when run with --write-card)"},
+    }
+
+
+def _corpus_hash() -> str | None:
+    import json
+
+    from sfn_stream.core import paths
+
+    manifest = paths.CORPUS_DIR / "corpus.json"
+    return json.loads(manifest.read_text()).get("content_hash") if manifest.is_file() else None
+

@@ -1,0 +1,206 @@
+"""The 3d-metal XANES model: one split assignment, one corpus reader, predictions for every 3d metal
+through the registry (real corpus files, the committed bundles, the real CLI)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from sfn_stream.cli import main
+from sfn_stream.core import paths
+from sfn_stream.core.networks import SpecFusionNet, encode_compounds, models_dir
+from sfn_stream.core.predict import default_registry
+from sfn_stream.offline.splits import unified_splits
+from sfn_stream.offline.training import (
+    METALS_3D,
+    XANES_3D_BUNDLE,
+    edge_window,
+    read_corpus_materials,
+    read_splits,
+    read_unified_splits,
+)
+
+HAVE_CORPUS = (paths.CORPUS_DIR / "materials.parquet").is_file()
+HAVE_BUNDLE = (models_dir() / XANES_3D_BUNDLE / "card.json").is_file()
+needs_corpus = pytest.mark.skipif(not HAVE_CORPUS, reason="data/corpus is absent")
+needs_bundle = pytest.mark.skipif(not (HAVE_CORPUS and HAVE_BUNDLE), reason="the 3d-metal bundle or corpus is absent")
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return read_corpus_materials(omnixas=False, progress=False)
+
+
+def test_unified_splits_keep_pinned_ids_formulas_and_hold_out_whole_chemical_systems():
+    rows = [(f"m{i}", f"F{i % 40}", f"S{i % 40 // 2}", [f"Fe|s{i % 3}"]) for i in range(400)]
+    pinned = {"m0": "test", "m1": "train"}
+    assignment, held_out = unified_splits(rows, pinned, chemical_system_fraction=0.2)
+    assert assignment["m0"] == "test" and assignment["m1"] == "train"
+    by_formula, by_system = defaultdict(set), defaultdict(set)
+    for material_id, formula, system, _ in rows:
+        by_formula[formula].add(assignment[material_id])
+        by_system[system].add(assignment[material_id])
+    assert all(len(splits) == 1 for splits in by_formula.values())
+    assert held_out and all(assignment[m] == "test" for m in held_out)
+    systems = {system for mid, _, system, _ in rows if mid in held_out}
+    assert all(by_system[system] == {"test"} for system in systems)
+    again, _ = unified_splits(rows + [("new", "F3", "S1", ["Fe|s0"])], assignment)
+    assert {k: again[k] for k in assignment} == assignment and again["new"] == assignment["m3"]
+
+
+@needs_corpus
+def test_committed_splits_are_formula_and_chemical_system_disjoint_and_keep_the_cu_bundle_test(corpus):
+    splits = read_unified_splits()
+    split = {mid: name for name in ("train", "val", "test") for mid in splits[name]}
+    assert set(split) >= {m.material_id for m in corpus}
+    by_formula, by_system = defaultdict(set), defaultdict(set)
+    for material in corpus:
+        by_formula[material.formula].add(split[material.material_id])
+        by_system[material.chemical_system].add(split[material.material_id])
+    assert all(len(names) == 1 for names in by_formula.values())
+    systems = {m.chemical_system for m in corpus if m.material_id in set(splits["test_chemical_system"])}
+    assert systems and all(by_system[s] == {"test"} for s in systems)
+    cu_test_in_corpus = set(read_splits()["test"]) & set(split)
+    assert cu_test_in_corpus and all(split[mid] == "test" for mid in cu_test_in_corpus)
+
+
+@needs_corpus
+def test_reader_gives_every_3d_metal_and_multi_edge_materials(corpus):
+    edges = {absorber for m in corpus for absorber, e in m.edges.items() if e.source == "feff10"}
+    assert edges == set(METALS_3D)
+    multi = [m for m in corpus if len(m.edges) >= 2]
+    assert multi and all(set(m.edges) <= set(m.metal_labels) for m in multi)
+    assert all(np.all(np.diff(e.energy) > 0) for m in multi[:20] for e in m.edges.values())
+
+
+def test_unknown_stoichiometry_is_zero_fractions_only_for_bundles_trained_without_it():
+    compounds = [(["V", "O"], {}, None)]
+    zero = encode_compounds(compounds, spectrum_length=200, unknown_fractions="zero")
+    equal = encode_compounds(compounds, spectrum_length=200)
+    assert zero.fractions[0, :2].tolist() == [0.0, 0.0] and equal.fractions[0, :2].tolist() == [0.5, 0.5]
+    net = SpecFusionNet(np.zeros((100, 20), np.float32), unknown_fractions="zero", compound_classifications=("is_metal",))
+    assert net.config["unknown_fractions"] == "zero" and "unknown_fractions" not in SpecFusionNet(np.zeros((100, 20))).config
+
+
+def _corpus_file(tmp_path, corpus, absorber: str):
+    """A corpus FEFF10 spectrum written as a measured, foil-calibrated scan (energy - energy offset)."""
+    material = next(m for m in corpus if absorber in m.edges and m.edges[absorber].source == "feff10"
+                    and len(m.elements) == 2)
+    edge = material.edges[absorber]
+    path = tmp_path / f"{material.material_id}_{absorber}.csv"
+    path.write_text("energy,mu\n" + "\n".join(f"{e - edge.energy_offset:.3f},{m:.6f}" for e, m in zip(edge.energy, edge.mu)))
+    return material, path
+
+
+@needs_bundle
+@pytest.mark.parametrize("absorber", ["Fe", "Ti", "Zn"])
+def test_a_corpus_spectrum_of_a_new_metal_is_predicted_through_the_registry(tmp_path, capsys, corpus, absorber):
+    material, path = _corpus_file(tmp_path, corpus, absorber)
+    status = main(["predict", "xanes", str(path), "--absorber", absorber, "--elements", ",".join(material.elements), "--json"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    result = json.loads(out.out)
+    assert result["bundle_id"].startswith(f"{XANES_3D_BUNDLE}@")
+    for task in ("oxidation_state", "coordination_number", "is_metal", "is_magnetic"):
+        assert sum(result["predictions"][task]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    for name in ("density", "band_gap", "formation_energy_per_atom", "fermi_level"):
+        assert np.isfinite(result["predictions"][name]["value"]) and result["predictions"][name]["std"] > 0
+
+
+@needs_bundle
+def test_cu_stays_with_the_cu_bundle_and_unmeasured_metals_get_an_answer(corpus):
+    assert default_registry().bundle_path("xanes", "Cu").name == "xanes-specfusion"
+    predictor = default_registry().predictor("xanes", "Fe")
+    material = next(m for m in corpus if {"Fe", "Ti"} <= set(m.edges))
+    window = edge_window(material.edges["Fe"])
+    prediction = predictor.predict_window(window, list(material.elements))
+    assert {"Fe", "Ti"} <= set(prediction.per_element)  # Ti predicted from the Fe edge and the composition
+
+
+@needs_bundle
+def test_refusals_say_why(tmp_path, capsys, corpus):
+    _, path = _corpus_file(tmp_path, corpus, "Fe")
+    status = main(["predict", "xanes", str(path), "--absorber", "Fe", "--elements", "Ti,O"])
+    err = capsys.readouterr().err
+    assert status == 2 and "not among the sample's elements" in err and "Traceback" not in err
+    ga = tmp_path / "ga.csv"
+    energy = np.linspace(10250, 10550, 300)
+    ga.write_text("energy,mu\n" + "\n".join(f"{e},{0.5 + np.arctan((e - 10367) / 2) / np.pi}" for e in energy))
+    status = main(["predict", "xanes", str(ga), "--absorber", "Ga", "--elements", "Ga,As"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Ga K edge" in err and "Traceback" not in err
+
+
+@needs_bundle
+def test_evaluate_xanes_reports_every_metal_in_both_modes_beside_the_baselines(capsys, corpus):
+    status = main(["evaluate", "xanes", "--no-dev", "--json"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    report = json.loads(out.out)
+    test_ids = set(read_unified_splits()["test"])
+    for mode in ("elements", "formula"):
+        table = report["results"][f"test/{mode}"]["per_absorber"]
+        assert set(METALS_3D) <= set(table)
+        for metal in METALS_3D:
+            expected = sum(1 for m in corpus if m.material_id in test_ids and metal in m.edges)
+            assert 0 < table[metal]["n_units"] <= expected
+            for task in ("oxidation_state", "coordination_number"):
+                assert {"model", "composition_rule", "majority_class"} <= set(table[metal][task])
+        assert "cu_bundle" in table["Cu"]["oxidation_state"]
+
+
+@needs_bundle
+def test_the_plugin_predicts_a_fe_run_with_the_3d_bundle(client, corpus):
+    """A Fe K-edge run (a corpus spectrum on the measured scale) through the real plugin into a real Tiled."""
+    from event_model import compose_run
+
+    from sfn_stream.live.plugin import XANES_STREAM, SfnPlugin, make_tiled_writer
+
+    material = next(m for m in corpus if "Fe" in m.edges and m.edges["Fe"].source == "feff10" and len(m.elements) == 2)
+    edge = material.edges["Fe"]
+    plugin = SfnPlugin(make_tiled_writer(client), threaded=False)
+    run = compose_run(metadata={"sfn": {"kind": "xanes", "element": "Fe", "composition": ",".join(material.elements),
+                                        "sample": "t-fe"}})
+    plugin("start", run.start_doc)
+    keys = {"mono_energy": {"dtype": "number", "shape": [], "source": "sim"},
+            "xas_mu": {"dtype": "number", "shape": [], "source": "sim"}}
+    descriptor = run.compose_descriptor(name="primary", data_keys=keys)
+    plugin("descriptor", descriptor.descriptor_doc)
+    for energy, mu in zip(edge.energy - edge.energy_offset, edge.mu):
+        plugin("event", descriptor.compose_event(data={"mono_energy": float(energy), "xas_mu": float(mu)},
+                                                 timestamps={"mono_energy": 0.0, "xas_mu": 0.0}))
+    plugin("stop", run.compose_stop())
+    plugin.close()
+    summary = client[run.start_doc["uid"]].metadata["stop"]["sfn"]
+    assert summary["absorber"] == "Fe" and summary["status"] in ("ok", "flagged"), summary.get("reason")
+    assert summary["bundle_id"].startswith(f"{XANES_3D_BUNDLE}@")
+    assert summary["species"].startswith("Fe") and 0 <= summary["is_metal_confidence"] <= 1
+    derived = client[run.start_doc["uid"]][XANES_STREAM].read()
+    assert derived["absorber"].values[0] == "Fe"
+
+
+def _write_edge(path, edge):
+    path.write_text("energy,mu\n" + "\n".join(f"{e - edge.energy_offset:.3f},{m:.6f}" for e, m in zip(edge.energy, edge.mu)))
+    return path
+
+
+@needs_bundle
+def test_two_edges_of_one_sample_give_one_fused_prediction(tmp_path, capsys, corpus):
+    material = next(m for m in corpus if {"Fe", "Ti"} <= set(m.edges))
+    fe = _write_edge(tmp_path / "fe.csv", material.edges["Fe"])
+    ti = _write_edge(tmp_path / "ti.csv", material.edges["Ti"])
+    status = main(["predict", "xanes", str(fe), "--absorber", "Fe", "--elements", ",".join(material.elements),
+                   "--edge", f"Ti={ti}", "--json"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    result = json.loads(out.out)
+    assert result["inputs"]["edges"] == ["Fe", "Ti"] and result["bundle_id"].startswith(f"{XANES_3D_BUNDLE}@")
+    assert {"Fe", "Ti"} <= set(result["per_element"])
+    assert "Ti" in result["preprocessing"]["other_edges"]
+    # a Cu edge with another 3d edge goes to the bundle that covers both, not to the Cu-only one
+    assert default_registry().predictor_for_edges("xanes", ["Cu", "Fe"]).bundle.card["name"] == XANES_3D_BUNDLE
+    status = main(["predict", "xanes", str(fe), "--absorber", "Fe", "--elements", "Fe,O", "--edge", "Ti"])
+    assert status == 2 and "EL=FILE" in capsys.readouterr().err
