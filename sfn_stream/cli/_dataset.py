@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from sfn_stream.offline.batch_options import add_batch_run_arguments
+
 from ._common import CliError, console, print_json
 
 DEFAULT_WORKDIR = Path("sfn-data") / "corpus-campaign"
@@ -23,8 +24,10 @@ def add_parser(sub) -> None:
     build = which.add_parser("build", help="run (or resume) the FEFF10 + PXRD + labels campaign, write the corpus")
     _campaign_options(build)
     build.add_argument("--out", type=Path, help="corpus folder (default: data/corpus in the repository)")
-    build.add_argument("--sources", default="amcsd,omnixas",
-                       help="structure sources, comma-separated: amcsd (larixite), omnixas (../shared)")
+    build.add_argument("--sources", default="amcsd,omnixas,matminer_mp",
+                       help="structure sources, comma-separated: amcsd (larixite), omnixas and matminer_mp "
+                            "(../shared; left out with a warning when it is absent). A source that a prepared "
+                            "campaign lacks is screened and added to it; its materials keep their ids")
     build.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786); 'serial' runs without "
                                            "Dask; default: a local cluster")
     build.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
@@ -42,12 +45,20 @@ def add_parser(sub) -> None:
                             "snapshot as done, so that they are not computed again (default: the --out corpus "
                             "when it exists)")
     build.add_argument("--no-seed", action="store_true", help="do not seed the campaign from a corpus snapshot")
+    build.add_argument("--plan-only", action="store_true",
+                       help="prepare the structures and print what would be queued (items per kind, FEFF sites "
+                            "per source, metal and tier, the first pending items), then stop: nothing is run, "
+                            "and the seed is taken in memory only")
     build.add_argument("--no-progress", action="store_true")
     build.add_argument("--json", action="store_true")
     build.set_defaults(run=run_build)
 
-    status = which.add_parser("status", help="how far a campaign has got (items, materials per metal, pace)")
+    status = which.add_parser("status", help="how far a campaign has got (items, materials per metal, pending "
+                                             "FEFF sites per source, pace and ETA)")
     _campaign_options(status)
+    status.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="workers of the campaign, for the ETA before any site has a finish time "
+                             "(default: half the CPUs)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=run_status)
 
@@ -127,8 +138,14 @@ def _campaign_options(parser) -> None:
 
 
 def _config(args):
-    from sfn_stream.offline.corpus import CALIBRATION_CANDIDATES, CORPUS_METALS, CampaignConfig, corpus_settings
-    from sfn_stream.offline.corpus import corpus_fallbacks
+    from sfn_stream.offline.corpus import (
+        CALIBRATION_CANDIDATES,
+        CORPUS_METALS,
+        CampaignConfig,
+        corpus_fallbacks,
+        corpus_settings,
+        load_order_classes,
+    )
 
     if args.settings:
         if args.settings not in CALIBRATION_CANDIDATES:
@@ -156,21 +173,34 @@ def _config(args):
         config.kinds = kinds
     if args.timeout:
         config.timeouts["feff"] = args.timeout
+    # the classes the last build's order was made with, so that status and batch-export see its order
+    # (build itself takes them afresh from the labels finished so far)
+    config.classes = load_order_classes(config.workdir)
     return config
 
 
 def run_build(args) -> int:
-    from sfn_stream.offline.corpus import CORPUS_DIR, CampaignMissing, SeedError, SnapshotMissing, run_corpus_build
+    from sfn_stream.offline.corpus import (
+        CORPUS_DIR,
+        CampaignMissing,
+        SeedError,
+        SnapshotMissing,
+        run_corpus_build,
+    )
 
     config = _config(args)
     config.max_materials_per_metal = args.max_per_metal
     config.retry_failed = args.retry_failed
     out_dir = args.out or CORPUS_DIR
     entries = described = None
+    if args.plan_only and args.assemble_only:
+        raise CliError("--plan-only and --assemble-only exclude each other")
     if not args.assemble_only:
         if args.workers < 1:
             raise CliError("--workers must be at least 1")
         entries, described = _sources(args.sources)
+    if args.plan_only:
+        return _plan_only(args, config, out_dir, entries, described)
     try:
         build = run_corpus_build(
             config, out_dir, entries, described, seed_from=args.seed_from, seed=not args.no_seed,
@@ -201,13 +231,103 @@ def run_build(args) -> int:
 
 
 def _sources(text: str):
+    """Source name -> callable giving its entries, and the sources' description for the manifest: one
+    callable per source, so that a source a prepared campaign lacks can be added to it alone."""
+    from sfn_stream.offline.corpus import (
+        MATMINER_DESCRIPTION,
+        MATMINER_SOURCE,
+        matminer_entries,
+    )
+    from sfn_stream.offline.shared import have_shared
     from sfn_stream.offline.training import corpus_sources
 
     names = [s.strip() for s in text.split(",") if s.strip()]
-    try:
-        return corpus_sources(names, warn=lambda line: console().print(f"[yellow]{line}[/yellow]"))
-    except ValueError as err:
-        raise CliError(f"--sources: {err}") from err
+    if not names:
+        raise CliError("--sources: name at least one source")
+    warn = lambda line: console().print(f"[yellow]{line}[/yellow]")
+    entries, described = {}, {}
+    for name in names:
+        if name == MATMINER_SOURCE:
+            if have_shared():
+                entries[name], described[name] = matminer_entries, MATMINER_DESCRIPTION
+            else:
+                warn("../shared is absent: the matminer_mp part is left out")
+            continue
+        try:
+            one, about = corpus_sources([name], warn=warn)
+        except ValueError as err:
+            raise CliError(f"--sources: {err} or {MATMINER_SOURCE}") from err
+        if about:
+            entries[name], described[name] = one, about[name]
+    return entries, described
+
+
+def _plan_only(args, config, out_dir, entries, described) -> int:
+    """``build --plan-only``: the prepared structures and the seed (in memory), then the plan's counts."""
+    from sfn_stream.offline.corpus import (
+        MANIFEST,
+        SeedError,
+        label_classes,
+        plan_summary,
+        prepared_materials,
+        reference_materials,
+        seed_records,
+    )
+
+    materials, _, _ = prepared_materials(config.workdir, entries, described, args.refresh_structures,
+                                         progress=not args.no_progress)
+    latest = config.store.latest()
+    seed_from = args.seed_from or out_dir
+    seed = None
+    if not args.no_seed and (Path(seed_from) / MANIFEST).is_file():
+        try:
+            records = list(seed_records(seed_from, config.settings.key()))
+        except SeedError as err:
+            raise CliError(f"{err}; use --no-seed to plan without it") from err
+        seed = _seed_check(records, latest, materials, seed_from)
+        latest = {**{r["key"]: r for r in records}, **latest}
+    elif args.seed_from:
+        raise CliError(f"--seed-from {args.seed_from}: no corpus there (no {MANIFEST})")
+    config.classes = label_classes(latest.values())  # as build would order them now
+    summary = plan_summary(materials, reference_materials(config.metals), config, latest)
+    summary["seed"] = seed
+    if args.json:
+        print_json(summary)
+        return 0
+    out = console()
+    out.print(f"{config.workdir}: {summary['planned']} items planned, {summary['done']} done, "
+              f"{summary['failed_not_retried']} failed before, {summary['pending']} pending")
+    out.print("materials per source: " + _counts(summary["materials_per_source"]))
+    for tier, counts in summary["tier_materials"].items():
+        out.print(f"  tier {tier}: " + _counts(counts))
+    out.print("pending items per kind: " + _counts(summary["pending_per_kind"]))
+    for what in ("source", "metal", "tier"):
+        out.print(f"pending FEFF sites per {what}: " + _counts(summary[f"pending_feff_per_{what}"]))
+    if seed is not None:
+        out.print(f"seed {seed['corpus']}: {seed['corpus_materials']} corpus materials, "
+                  f"{seed['corpus_materials_in_campaign']} in the campaign; {seed['seeded_edges']} FEFF10 spectra, "
+                  f"{seed['seeded_edges_matching']} with the campaign's sites")
+    out.print("first pending: " + ", ".join(summary["first_pending"]))
+    return 0
+
+
+def _seed_check(records, latest, materials, corpus) -> dict:
+    """Do the snapshot's materials stay in the campaign, and do its spectra cover their sites?"""
+    import pyarrow.parquet as pq
+
+    by_id = {m.material_id: m for m in materials}
+    ids = pq.read_table(Path(corpus) / "materials.parquet", columns=["material_id"]).column(0).to_pylist()
+    spectra = [r for r in records if r["ok"]]
+    matching = [r for r in spectra if r["material_id"] in by_id and r["element"] in by_id[r["material_id"]].site_groups
+                and [g[0] for g in by_id[r["material_id"]].site_groups[r["element"]]] == r["value"]["site_indices"]]
+    missing = sorted(set(ids) - set(by_id))
+    return {"corpus": str(corpus), "corpus_materials": len(ids), "corpus_materials_in_campaign": len(ids) - len(missing),
+            "missing": missing[:20], "seeded_edges": len(spectra), "seeded_edges_matching": len(matching),
+            "new_seed_records": sum(r["key"] not in latest for r in records)}
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
 
 
 def _print_manifest(manifest: dict, out_dir, as_json: bool) -> None:
@@ -223,7 +343,10 @@ def run_status(args) -> int:
     from sfn_stream.offline.corpus import campaign_status, reference_materials
 
     config = _config(args)
-    status = campaign_status(_campaign_materials(config), reference_materials(config.metals), config)
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    status = campaign_status(_campaign_materials(config), reference_materials(config.metals), config,
+                             workers=args.workers)
     if args.json:
         print_json(status)
         return 0
@@ -233,8 +356,15 @@ def run_status(args) -> int:
         out.print(f"  {kind:8s} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     out.print("  materials with FEFF spectra: " + ", ".join(
         f"{k} {v}" for k, v in status["materials_with_feff_spectra"].items()))
+    out.print(f"  multi-metal materials with every edge computed here: {status['multi_metal_with_all_edges']} "
+              f"(target {status['targets']['multi_edge']}; per metal {status['targets']['per_metal']})")
+    out.print("  pending FEFF sites per source: " + _counts(status["pending_feff_per_source"]))
+    out.print("  pending FEFF sites per tier: " + _counts(status["pending_feff_per_tier"]))
     out.print(f"  FEFF sites done {status['feff_sites_done']}, median {status['feff_seconds_per_site_median']} s/site; "
               f"last result {status['last_result_age_s']} s ago")
+    if status["feff_sites_per_hour"]:
+        out.print(f"  pace {status['feff_sites_per_hour']} sites/hour ({status['pace_from']}): ETA "
+                  f"{status['eta_hours_targets']} h to the end of the target tiers, {status['eta_hours_all']} h for all")
     return 0
 
 
@@ -340,7 +470,10 @@ def run_info(args) -> int:
 
 
 def run_calibrate(args) -> int:
-    from sfn_stream.offline.corpus import CALIBRATION_CANDIDATES, calibrate_corpus_settings
+    from sfn_stream.offline.corpus import (
+        CALIBRATION_CANDIDATES,
+        calibrate_corpus_settings,
+    )
     from sfn_stream.offline.shared import SharedDataMissing
 
     names = [n.strip() for n in args.candidates.split(",")] if args.candidates else list(CALIBRATION_CANDIDATES)
@@ -371,7 +504,10 @@ def run_calibrate(args) -> int:
 def run_bench(args) -> int:
     """Same FEFF sites, run by a local Dask cluster of each size in turn, in one process."""
     from sfn_stream.offline.corpus import CALIBRATION_CANDIDATES, corpus_settings
-    from sfn_stream.offline.evaluation.feff_throughput import ThroughputError, campaign_throughput
+    from sfn_stream.offline.evaluation.feff_throughput import (
+        ThroughputError,
+        campaign_throughput,
+    )
 
     try:
         worker_counts = [int(w) for w in args.workers.split(",")]

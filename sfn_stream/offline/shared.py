@@ -10,6 +10,7 @@ import gzip
 import json
 from functools import lru_cache
 from pathlib import Path
+
 from sfn_stream.core import paths
 
 
@@ -62,3 +63,11 @@ def omnixas_site_spectra() -> dict[str, dict[str, list[float]]]:
     """
     with gzip.open(shared_path("data", "omnixas_cu", "cu_feff_site_spectra.json.gz")) as fh:
         return json.load(fh)["spectra"]
+
+
+@lru_cache(maxsize=1)
+def matminer_mp_materials() -> dict[str, dict]:
+    """mp-id -> {"formula", "poscar", "datasets", "labels"} of ../shared/data/matminer_mp: Materials Project
+    structures with the DFT (PBE) properties matminer's datasets publish (null where absent)."""
+    with gzip.open(shared_path("data", "matminer_mp", "mp_structures.json.gz")) as fh:
+        return json.load(fh)["materials"]

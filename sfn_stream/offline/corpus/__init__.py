@@ -92,8 +92,21 @@ from ._batch import read_records
 from ._calibration import omnixas_cu_offset
 from ._audit import AUDIT_DIR, AUDIT_TABLE, RULES as AUDIT_RULES, audit_corpus, audit_material, write_findings
 from ._teacher_audit import EXPERIMENT_TABLE, teacher_audit
+from ._campaign import campaign_tiers, label_classes, load_order_classes, needs_feff, plan_summary
+from ._product import MANIFEST
+from ._sources import DFT_PROVENANCE, MATMINER_DESCRIPTION, MATMINER_SOURCE, matminer_entries
 
 __all__ = [
+    "campaign_tiers",
+    "label_classes",
+    "load_order_classes",
+    "needs_feff",
+    "plan_summary",
+    "MANIFEST",
+    "DFT_PROVENANCE",
+    "MATMINER_DESCRIPTION",
+    "MATMINER_SOURCE",
+    "matminer_entries",
     "AUDIT_DIR",
     "AUDIT_TABLE",
     "AUDIT_RULES",

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from sfn_stream.core.simulation import FeffSettings
+
 from ._calibration import corpus_settings, omnixas_cu_offset
-from ._campaign import CampaignConfig, CampaignSummary, run_campaign
+from ._campaign import (
+    CampaignConfig,
+    CampaignSummary,
+    label_classes,
+    run_campaign,
+    save_order_classes,
+)
 from ._product import CORPUS_DIR, MANIFEST, assemble_corpus
 from ._seed import SeedError, seed_campaign
 from ._structures import (
@@ -61,18 +70,36 @@ def seed_from_snapshot(config: CampaignConfig, seed_from: str | Path | None, out
     return seeded
 
 
+Entries = Callable[[], Iterable[SourceEntry]]
+
+
 def prepared_materials(
     workdir: str | Path,
-    entries: Callable[[], Iterable[SourceEntry]],
+    entries: Entries | Mapping[str, Entries],
     sources: dict[str, str],
     refresh: bool = False,
     progress: bool = True,
 ) -> tuple[list[CorpusMaterial], list[Rejection], dict[str, str]]:
-    """Screened and deduplicated structures, computed once per workdir (``refresh`` redoes it)."""
+    """Screened and deduplicated structures, computed once per workdir (``refresh`` redoes it).
+
+    ``entries``: one callable for all sources, or one per source name; with the latter, a source that
+    ``sources`` names and the prepared campaign lacks is screened and added to it (its duplicates of the
+    campaign's materials dropped), so that the materials there keep their ids and finished items.
+    """
     path = Path(workdir) / PREPARED
     if path.is_file() and not refresh:
-        return load_prepared(path)
-    materials, rejections = prepare_materials(entries(), progress=progress)
+        materials, rejections, prepared = load_prepared(path)
+        added = {name: text for name, text in sources.items() if name not in prepared}
+        if not added or not isinstance(entries, Mapping):
+            return materials, rejections, prepared
+        new = chain.from_iterable(entries[name]() for name in added)
+        materials, more = prepare_materials(new, progress=progress, existing=materials)
+        rejections, prepared = rejections + more, {**prepared, **added}
+        save_prepared(path, materials, rejections, prepared)
+        return materials, rejections, prepared
+    every = (chain.from_iterable(entries[name]() for name in entries) if isinstance(entries, Mapping)
+             else entries())
+    materials, rejections = prepare_materials(every, progress=progress)
     save_prepared(path, materials, rejections, sources)
     return materials, rejections, sources
 
@@ -87,7 +114,7 @@ def assemble_from_workdir(config: CampaignConfig, out_dir: str | Path = CORPUS_D
 
 def build_corpus(
     config: CampaignConfig,
-    entries: Callable[[], Iterable[SourceEntry]],
+    entries: Entries | Mapping[str, Entries],
     sources: dict[str, str],
     out_dir: str | Path = CORPUS_DIR,
     *,
@@ -104,6 +131,9 @@ def build_corpus(
     can be committed in parts while it runs.
     """
     materials, _, _ = prepared_materials(config.workdir, entries, sources, refresh_structures, progress)
+    # the order prefers rarer (oxidation state, CN) classes among the labels finished so far
+    config.classes = label_classes(config.store.records())
+    save_order_classes(config.workdir, config.classes)
     references = reference_materials(config.metals)
     last = [time.monotonic()]
 
@@ -114,7 +144,7 @@ def build_corpus(
                 manifest = assemble_from_workdir(config, out_dir)
                 logger.info("corpus written: %d materials, hash %s", manifest["n_materials"],
                          manifest["content_hash"][:12])
-            except Exception as err:  # a failed snapshot must not stop the campaign
+            except Exception as err:  # noqa: BLE001 a failed snapshot must not stop the campaign
                 logger.warning("could not write the corpus snapshot: %s", err)
 
     summary = run_campaign(materials, references, config, scheduler=scheduler, n_workers=n_workers,
@@ -132,7 +162,7 @@ class CorpusBuild:
 def run_corpus_build(
     config: CampaignConfig,
     out_dir: str | Path = CORPUS_DIR,
-    entries: Callable[[], Iterable[SourceEntry]] | None = None,
+    entries: Entries | Mapping[str, Entries] | None = None,
     sources: dict[str, str] | None = None,
     *,
     seed_from: str | Path | None = None,

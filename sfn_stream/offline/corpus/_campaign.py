@@ -14,17 +14,28 @@ import os
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from sfn_stream.core.simulation import FeffSettings
+
 from ._items import ITEM_KINDS, ITEM_VERSIONS, Item, execute
 from ._sandbox import Sandbox
 from ._seed import seeded_sites
 from ._structures import CORPUS_METALS, SOURCE_PRIORITY, CorpusMaterial
 
 log = logging.getLogger(__name__)
+
+# The issue-11 targets the order works towards first: materials with FEFF10 spectra per metal, and
+# materials with two or more 3d metals that have every edge.
+TARGET_PER_METAL = 150
+TARGET_MULTI_EDGE = 400
+# A metal's pick looks this far down its cheapest-first queue for a rarer (oxidation state, CN) class
+CLASS_WINDOW = 8
+
 
 DEFAULT_TIMEOUTS = {"feff": 1200.0, "labels": 300.0, "sticks": 300.0, "teacher": 300.0}
 
@@ -72,6 +83,11 @@ class CampaignConfig:
     metals: tuple[str, ...] = CORPUS_METALS
     timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     max_materials_per_metal: int | None = None
+    target_per_metal: int = TARGET_PER_METAL  # the order's tiers (campaign_tiers)
+    target_multi_edge: int = TARGET_MULTI_EDGE
+    # (material, metal) -> "oxidation state/CN" class of the labels finished so far (label_classes): the
+    # order prefers a metal's rarer classes; None: by cost alone
+    classes: Mapping[tuple[str, str], str] | None = None
     retry_failed: bool = False
     nice: int = 0  # niceness of the sandbox processes that do the work
 
@@ -80,17 +96,125 @@ class CampaignConfig:
         return ResultStore(Path(self.workdir) / "results.jsonl")
 
 
-def _cost(material: CorpusMaterial, metal: str, metals: Sequence[str]) -> tuple:
-    # materials with several of the campaign's metals first (each of them gives a multi-edge sample), then
-    # cheap first within a metal: fewer inequivalent sites of it, then smaller cells
-    single_metal = sum(m in material.site_groups for m in metals) < 2
-    return (single_metal, SOURCE_PRIORITY.get(material.source, 9), len(material.site_groups[metal]),
-            len(material.structure), material.material_id)
-
-
 def needs_feff(material: CorpusMaterial, metal: str) -> bool:
-    """OmniXAS materials bring their Cu spectra (FEFF 9.9.1 at the OMNIXAS settings) from ../shared."""
-    return not (material.source == "omnixas" and metal == "Cu")
+    """OmniXAS materials bring their Cu spectra (FEFF 9.9.1 at the OMNIXAS settings) from ../shared; one
+    with another 3d metal gets its Cu edge at the corpus settings too, so that its edges share one
+    calculation (the OmniXAS spectrum stays a second fidelity)."""
+    return not (material.source == "omnixas" and metal == "Cu" and len(material.metals) < 2)
+
+
+def feff_edges(material: CorpusMaterial, metals: Sequence[str]) -> list[str]:
+    """The material's edges among ``metals`` that the campaign computes."""
+    return [m for m in material.metals if m in metals and needs_feff(material, m)]
+
+
+def _cost(material: CorpusMaterial, metals: Sequence[str]) -> tuple:
+    # cheapest first: fewest inequivalent sites over all the edges it brings, then smaller cells
+    sites = sum(len(material.site_groups[m]) for m in feff_edges(material, metals))
+    return (sites, len(material.structure), SOURCE_PRIORITY.get(material.source, 9), material.material_id)
+
+
+def label_classes(records: Iterable[dict]) -> dict[tuple[str, str], str]:
+    """(material, metal) -> "oxidation state/CN" class from the campaign's finished labels items."""
+    classes = {}
+    for record in records:
+        if record.get("kind") == "labels" and record.get("ok") and record.get("version") == ITEM_VERSIONS["labels"]:
+            for metal, site in (record["value"].get("absorbers") or {}).items():
+                classes[(record["material_id"], metal)] = f"{site.get('oxidation_state_class')}/{site.get('cn_class')}"
+    return classes
+
+
+ORDER_CLASSES = "order_classes.json"
+
+
+def save_order_classes(workdir: str | Path, classes: Mapping[tuple[str, str], str]) -> None:
+    """Freeze the classes a build's order was made with, so that status and batch-export (which plan too)
+    see that order while labels keep arriving."""
+    path = Path(workdir) / ORDER_CLASSES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({f"{mid}|{metal}": value for (mid, metal), value in sorted(classes.items())}))
+    tmp.replace(path)
+
+
+def load_order_classes(workdir: str | Path) -> dict[tuple[str, str], str] | None:
+    """The classes of the last build's order (None before a build made one: the order by cost alone)."""
+    path = Path(workdir) / ORDER_CLASSES
+    if not path.is_file():
+        return None
+    return {tuple(key.split("|", 1)): value for key, value in json.loads(path.read_text()).items()}
+
+
+def _next_pick(queue: deque, metal: str, classes: Mapping | None, class_counts: Counter) -> CorpusMaterial:
+    """The cheapest material of ``queue``, or, knowing classes, the one of the next few whose (metal, class)
+    has the fewest materials so far (an unlabelled material counts as its own class, "unknown")."""
+    if not classes:
+        return queue.popleft()
+    window = list(islice(queue, CLASS_WINDOW))
+    best = min(range(len(window)), key=lambda n: (
+        class_counts[(metal, classes.get((window[n].material_id, metal), "unknown"))], n))
+    material = window[best]
+    del queue[best]
+    return material
+
+
+def _scarcest_first(pool: Sequence[CorpusMaterial], metals: Sequence[str], counts: Counter, taken: set[str],
+                    *, limit: int | None = None, metal_target: int | None = None, metal_cap: int | None = None,
+                    classes: Mapping | None = None, class_counts: Counter | None = None
+                    ) -> list[tuple[str, CorpusMaterial]]:
+    """(metal it was picked for, material) from ``pool`` (sorted cheapest first): each pick takes the
+    metal with the fewest materials so far (``counts``, updated) and its cheapest material not ``taken``
+    (or a rarer class among the next few, :func:`_next_pick`). Stops after ``limit`` picks, or when
+    every metal has ``metal_target``; a metal at ``metal_cap`` is not picked for again (a multi-metal
+    material picked for another metal still brings it)."""
+    class_counts = Counter() if class_counts is None else class_counts
+    queues = {metal: deque(m for m in pool if metal in feff_edges(m, metals)) for metal in metals}
+    picked: list[tuple[str, CorpusMaterial]] = []
+    while limit is None or len(picked) < limit:
+        for queue in queues.values():
+            while queue and queue[0].material_id in taken:
+                queue.popleft()
+        open_metals = [m for m in metals if queues[m]
+                       and (metal_target is None or counts[m] < metal_target)
+                       and (metal_cap is None or counts[m] < metal_cap)]
+        if not open_metals:
+            break
+        metal = min(open_metals, key=lambda m: counts[m])  # ties: the campaign's metal order
+        queue = queues[metal]
+        n = 0
+        while classes and n < min(CLASS_WINDOW, len(queue)):  # no taken ones in the class window
+            if queue[n].material_id in taken:
+                del queue[n]
+            else:
+                n += 1
+        material = _next_pick(queue, metal, classes, class_counts)
+        taken.add(material.material_id)
+        edges = feff_edges(material, metals)
+        counts.update(edges)
+        class_counts.update((m, (classes or {}).get((material.material_id, m), "unknown")) for m in edges)
+        picked.append((metal, material))
+    return picked
+
+
+def campaign_tiers(materials: Sequence[CorpusMaterial], config: CampaignConfig
+                   ) -> dict[str, list[tuple[str, CorpusMaterial]]]:
+    """The campaign's FEFF materials in order, in tiers: ``multi_edge`` (materials with two or more of the
+    campaign's metals, up to :data:`TARGET_MULTI_EDGE`), ``scarce_metals`` (then each metal up to
+    :data:`TARGET_PER_METAL` materials), ``rest`` (the remaining multi-metal materials, then the others).
+    Within a tier the metal with the fewest materials so far picks next, its cheapest material first.
+    Each entry: (the metal it was picked for, the material)."""
+    metals = config.metals
+    candidates = sorted((m for m in materials if feff_edges(m, metals)), key=lambda m: _cost(m, metals))
+    multi = [m for m in candidates if len([e for e in m.metals if e in metals]) >= 2]
+    counts: Counter = Counter()
+    taken: set[str] = set()
+    shared = {"metal_cap": config.max_materials_per_metal, "classes": config.classes, "class_counts": Counter()}
+    tiers = {"multi_edge": _scarcest_first(multi, metals, counts, taken, limit=config.target_multi_edge, **shared)}
+    tiers["scarce_metals"] = _scarcest_first(candidates, metals, counts, taken,
+                                             metal_target=config.target_per_metal, **shared)
+    tiers["rest"] = (_scarcest_first(multi, metals, counts, taken, **shared)
+                     + _scarcest_first(candidates, metals, counts, taken, **shared))
+    return tiers
 
 
 def plan_items(
@@ -98,14 +222,13 @@ def plan_items(
     references: Sequence[CorpusMaterial],
     config: CampaignConfig,
 ) -> list[Item]:
-    """Every item in campaign order: reference solids first, then the labels of materials that need no
-    FEFF, then round-robin over the metals.
+    """Every item in campaign order: reference solids first, then the labels of the OmniXAS materials
+    (their Cu spectra need no FEFF), then the FEFF materials tier by tier (:func:`campaign_tiers`):
+    multi-edge materials, then the scarcest metals up to the per-metal target, then the rest.
 
-    Each round takes the next material of every metal, so a campaign stopped at any point has about
-    as many finished materials per metal as the rarest metal allows. Within a metal, materials holding
-    two or more of the campaign's metals come first (multi-edge samples), then the cheapest. A material
-    brings its labels, stick pattern, teacher labels and the FEFF sites of all its metals the first time
-    it comes up, so that its edges are finished together.
+    A material brings its labels, stick pattern, teacher labels and the FEFF sites of all its metals
+    when it comes up, so that its edges are finished together. A campaign stopped at any point has
+    about as many materials per metal as the rarest metal allows.
     """
     key = config.settings.key()
     order: list[Item] = []
@@ -126,26 +249,16 @@ def plan_items(
     for reference in references:
         for metal in reference.metals:
             order += feff_items(reference, metal)
-    # materials whose spectrum needs no FEFF (OmniXAS Cu) enter the corpus with their labels: a tenth of
-    # a second each (measured), so all of them come before the FEFF sites
+    # the OmniXAS materials enter the corpus with their labels and ../shared's Cu spectra: a tenth of a
+    # second each (measured), so all of them come before the FEFF sites
     for material in materials:
-        if any(metal in config.metals and not needs_feff(material, metal) for metal in material.metals):
+        if material.source == "omnixas" and "Cu" in config.metals and "Cu" in material.metals:
             order += material_items(material)
-    queues: dict[str, deque] = {}
-    for metal in config.metals:
-        chosen = sorted((m for m in materials if metal in m.site_groups),
-                        key=lambda m: _cost(m, metal, config.metals))
-        queues[metal] = deque(chosen[: config.max_materials_per_metal])
-    planned: set[tuple[str, str]] = set()  # (material, metal) whose FEFF sites are in the order already
-    while any(queues.values()):
-        for metal in config.metals:
-            if queues[metal]:
-                material = queues[metal].popleft()
-                order += material_items(material)
-                for edge in [metal] + [m for m in material.metals if m in config.metals and m != metal]:
-                    if (material.material_id, edge) not in planned:
-                        planned.add((material.material_id, edge))
-                        order += feff_items(material, edge)
+    for tier in campaign_tiers(materials, config).values():
+        for metal, material in tier:
+            order += material_items(material)
+            for edge in [metal] + [m for m in feff_edges(material, config.metals) if m != metal]:
+                order += feff_items(material, edge)
     return order
 
 
@@ -196,9 +309,11 @@ def _covered_by_seed(item: Item, seeded: dict[tuple[str, str], set[int]]) -> boo
     return item.kind == "feff" and item.site in seeded.get((item.material_id, item.element), ())
 
 
-def pending_items(plan: Sequence[Item], store: ResultStore, retry_failed: bool) -> tuple[list[Item], int, int]:
-    """Items without a record; done counts FEFF sites covered by a seeded material spectrum too."""
-    latest = store.latest()
+def pending_items(plan: Sequence[Item], store: ResultStore | None, retry_failed: bool,
+                  latest: dict[str, dict] | None = None) -> tuple[list[Item], int, int]:
+    """Items without a record; done counts FEFF sites covered by a seeded material spectrum too.
+    ``latest``: the records to go by instead of the store's (a plan-only preview with a seed in memory)."""
+    latest = store.latest() if latest is None else latest
     seeded = {key: seeded_sites(latest, key) for key in {i.version for i in plan if i.kind == "feff"}}
     pending, done, failed = [], 0, 0
     for item in plan:
@@ -246,6 +361,7 @@ def run_campaign(
     failures: Counter = Counter()
 
     def record_done(record: dict) -> None:
+        record.setdefault("finished_at", round(time.time(), 1))  # the pace `dataset status` measures
         store.append(record)
         counts["ok" if record["ok"] else "failed"] += 1
         if not record["ok"]:
@@ -318,7 +434,7 @@ def _run_dask(jobs, record_done, bar, counts, scheduler, n_workers, scratch, nic
             item = items.pop(future.key)
             try:
                 record = future.result()
-            except Exception as err:  # the worker itself died (KilledWorker, lost connection)
+            except Exception as err:  # noqa: BLE001 the worker itself died (KilledWorker, lost connection)
                 record = {**item.to_dict(), "ok": False, "error": f"{type(err).__name__}: {err}"[:500],
                           "seconds": None}
             record_done(record)
@@ -346,39 +462,110 @@ def _tick(bar, counts: Counter) -> None:
         bar.set_postfix(failed=counts["failed"], refresh=False)
 
 
+def _tier_of(materials: Sequence[CorpusMaterial], config: CampaignConfig) -> dict[str, str]:
+    return {material.material_id: tier for tier, picks in campaign_tiers(materials, config).items()
+            for _, material in picks}
+
+
+def pending_breakdown(pending: Sequence[Item], materials: Sequence[CorpusMaterial],
+                      references: Sequence[CorpusMaterial], config: CampaignConfig) -> dict[str, Any]:
+    """Pending items per kind; pending FEFF sites per source, metal and order tier."""
+    source = {m.material_id: m.source for m in [*references, *materials]}
+    tier = {m.material_id: "references" for m in references} | _tier_of(materials, config)
+    feff = [item for item in pending if item.kind == "feff"]
+    return {
+        "pending_per_kind": dict(Counter(item.kind for item in pending)),
+        "pending_feff_per_source": dict(Counter(source[i.material_id] for i in feff).most_common()),
+        "pending_feff_per_metal": {metal: n for metal in config.metals
+                                   if (n := sum(i.element == metal for i in feff))},
+        "pending_feff_per_tier": dict(Counter(tier.get(i.material_id, "rest") for i in feff)),
+    }
+
+
+def plan_summary(materials: Sequence[CorpusMaterial], references: Sequence[CorpusMaterial], config: CampaignConfig,
+                 latest: dict[str, dict] | None = None, first: int = 10) -> dict[str, Any]:
+    """What `dataset build` would queue, without running anything: counts per kind, source, metal and
+    tier, materials per tier and source, and the first ``first`` pending items."""
+    plan = plan_items(materials, references, config)
+    pending, done, failed = pending_items(plan, config.store, config.retry_failed, latest)
+    tiers = campaign_tiers(materials, config)
+    return {
+        "planned": len(plan), "done": done, "failed_not_retried": failed, "pending": len(pending),
+        "materials_per_source": dict(Counter(m.source for m in materials).most_common()),
+        "tier_materials": {tier: dict(Counter(m.source for _, m in picks).most_common())
+                           for tier, picks in tiers.items()},
+        **pending_breakdown(pending, materials, references, config),
+        "first_pending": [item.key for item in pending[:first]],
+    }
+
+
+def feff_pace(latest: dict[str, dict], settings_key: str, window: int = 200) -> float | None:
+    """FEFF sites per hour over the finish times of the last ``window`` sites (None before 5 are timed)."""
+    stamps = sorted(r["finished_at"] for r in latest.values() if r.get("kind") == "feff"
+                    and r.get("version") == settings_key and r.get("finished_at"))[-window:]
+    if len(stamps) < 5 or stamps[-1] <= stamps[0]:
+        return None
+    return (len(stamps) - 1) * 3600.0 / (stamps[-1] - stamps[0])
+
+
 def campaign_status(materials: Sequence[CorpusMaterial], references: Sequence[CorpusMaterial],
-                    config: CampaignConfig) -> dict[str, Any]:
-    """Where a campaign stands: items done/failed/pending per kind, complete materials per metal,
-    and the pace of the last hour of FEFF sites (from the store's file times and record seconds)."""
+                    config: CampaignConfig, workers: int = 1) -> dict[str, Any]:
+    """Where a campaign stands: items done/failed/pending per kind, pending FEFF sites per source and
+    tier, complete materials per metal and multi-metal materials with every edge, and an ETA at the
+    measured pace (finish times of recent sites; before there are any, the median seconds per site on
+    ``workers`` workers)."""
     plan = plan_items(materials, references, config)
     latest = config.store.latest()
     seeded = seeded_sites(latest, config.settings.key())
     by_kind: dict[str, Counter] = {}
+    pending: list[Item] = []
     for item in plan:
         record = latest.get(item.key)
         if record is None:
             state = "seeded" if _covered_by_seed(item, seeded) else "pending"
         else:
             state = "done" if record.get("ok") else "failed"
+        if state == "pending":
+            pending.append(item)
         by_kind.setdefault(item.kind, Counter())[state] += 1
     done_sites = {(i.material_id, i.element, i.site) for i in plan if i.kind == "feff"
                   and (latest.get(i.key, {}).get("ok") or _covered_by_seed(i, seeded))}
+
+    def edge_done(material: CorpusMaterial, metal: str) -> bool:
+        return all((material.material_id, metal, g[0]) in done_sites for g in material.site_groups[metal])
+
     complete: Counter = Counter()
+    multi_complete = 0
     for material in materials:
-        for metal in material.metals:
-            if metal in config.metals and needs_feff(material, metal) and all(
-                    (material.material_id, metal, g[0]) in done_sites for g in material.site_groups[metal]):
-                complete[metal] += 1
+        edges = [m for m in material.metals if m in config.metals]
+        finished = {m for m in edges if needs_feff(material, m) and edge_done(material, m)}
+        complete.update(finished)
+        if len(edges) >= 2 and all(m in finished or not needs_feff(material, m) for m in edges):
+            multi_complete += 1
     feff_seconds = [r["value"]["feff_seconds"] for r in latest.values()
                     if r.get("kind") == "feff" and r.get("ok") and r.get("version") == config.settings.key()]
+    median = sorted(feff_seconds)[len(feff_seconds) // 2] if feff_seconds else None
     modified = config.store.path.stat().st_mtime if config.store.path.is_file() else None
+    breakdown = pending_breakdown(pending, materials, references, config)
+    pace = feff_pace(latest, config.settings.key())
+    pace_from = "finish times of the last FEFF sites"
+    if pace is None and median:
+        pace, pace_from = 3600.0 * workers / median, f"median s/site on {workers} worker(s), no finish times yet"
+    per_tier = breakdown["pending_feff_per_tier"]
+    to_targets = sum(per_tier.get(t, 0) for t in ("references", "multi_edge", "scarce_metals"))
     return {
         "workdir": str(config.workdir), "settings": config.settings.describe(),
         "settings_key": config.settings.key(),
         "items": {kind: dict(counts) for kind, counts in by_kind.items()},
+        **breakdown,
         "materials_with_feff_spectra": {metal: complete.get(metal, 0) for metal in config.metals},
+        "multi_metal_with_all_edges": multi_complete,
+        "targets": {"per_metal": config.target_per_metal, "multi_edge": config.target_multi_edge},
         "feff_sites_done": len(feff_seconds),
         "feff_spectra_seeded": len(seeded),
-        "feff_seconds_per_site_median": sorted(feff_seconds)[len(feff_seconds) // 2] if feff_seconds else None,
+        "feff_seconds_per_site_median": median,
+        "feff_sites_per_hour": None if pace is None else round(pace, 1), "pace_from": pace_from if pace else None,
+        "eta_hours_targets": None if not pace else round(to_targets / pace, 1),
+        "eta_hours_all": None if not pace else round(len([i for i in pending if i.kind == "feff"]) / pace, 1),
         "last_result_age_s": None if modified is None else round(time.time() - modified),
     }

@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from sfn_stream.core.chemistry import SYMPREC
 from sfn_stream.core.spectra import TRANSITION_METALS_3D
@@ -25,11 +26,12 @@ MAX_Z = 94  # heavier "elements" in mineral CIFs are misread labels (NH4 read as
 class SourceEntry(NamedTuple):
     """One structure offered to the corpus (``structure`` None: already rejected by the reader)."""
 
-    source: str  # "amcsd" | "omnixas" | "reference"
+    source: str  # "amcsd" | "omnixas" | "matminer_mp" | "reference"
     source_id: str  # AMCSD id, mp-id, ...
     name: str  # mineral or descriptive name
     structure: Any
     reject_reason: str | None = None
+    dft_labels: Mapping[str, Any] | None = None  # DFT properties the source publishes (matminer_mp)
 
 
 @dataclass
@@ -44,6 +46,8 @@ class CorpusMaterial:
     structure: Any
     site_groups: dict[str, list[list[int]]]  # metal -> groups of equivalent site indices
     duplicates: list[str] = field(default_factory=list)  # material ids merged into this one
+    # DFT labels of this structure or of a merged duplicate: column -> value, plus "dft_source"
+    dft_labels: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metals(self) -> list[str]:
@@ -53,7 +57,7 @@ class CorpusMaterial:
         return {
             "material_id": self.material_id, "source": self.source, "source_id": self.source_id,
             "name": self.name, "formula": self.formula, "structure": self.structure.as_dict(),
-            "site_groups": self.site_groups, "duplicates": self.duplicates,
+            "site_groups": self.site_groups, "duplicates": self.duplicates, "dft_labels": self.dft_labels,
         }
 
     @classmethod
@@ -64,7 +68,7 @@ class CorpusMaterial:
             material_id=record["material_id"], source=record["source"], source_id=record["source_id"],
             name=record["name"], formula=record["formula"], structure=Structure.from_dict(record["structure"]),
             site_groups={k: [list(g) for g in v] for k, v in record["site_groups"].items()},
-            duplicates=list(record.get("duplicates", [])),
+            duplicates=list(record.get("duplicates", [])), dft_labels=dict(record.get("dft_labels") or {}),
         )
 
 
@@ -80,7 +84,7 @@ class Rejection:
 
 
 _FORMULA_NAME = re.compile(r"^\s*(\(?[A-Z][a-z]?\d*(\.\d+)?\)?\d*\s*)+$")  # "Cl3 Cr H12 O6", not "Hematite"
-_FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+['\"]?([^'\"\n]+)", re.M)
+_FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+['\"]?([^'\"\n]+)", re.MULTILINE)
 
 
 def stated_elements(cif_text: str, name: str = "") -> set[str]:
@@ -93,7 +97,7 @@ def stated_elements(cif_text: str, name: str = "") -> set[str]:
     for text in texts:
         try:
             elements |= {el.symbol for el in Composition(text.strip()).elements}
-        except Exception:  # an odd formula string says nothing we can use
+        except Exception:  # noqa: BLE001, S112 an odd formula string says nothing we can use
             continue
     return elements
 
@@ -117,7 +121,7 @@ def entry_from_cif(source: str, source_id: str, name: str, text: str) -> SourceE
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             structures = CifParser(StringIO(text)).parse_structures(primitive=False)
-    except Exception as err:  # pymatgen raises many kinds on malformed CIFs
+    except Exception as err:  # noqa: BLE001 pymatgen raises many kinds on malformed CIFs
         return SourceEntry(source, source_id, name, None, f"cif_unreadable: {type(err).__name__}")
     if not structures:
         return SourceEntry(source, source_id, name, None, "cif_no_structure")
@@ -179,46 +183,68 @@ def screen_entries(entries: Iterable[SourceEntry]) -> tuple[list[CorpusMaterial]
         if reason is None:
             try:
                 groups = metal_site_groups(entry.structure)
-            except Exception as err:  # spglib fails on a few degenerate cells
+            except Exception as err:  # noqa: BLE001 spglib fails on a few degenerate cells
                 reason = f"symmetry_failed: {type(err).__name__}"
         if reason is not None:
             rejected.append(Rejection(entry.source, str(entry.source_id), entry.name, reason))
             continue
         kept.append(CorpusMaterial(material_id_for(entry.source, entry.source_id), entry.source,
                                    str(entry.source_id), entry.name,
-                                   entry.structure.composition.reduced_formula, entry.structure, groups))
+                                   entry.structure.composition.reduced_formula, entry.structure, groups,
+                                   dft_labels=dict(entry.dft_labels or {})))
     return kept, rejected
 
 
-SOURCE_PRIORITY = {"reference": 0, "amcsd": 1, "omnixas": 2}
+# Which of two duplicates is kept: AMCSD (measured structures) before the OmniXAS Materials Project
+# structures (their Cu spectra ride along) before matminer_mp (added last: materials already in a campaign
+# keep their ids and item keys; a matminer_mp duplicate hands its DFT labels to the kept material).
+SOURCE_PRIORITY = {"reference": 0, "amcsd": 1, "omnixas": 2, "matminer_mp": 3}
+
+
+def _priority(material: CorpusMaterial) -> tuple:
+    return SOURCE_PRIORITY.get(material.source, 9), material.material_id
 
 
 def deduplicate(materials: list[CorpusMaterial]) -> tuple[list[CorpusMaterial], list[Rejection]]:
     """Merge structures that pymatgen's ``StructureMatcher`` (default tolerances, volume scaled) calls
-    the same, within and across sources. The kept one is the first by source (AMCSD before OmniXAS:
-    its spectra are computed here and can be committed) and id; the others are recorded on it and
-    rejected as ``duplicate_of <id>``. Only structures with one reduced formula are compared.
+    the same, within and across sources, and entries with one material id (an mp-id in two sources).
+    The kept one is the first by source (:data:`SOURCE_PRIORITY`) and id; the others are recorded on it
+    and rejected as ``duplicate_of <id>``. Only structures with one reduced formula are compared.
+    """
+    return merge_materials([], materials)
+
+
+def merge_materials(existing: list[CorpusMaterial], new: list[CorpusMaterial]
+                    ) -> tuple[list[CorpusMaterial], list[Rejection]]:
+    """``existing`` (unique already, all kept) plus those of ``new`` that duplicate none of them.
+
+    A source added to a prepared campaign goes through here, so that its materials lose to the ones
+    the campaign has (their ids and item keys stay); ``new`` is ordered by :data:`SOURCE_PRIORITY`.
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     matcher = StructureMatcher()
     by_formula: dict[str, list[CorpusMaterial]] = defaultdict(list)
-    for material in materials:
+    by_id: dict[str, CorpusMaterial] = {}
+    for material in existing:
         by_formula[material.formula].append(material)
-    kept, rejected = [], []
-    for group in by_formula.values():
-        group.sort(key=lambda m: (SOURCE_PRIORITY.get(m.source, 9), m.material_id))
-        unique: list[CorpusMaterial] = []
-        for material in group:
-            twin = next((u for u in unique if _same(matcher, u.structure, material.structure)), None)
-            if twin is None:
-                unique.append(material)
-            else:
-                twin.duplicates.append(material.material_id)
-                rejected.append(Rejection(material.source, material.source_id, material.name,
-                                          f"duplicate_of {twin.material_id}"))
-        kept.extend(unique)
-    kept.sort(key=lambda m: (SOURCE_PRIORITY.get(m.source, 9), m.material_id))
+        by_id[material.material_id] = material
+    kept, rejected = list(existing), []
+    for material in sorted(new, key=_priority):
+        twin = by_id.get(material.material_id) or next(
+            (u for u in by_formula[material.formula] if _same(matcher, u.structure, material.structure)), None)
+        if twin is None:
+            by_formula[material.formula].append(material)
+            by_id[material.material_id] = material
+            kept.append(material)
+            continue
+        if material.material_id != twin.material_id:
+            twin.duplicates.append(material.material_id)
+        if material.dft_labels and not twin.dft_labels:
+            twin.dft_labels = dict(material.dft_labels)
+        rejected.append(Rejection(material.source, material.source_id, material.name,
+                                  f"duplicate_of {twin.material_id}"))
+    kept.sort(key=_priority)
     return kept, rejected
 
 
@@ -227,7 +253,7 @@ def _same(matcher, a, b) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return bool(matcher.fit(a, b))
-    except Exception:
+    except Exception:  # noqa: BLE001 StructureMatcher fails on a few odd cells: not the same
         return False
 
 
@@ -307,14 +333,17 @@ def reference_materials(metals: Iterable[str] = CORPUS_METALS) -> list[CorpusMat
 
 
 def prepare_materials(
-    entries: Iterable[SourceEntry], progress: bool = False
+    entries: Iterable[SourceEntry], progress: bool = False, existing: Iterable[CorpusMaterial] = ()
 ) -> tuple[list[CorpusMaterial], list[Rejection]]:
-    """Screen every entry, then merge duplicates: the corpus's materials and every rejection."""
+    """Screen every entry, then merge duplicates: the corpus's materials and every rejection.
+
+    ``existing``: materials prepared before (a source added to a campaign), kept as they are; an entry
+    that duplicates one of them is rejected and hands it its DFT labels."""
     from tqdm import tqdm
 
     kept, rejected = screen_entries(tqdm(entries, desc="screening", unit="structure", disable=not progress,
                                          mininterval=5.0))
-    unique, duplicates = deduplicate(kept)
+    unique, duplicates = merge_materials(list(existing), kept)
     return unique, rejected + duplicates
 
 
