@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
         other = which.add_parser(name, help=help_text, add_help=False)
         other.add_argument("argv", nargs=argparse.REMAINDER, help="the benchmark's own options (--help lists them)")
         other.set_defaults(run=run_module, bench_name=name)
+    from ._backfill import add_bench_parser
+
+    add_bench_parser(which)
 
 
 def run_module(args) -> int:
