@@ -20,10 +20,16 @@ Four assignments; each reproduces the split files committed for it:
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from typing import Callable, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
+
+from sfn_stream.core import paths
+
+# The one assignment the corpus and every XANES model share (written by `sfn-stream train xanes-3d --splits-only`)
+UNIFIED_SPLITS_FILE = paths.SPLITS_DIR / "xanes_3d_splits.json"
 
 SPLITS = ("train", "val", "test")
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -165,3 +171,12 @@ def unified_splits(
                        if all(assignment[m] == "test" for m, *_ in members)
                        for mid, *_ in members)
     return assignment, test_only
+
+
+def pinned_splits(path=UNIFIED_SPLITS_FILE) -> dict[str, str]:
+    """material id -> split in the shared assignment (empty when the file is absent): the corpus pins its
+    materials to it, so that no model's test material is another's training material."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {mid: split for split in SPLITS for mid in data.get(split, ())}

@@ -33,7 +33,7 @@ import numpy as np
 from sfn_stream.core import paths
 from sfn_stream.core.files import file_sha256
 from sfn_stream.core.simulation import FeffSettings
-from sfn_stream.offline.splits import SPLITS, stratified_splits
+from sfn_stream.offline.splits import SPLITS, pinned_splits, stratified_splits
 from ._audit import amcsd_cif_text, audit_material, audit_summary
 from ._items import ITEM_VERSIONS, SEED_KIND
 from ._sources import DFT_PROVENANCE
@@ -278,7 +278,8 @@ def assemble_corpus(
             absorber_rows += rows
             material_rows.append(_material_row(material, labels, results.teacher.get(material.material_id)))
             in_corpus.append(material)
-    previous = read_splits(out_dir)
+    # the shared assignment wins over the corpus's own earlier one: one split for the corpus and every model
+    previous = {**read_splits(out_dir), **pinned_splits()}
     strata = _strata(material_rows, absorber_rows)
     splits = stratified_splits(((r["material_id"], r["formula"], strata[r["material_id"]]) for r in material_rows),
                                previous=previous)

@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sfn_stream.core import paths
-from sfn_stream.offline.splits import SPLITS, unified_splits
-
-UNIFIED_SPLITS_FILE = paths.SPLITS_DIR / "xanes_3d_splits.json"
+from sfn_stream.offline.splits import SPLITS, UNIFIED_SPLITS_FILE, unified_splits
 CHEMICAL_SYSTEM_TEST = "test_chemical_system"
 
 
