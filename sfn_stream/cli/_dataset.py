@@ -183,6 +183,7 @@ def run_build(args) -> int:
     from sfn_stream.offline.corpus import (
         CORPUS_DIR,
         CampaignMissing,
+        LabelsPending,
         SeedError,
         SnapshotMissing,
         run_corpus_build,
@@ -213,7 +214,7 @@ def run_build(args) -> int:
         raise CliError(f"--seed-from {err}") from err
     except SeedError as err:
         raise CliError(f"{err}; use --no-seed to build without it") from err
-    except CampaignMissing as err:
+    except (CampaignMissing, LabelsPending) as err:
         raise CliError(str(err)) from err
     if build.summary is None:
         _print_manifest(build.manifest, out_dir, args.json)

@@ -47,6 +47,7 @@ from ._product import (
     CORPUS_DIR,
     LABEL_PROVENANCE,
     CorpusMissing,
+    LabelsPending,
     assemble_corpus,
     content_hash,
     corpus_counts,
@@ -97,6 +98,7 @@ from ._product import MANIFEST
 from ._sources import DFT_PROVENANCE, MATMINER_DESCRIPTION, MATMINER_SOURCE, matminer_entries
 
 __all__ = [
+    "LabelsPending",
     "campaign_tiers",
     "label_classes",
     "load_order_classes",

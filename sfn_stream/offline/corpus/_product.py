@@ -278,6 +278,7 @@ def assemble_corpus(
             absorber_rows += rows
             material_rows.append(_material_row(material, labels, results.teacher.get(material.material_id)))
             in_corpus.append(material)
+    _refuse_lost_labels(out_dir, absorber_rows)
     # the shared assignment wins over the corpus's own earlier one: one split for the corpus and every model
     previous = {**read_splits(out_dir), **pinned_splits()}
     strata = _strata(material_rows, absorber_rows)
@@ -374,6 +375,29 @@ def edge_completeness(material_rows: Sequence[dict], absorber_rows: Sequence[dic
     return {"materials_with_all_edges": len(complete), "multi_metal_materials": len(multi),
             "multi_metal_with_all_edges": len(multi & complete),
             "multi_metal_with_all_edges_feff10": len(multi & complete_feff10)}
+
+
+class LabelsPending(RuntimeError):
+    """The campaign has not (re)computed labels the previous snapshot had: a snapshot now would lose them."""
+
+
+def _refuse_lost_labels(out_dir: Path, absorber_rows) -> None:
+    """Labels are recomputed by each campaign, not seeded: on a fresh machine they are pending for a while,
+    and a snapshot taken then would write rows without labels that the committed corpus has."""
+    previous_path = Path(out_dir) / "absorbers.parquet"
+    if not previous_path.is_file():
+        return
+    import pandas as pd
+
+    previous = pd.read_parquet(previous_path, columns=["material_id", "element", "oxidation_method"])
+    labelled = {(r.material_id, r.element) for r in previous.itertuples(index=False)
+                if isinstance(r.oxidation_method, str)}
+    lost = [(row["material_id"], row["element"]) for row in absorber_rows
+            if (row["material_id"], row["element"]) in labelled and not row.get("oxidation_method")]
+    if lost:
+        raise LabelsPending(f"{len(lost)} absorber rows of the committed corpus would lose their labels (e.g. "
+                            f"{lost[0][0]} {lost[0][1]}): the campaign has not recomputed them yet; let it run "
+                            "(`sfn-stream dataset status`: labels pending) and assemble again")
 
 
 def _write_tables(out_dir: Path, material_rows, absorber_rows) -> None:

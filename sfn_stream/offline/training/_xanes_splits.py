@@ -68,9 +68,13 @@ def make_unified_splits(materials, *, previous: Mapping[str, str] | None = None,
 
 def write_unified_splits(materials, path: str | Path = UNIFIED_SPLITS_FILE) -> dict[str, Any]:
     """(Re)write the committed file, keeping every material's earlier split."""
+    from sfn_stream.offline.corpus import read_splits as read_corpus_splits
+
     path = Path(path)
     previous = split_of(read_unified_splits(path)) if path.is_file() else None
-    data = make_unified_splits(materials, previous=previous)
+    # materials the corpus assembly has already placed keep that place: corpus and models agree
+    pinned = {**read_corpus_splits(), **(previous or {})}
+    data = make_unified_splits(materials, previous=pinned)
     if previous is not None and split_of(data) == previous:  # nothing new: leave the file as it is
         return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
