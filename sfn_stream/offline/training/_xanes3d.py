@@ -14,7 +14,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from sfn_stream.core.chemistry import (
     descriptor_stats,
     descriptor_table,
 )
-from sfn_stream.core.spectra import XANES_WINDOW, preprocess_xanes
+from sfn_stream.core.spectra import XANES_DEFAULTS, XANES_WINDOW, preprocess_xanes
 from sfn_stream.offline.metrics import fit_temperature
 
 from ._corpus_xanes import (
@@ -68,6 +68,11 @@ class Augmentation3d:
     tilt_error: float = 0.03  # normalisation: linear tilt across the window
     self_absorption: float = 0.35  # max beta of the damping mu -> mu (1 + beta) / (1 + beta mu)
     self_absorption_probability: float = 0.3
+    # Shifted views may leave more of the window without FEFF data than a measured scan may (the 25 %
+    # rule): FEFF spectra start 5-10 eV above the window start, so with the limit (None) views shifted up
+    # by more than ~3 eV are dropped, the direction in which measured compound edges lie
+    # (docs/feff-edge-positions.md).
+    view_max_window_missing: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "note": "shift and broadening go through preprocess_xanes (window and e0_shift move "
@@ -102,12 +107,14 @@ class EdgeViews:
     source: str
 
 
-def edge_window(edge, *, shift: float = 0.0, broadening: float = 0.0):
+def edge_window(edge, *, shift: float = 0.0, broadening: float = 0.0, max_window_missing: float | None = None):
     """The model window of one corpus edge (optionally shifted / broadened first), or None if unusable."""
     energy, mu = edge.energy, edge.mu
     if broadening > 0:
         energy, mu = gaussian_broaden(energy, mu, broadening)
-    window = preprocess_xanes(energy + shift, mu, absorber=edge.absorber, energy_offset=edge.energy_offset)
+    defaults = XANES_DEFAULTS if max_window_missing is None else replace(XANES_DEFAULTS, max_window_missing=max_window_missing)
+    window = preprocess_xanes(energy + shift, mu, absorber=edge.absorber, energy_offset=edge.energy_offset,
+                              defaults=defaults)
     return window if window.usable else None
 
 
@@ -121,7 +128,8 @@ def material_views(material: CorpusMaterial, aug: Augmentation3d | None, rng: np
         windows, shifts = [clean.mu.astype(np.float32)], [float(clean.e0_shift)]
         for _ in range(aug.views if aug else 0):
             shift = float(np.clip(rng.normal(0, aug.energy_shift_sigma), -3 * aug.energy_shift_sigma, 3 * aug.energy_shift_sigma))
-            view = edge_window(edge, shift=shift, broadening=rng.uniform(*aug.broadening))
+            view = edge_window(edge, shift=shift, broadening=rng.uniform(*aug.broadening),
+                               max_window_missing=aug.view_max_window_missing)
             if view is not None:
                 windows.append(view.mu.astype(np.float32))
                 shifts.append(float(view.e0_shift))
