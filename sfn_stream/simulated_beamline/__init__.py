@@ -1,16 +1,32 @@
 """A simulated beamline (ophyd.sim) and plans that follow sfn-stream's metadata convention."""
 
+from ._corpus_sample import (
+    CorpusSample,
+    corpus_beamline,
+    edge_acquisition,
+    load_corpus_sample,
+    measure_edge,
+    measure_sample,
+    multi_metal_materials,
+)
 from ._devices import PowderDetector, XanesDetector, monochromator
 from ._plans import DEFAULT_REGIONS, powder_scan, xanes_energies, xanes_scan
 from ._sample import DemoSample, load_demo_sample
 
 __all__ = [
     "DEFAULT_REGIONS",
+    "CorpusSample",
     "DemoSample",
     "PowderDetector",
     "XanesDetector",
+    "corpus_beamline",
+    "edge_acquisition",
+    "load_corpus_sample",
     "load_demo_sample",
+    "measure_edge",
+    "measure_sample",
     "monochromator",
+    "multi_metal_materials",
     "powder_scan",
     "xanes_energies",
     "xanes_scan",

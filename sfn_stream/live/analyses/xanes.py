@@ -60,6 +60,7 @@ class XanesAnalysis(BaseAnalysis):
         self._columns: dict[str, list] = defaultdict(list)
         self.prediction: Prediction | None = None
         self.absorber: str | None = None
+        self.window = None  # the preprocessed model window (a XanesWindow), for after-stop consumers
 
     @classmethod
     def recognises(cls, keys: Mapping[str, str], data_keys: Mapping[str, Any]) -> bool:
@@ -99,7 +100,7 @@ class XanesAnalysis(BaseAnalysis):
             logger.exception("sfn-stream: XANES prediction failed")
             prediction = Prediction.failed("xanes", "error", f"model failed: {type(err).__name__}: {err}",
                                            flags=flags, bundle_id=bundle_id(predictor))
-        self.prediction, self.absorber = prediction, absorber
+        self.prediction, self.absorber, self.window = prediction, absorber, window
         classes = {task: bundle_classes(predictor, task, default) for task, default in _DEFAULT_CLASSES.items()}
         self.write_row(xanes_row(prediction, absorber or "", classes, window))
         return run_summary(

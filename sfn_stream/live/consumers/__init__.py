@@ -1,7 +1,21 @@
 """After-stop consumers: work started by finished runs and written as runs of their own (structure
 inference). ``base`` says how to add one."""
 
-from .base import BaseConsumer, Consumer, ConsumerStats, FinishedRun, make_consumer, register_consumer
+from .base import (
+    BaseConsumer,
+    Consumer,
+    ConsumerStats,
+    FinishedRun,
+    make_consumer,
+    register_consumer,
+)
+from .next_edge import (
+    NEXT_EDGE_CONSUMER,
+    EdgeCalibration,
+    EdgeCost,
+    NextEdgeAgent,
+    NextEdgeOptions,
+)
 from .structure import (
     STRUCTURE_CONSUMER,
     STRUCTURE_KIND,
@@ -17,6 +31,7 @@ from .structure import (
 )
 
 __all__ = [
+    "NEXT_EDGE_CONSUMER",
     "STRUCTURE_CONSUMER",
     "STRUCTURE_KIND",
     "STRUCTURE_PLAN",
@@ -24,7 +39,11 @@ __all__ = [
     "BaseConsumer",
     "Consumer",
     "ConsumerStats",
+    "EdgeCalibration",
+    "EdgeCost",
     "FinishedRun",
+    "NextEdgeAgent",
+    "NextEdgeOptions",
     "RunInputs",
     "StructureConsumer",
     "StructureInferenceOptions",

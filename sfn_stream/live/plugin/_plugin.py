@@ -301,6 +301,9 @@ class SfnPlugin:
                     self._busy = False
 
     def _analyse_new_records(self, run) -> None:
+        if run.analysed:  # its stop came in while the run was being analysed: nothing is left to do
+            self._readers.pop(run.uid, None)
+            return
         reader = self._readers.setdefault(run.uid, RecordReader(run.path))
         for kind, name, doc in reader.read_new():
             if kind != "raw":  # derived documents and the final stop are this thread's own
@@ -322,23 +325,23 @@ class SfnPlugin:
     def _emit_spooled(self, name: str, doc: dict) -> None:
         """Spool what a run's processor or a consumer emits. The processor re-emits the run's raw documents
         (already spooled; its RunRouter turns events into event pages), its derived stream (a descriptor it
-        made, and events of it) and the stop with the summary, which marks the run analysed. Documents of
-        another run (a consumer's) start a run of their own."""
+        made, and events of it) and the stop with the summary, which marks the run analysed. A consumer's
+        run is spooled as it is and never analysed (as it went straight downstream before the spool)."""
         run_uid, raw = self._current if self._current is not None else (None, None)
         if doc is raw:
             return
-        if name == "stop" and run_uid is not None and doc.get("run_start") == run_uid:
-            self._finish_spooled_run(run_uid, doc)
-            return
-        if run_uid is not None and self._is_derived(run_uid, name, doc, raw):
-            self._spool.append_derived(run_uid, name, doc)
-            return
-        if run_uid is not None and name != "start" and self._spool.run_of(name, doc) == run_uid:
-            return  # a raw document of the run, re-emitted in another form
-        new_uid = self._spool.append_raw(name, doc)
-        if new_uid is not None:
-            with self._wake:
-                self._dirty.add(new_uid)
+        if run_uid is not None:
+            if name == "stop" and doc.get("run_start") == run_uid:
+                self._finish_spooled_run(run_uid, doc)
+                return
+            if self._is_derived(run_uid, name, doc, raw):
+                self._spool.append_derived(run_uid, name, doc)
+                return
+            if name != "start" and self._spool.run_of(name, doc) == run_uid:
+                return  # a raw document of the run, re-emitted in another form
+        owner = self._spool.append_raw(name, doc)
+        if name == "stop" and owner is not None:
+            self._spool.mark_analysed(owner, doc)
 
     def _is_derived(self, run_uid: str, name: str, doc: dict, raw: dict) -> bool:
         if name == "descriptor" and doc.get("run_start") == run_uid and doc["uid"] != raw.get("uid"):

@@ -15,5 +15,7 @@ BENCHMARKS = {
     "feff-cu2o": ("feff_cu2o_reproduction", "rerun raw_example_mp-361_Cu2O's feff.inp and compare (hours)"),
     "xanes-model": ("xanes_model_eval", "XANES bundle: test-split metrics, measured dev set, inference time"),
     "xrd-model": ("xrd_model_eval", "XRD bundle: test-split metrics, measured dev patterns, per-frame time"),
+    "agent": ("agent_benchmark", "next-edge agent vs random / fixed / all-edge orders on multi-metal test samples"),
+    "edge-positions": ("edge_positions", "edge positions of corpus FEFF10 vs measured spectra per metal and valence"),
     "faults": ("fault_benchmark", "Tiled outages, killed and exited sessions, back-to-back runs: lost/duplicated"),
 }
