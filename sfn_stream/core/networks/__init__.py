@@ -13,6 +13,7 @@ from ._specfusion import (
     ensemble_outputs,
 )
 from ._xrd_net import CRYSTAL_SYSTEMS, XrdClassifier, XrdCnnTransformer
+from ._xrd_peaks import N_SPACE_GROUPS, XrdPeakTransformer
 
 from ._specfusion import EncodedBatch
 from ._xrd_net import architecture_of
@@ -23,6 +24,8 @@ __all__ = [
     "CRYSTAL_SYSTEMS",
     "XrdClassifier",
     "XrdCnnTransformer",
+    "XrdPeakTransformer",
+    "N_SPACE_GROUPS",
     "BundleError",
     "CARD_FILE",
     "WEIGHTS_FILE",

@@ -18,6 +18,7 @@ from torch import nn
 
 from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
 from sfn_stream.core.spectra import XRD_Q_POINTS, XrdInputError
+
 from ._bundle import ModelBundle
 
 
@@ -61,8 +62,14 @@ class XrdCnnTransformer(nn.Module):
         return self.head(self.norm(pooled))
 
 
-def architecture_of(model: XrdCnnTransformer, **kwargs: Any) -> dict[str, Any]:
-    return {"class": "XrdCnnTransformer", "kwargs": kwargs, "n_parameters": sum(p.numel() for p in model.parameters())}
+def architecture_of(model: nn.Module, **kwargs: Any) -> dict[str, Any]:
+    return {"class": type(model).__name__, "kwargs": kwargs, "n_parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _architectures() -> dict[str, type[nn.Module]]:
+    from ._xrd_peaks import XrdPeakTransformer
+
+    return {"XrdCnnTransformer": XrdCnnTransformer, "XrdPeakTransformer": XrdPeakTransformer}
 
 
 _CLASSIFIERS: dict[tuple[str, str], XrdClassifier] = {}
@@ -71,9 +78,11 @@ _CLASSIFIERS: dict[tuple[str, str], XrdClassifier] = {}
 class XrdClassifier:
     """Inference on patterns preprocessed onto ``XRD_Q_GRID``; load with :meth:`from_bundle`."""
 
-    def __init__(self, model: XrdCnnTransformer, temperature: float, classes: tuple[str, ...], bundle_id: str = ""):
+    def __init__(self, model: nn.Module, temperature: float, classes: tuple[str, ...], bundle_id: str = "",
+                 space_group_temperature: float = 1.0):
         self.model = model.eval()
         self.temperature = float(temperature)
+        self.space_group_temperature = float(space_group_temperature)
         self.classes = tuple(classes)
         self.bundle_id = bundle_id
 
@@ -84,15 +93,36 @@ class XrdClassifier:
         if key not in _CLASSIFIERS:
             weights = bundle.load_weights()
             architecture = bundle.card["architecture"]
-            model = XrdCnnTransformer(**architecture["kwargs"])
+            model = _architectures()[architecture.get("class", "XrdCnnTransformer")](**architecture["kwargs"])
             model.load_state_dict(weights["model"])
             temperature = float(weights.get("temperature", torch.tensor(1.0)))
+            sg_temperature = float(weights.get("space_group_temperature", torch.tensor(1.0)))
             classes = tuple(bundle.card["tasks"]["crystal_system"]["classes"])
-            _CLASSIFIERS[key] = cls(model, temperature, classes, bundle.id)
+            _CLASSIFIERS[key] = cls(model, temperature, classes, bundle.id, sg_temperature)
         return _CLASSIFIERS[key]
+
+    @property
+    def has_space_group(self) -> bool:
+        return hasattr(self.model, "space_group_head")
+
+    def space_group_probabilities(self, patterns: np.ndarray) -> np.ndarray:
+        """(n, XRD_Q_POINTS) -> (n, 230) calibrated probabilities; column k is space group k + 1."""
+        if not self.has_space_group:
+            raise XrdInputError(f"bundle {self.bundle_id or '?'} has no space-group head")
+        patterns = self._checked(patterns)
+        with torch.inference_mode():
+            _, logits = self.model.both(torch.from_numpy(patterns))
+            return torch.softmax(logits / self.space_group_temperature, dim=1).numpy().astype(float)
 
     def probabilities(self, patterns: np.ndarray) -> np.ndarray:
         """(n, XRD_Q_POINTS) -> (n, 7) calibrated probabilities."""
+        patterns = self._checked(patterns)
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(patterns))
+            return torch.softmax(logits / self.temperature, dim=1).numpy().astype(float)
+
+    @staticmethod
+    def _checked(patterns: np.ndarray) -> np.ndarray:
         patterns = np.asarray(patterns, dtype=np.float32)
         if patterns.ndim != 2 or patterns.shape[1] != XRD_Q_POINTS:
             raise XrdInputError(
@@ -101,9 +131,7 @@ class XrdClassifier:
             )
         if not np.isfinite(patterns).all():
             raise XrdInputError("pattern contains NaN or inf; preprocess_xrd output is always finite")
-        with torch.inference_mode():
-            logits = self.model(torch.from_numpy(patterns))
-            return torch.softmax(logits / self.temperature, dim=1).numpy().astype(float)
+        return patterns
 
     def predict(self, pattern: np.ndarray) -> dict[str, Any]:
         return self.predict_batch(np.asarray(pattern)[None, :])[0]

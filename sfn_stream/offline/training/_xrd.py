@@ -15,13 +15,15 @@ from sfn_stream.core.serialize import json_safe
 from sfn_stream.core.simulation import StickTable, stick_pattern
 from sfn_stream.offline.metrics import fit_temperature, probability_metrics
 from sfn_stream.offline.splits import SPLITS, hashed_splits
+
 from ._omnixas import TimeLimitExceeded, time_limit
 
 SYMPREC = 0.1
 DEFAULT_STICK_TABLE = paths.DATA_DIR / "xrd_sticks" / "xrd_sticks.npz"
 
 
-def structure_record(key: str, structure, *, timeout_s: float = 30.0) -> tuple[dict | None, str | None]:
+def structure_record(key: str, structure, *, timeout_s: float = 30.0,
+                     calculator: str = "pymatgen") -> tuple[dict | None, str | None]:
     """Stick pattern + crystal-system label of one structure, or (None, reason)."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -30,10 +32,10 @@ def structure_record(key: str, structure, *, timeout_s: float = 30.0) -> tuple[d
             sga = SpacegroupAnalyzer(structure, symprec=SYMPREC)
             crystal_system = sga.get_crystal_system()
             spacegroup = sga.get_space_group_number()
-            sticks = stick_pattern(structure)
+            sticks = stick_pattern(structure, calculator=calculator)
     except TimeLimitExceeded:
         return None, "timeout"
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - one structure pymatgen cannot handle must not stop a build
         return None, f"calculation_failed: {type(err).__name__}"
     if len(sticks) == 0:
         return None, "no_reflections"
@@ -57,15 +59,15 @@ def _iter_all_structures(sources: tuple[str, ...], limit: int | None):
         for entry in iter_amcsd_structures(ids):
             yield f"amcsd:{entry.amcsd_id}", entry.structure, entry.reject_reason
     if "mp" in sources:
-        from sfn_stream.offline.shared import omnixas_poscars
-
         from pymatgen.core import Structure
+
+        from sfn_stream.offline.shared import omnixas_poscars
 
         items = sorted(omnixas_poscars().items())
         for mp_id, poscar in items[:limit] if limit else items:
             try:
                 yield mp_id, Structure.from_str(poscar, fmt="poscar"), None
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - recorded as a rejection, the build goes on
                 yield mp_id, None, f"poscar_unreadable: {type(err).__name__}"
 
 
@@ -190,15 +192,13 @@ def measured_dev_set() -> tuple[list[dict], list[dict]]:
 
     Returns (usable items, skipped items with reasons). Wavelength: the CIF's own, else INDEX.csv.
     """
-    import csv
 
-    from sfn_stream.core.spectra import PdCifError, read_pdcif
-    from sfn_stream.core.spectra import preprocess_xrd
+    from sfn_stream.core.spectra import PdCifError, preprocess_xrd, read_pdcif
     from sfn_stream.offline.shared import shared_path
 
     root = shared_path("data", "pxrd_experimental_dev")
     items, skipped = [], []
-    for row in csv.DictReader(open(root / "labels.csv")):
+    for row in _csv_rows(root / "labels.csv"):
         name = row["file"]
         if row["phases"].strip() != "1" or row["crystal_system"] not in CRYSTAL_SYSTEMS:
             skipped.append({"file": name, "reason": "multi-phase or no crystal-system label"})
@@ -206,7 +206,7 @@ def measured_dev_set() -> tuple[list[dict], list[dict]]:
         x, y = _read_xy(root / name)
         wavelength = float(row["wavelength_A"])
         items.append(_item(name, row["formula"], row["crystal_system"], preprocess_xrd(x, y, wavelength=wavelength), "labels.csv"))
-    for row in csv.DictReader(open(root / "iucr_rietveld" / "INDEX.csv")):
+    for row in _csv_rows(root / "iucr_rietveld" / "INDEX.csv"):
         name = f"iucr_rietveld/{row['file']}"
         if row["nphases"].strip() != "1" or row["has_powder_profile"] != "True" or row["crystal_system"] not in CRYSTAL_SYSTEMS:
             skipped.append({"file": name, "reason": f"nphases {row['nphases']} / profile {row['has_powder_profile']}"})
@@ -227,9 +227,18 @@ def measured_dev_set() -> tuple[list[dict], list[dict]]:
     return items, skipped
 
 
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def _read_xy(path: Path):
     try:
-        from sfn_stream.core.spectra import read_xy  # the shared two-column reader, when present
+        from sfn_stream.core.spectra import (
+            read_xy,  # the shared two-column reader, when present
+        )
     except ImportError:
         data = np.loadtxt(path, comments="#")
         return data[:, 0], data[:, 1]
@@ -294,9 +303,13 @@ def train_xrd_bundle(
     import torch
     from tqdm import tqdm
 
-    from sfn_stream.core.networks import save_bundle
-    from sfn_stream.core.networks import XrdClassifier, XrdCnnTransformer, architecture_of
     from sfn_stream.core.files import file_sha256
+    from sfn_stream.core.networks import (
+        XrdClassifier,
+        XrdCnnTransformer,
+        architecture_of,
+        save_bundle,
+    )
     from sfn_stream.core.simulation import AUGMENTATION
     from sfn_stream.core.spectra import BACKGROUND, XRD_Q_MIN, XRD_Q_POINTS, XRD_Q_STEP
 
@@ -421,8 +434,8 @@ def train_xrd_bundle(
             "sha256": sha,
             "build": "python -m sfn_stream.offline.training._xrd build",
             "table_info": table.info,
-            "n_structures": {name: int(len(idx)) for name, idx in splits.items()},
-            "n_train_used": int(len(train_idx)),
+            "n_structures": {name: len(idx) for name, idx in splits.items()},
+            "n_train_used": len(train_idx),
             "train_class_counts": {c: int(n) for c, n in zip(CRYSTAL_SYSTEMS, counts)},
             "splits": "data/splits/xrd_{train,val,test}.txt (grouped by reduced formula + space group, seeded hash)",
             "augmentation": json_safe(AUGMENTATION),

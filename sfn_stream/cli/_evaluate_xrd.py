@@ -1,0 +1,49 @@
+"""``sfn-stream evaluate xrd [--json]``: PXRD crystal-system figures of bundles beside their baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._common import CliError, print_json
+
+
+def add_xrd_parser(which) -> None:
+    """``xrd`` under ``sfn-stream evaluate`` (whose parser lives in ``_structure``)."""
+    xrd = which.add_parser("xrd", help="PXRD classifier: noisy formula-disjoint, clean, structure-type-disjoint and "
+                           "measured patterns, beside 1-NN and majority baselines")
+    xrd.add_argument("--bundle", type=Path, action="append", default=[],
+                     help="bundle folder (repeatable; default: the shipped models/xrd-crystal-system)")
+    xrd.add_argument("--sticks", type=Path, help="stick table (default: data/xrd_sticks/xrd_sticks.npz)")
+    xrd.add_argument("--splits-dir", type=Path,
+                     help="folder of xrd_{train,val,test}.txt for --sticks (default: data/splits)")
+    xrd.add_argument("--max-test", type=int, help="at most this many structures per test set (default: all)")
+    xrd.add_argument("--max-reference", type=int,
+                     help="at most this many training structures in the 1-NN reference (default: all)")
+    xrd.add_argument("--no-measured", action="store_true", help="leave out the measured patterns (../shared)")
+    xrd.add_argument("--brief", action="store_true", help="summary lines only (no per-class rows, no confusion)")
+    xrd.add_argument("--json", action="store_true", help="print one JSON object")
+    xrd.set_defaults(run=run_xrd)
+
+
+def run_xrd(args) -> int:
+    from sfn_stream.core import paths
+    from sfn_stream.core.networks import BundleError, models_dir
+    from sfn_stream.offline.evaluation.xrd_eval import evaluate_xrd, format_report
+    from sfn_stream.offline.training import DEFAULT_STICK_TABLE
+
+    for name in ("max_test", "max_reference"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be at least 1")
+    bundles = args.bundle or [models_dir() / "xrd-crystal-system"]
+    try:
+        report = evaluate_xrd(bundles, sticks=args.sticks or DEFAULT_STICK_TABLE,
+                              splits_dir=args.splits_dir or paths.SPLITS_DIR, max_test=args.max_test,
+                              max_reference=args.max_reference, measured=not args.no_measured,
+                              progress=not args.json)
+    except (BundleError, FileNotFoundError) as err:
+        raise CliError(str(err)) from err
+    if args.json:
+        print_json(report)
+    else:
+        print("\n".join(format_report(report, details=not args.brief)))
+    return 0
