@@ -112,18 +112,19 @@ def test_dataset_status_counts_seeded_sites(corpus, tmp_path, monkeypatch, capsy
     assert status["feff_spectra_seeded"] == 3
 
 
-def test_a_fresh_workdir_seeds_itself_from_the_corpus_it_writes(corpus, tmp_path, monkeypatch, capsys):
-    """`dataset build` on a new machine: its --out corpus seeds the campaign, so writing the corpus
-    from a workdir without results keeps every committed spectrum instead of emptying the corpus."""
+def test_a_fresh_workdir_does_not_overwrite_the_corpus_before_it_has_recomputed_the_labels(corpus, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """`dataset build --assemble-only` on a new machine: its --out corpus seeds the spectra, but labels are
+    recomputed, not seeded; until the fresh campaign has them, writing the corpus would lose them, so it is
+    refused with the reason and the committed corpus stays as it was."""
     snapshot, manifest = corpus
     committed = tmp_path / "committed"
     shutil.copytree(snapshot, committed)
     monkeypatch.setitem(CALIBRATION_CANDIDATES, "test_fast", FAST)
     workdir = tmp_path / "fresh"
     save_prepared(workdir / "materials.json.gz", _materials(), [], {"test": "minerals"})
+    before = {path.name: path.read_bytes() for path in committed.iterdir()}
     assert main(["dataset", "build", "--workdir", str(workdir), "--out", str(committed), "--assemble-only",
-                 "--settings", "test_fast", "--metals", "Ti,Cu,Fe", "--json"]) == 0
-    written = json.loads(capsys.readouterr().out)  # --json: the manifest alone on stdout
-    assert written["n_materials"] == manifest["n_materials"] == 3
-    assert written["seeded_from"] == [manifest["content_hash"]]
-    assert pd.read_parquet(committed / "absorbers.parquet")["mu"].map(len).min() > 100
+                 "--settings", "test_fast", "--metals", "Ti,Cu,Fe", "--json"]) == 2
+    assert "would lose their labels" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in committed.iterdir()} == before
