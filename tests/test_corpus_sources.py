@@ -294,3 +294,21 @@ def test_a_build_adds_the_new_source_runs_its_items_and_freezes_the_order_classe
     labels = {r["material_id"] for r in config.store.records() if r["kind"] == "labels"}
     assert labels == {"amcsd-00004", "mp-19009"}
     assert load_order_classes(config.workdir) == {("amcsd-00004", "Ti"): "4/6"}
+
+
+def test_materials_seeded_from_the_snapshot_get_their_labels_before_any_new_feff_site():
+    from sfn_stream.offline.corpus._campaign import seeded_materials
+
+    kept, _ = screen_entries([SourceEntry("amcsd", "1", "wustite", _rock_salt("Fe", 4.33)),
+                              SourceEntry("amcsd", "2", "hematite", _hematite())])
+    records = [{"kind": "feff_material", "material_id": "amcsd-00002", "ok": True},
+               {"kind": "feff_material", "material_id": "amcsd-00001", "ok": False}]
+    config = CampaignConfig(workdir=Path("."), settings=FAST, metals=("Fe",), seeded=seeded_materials(records))
+    assert config.seeded == {"amcsd-00002"}
+    plan = [(item.kind, item.material_id) for item in plan_items(kept, [], config)]
+    # hematite (seeded) is the costlier: by the tiers its labels would wait for wustite's FEFF sites
+    assert plan[:3] == [(kind, "amcsd-00002") for kind in ("labels", "sticks", "teacher")]
+    assert plan.count(("labels", "amcsd-00002")) == 1
+    without = [(item.kind, item.material_id) for item in plan_items(kept, [], CampaignConfig(
+        workdir=Path("."), settings=FAST, metals=("Fe",)))]
+    assert without.index(("labels", "amcsd-00002")) > without.index(("feff", "amcsd-00001"))

@@ -17,6 +17,7 @@ from ._campaign import (
     CampaignConfig,
     CampaignSummary,
     label_classes,
+    seeded_materials,
     run_campaign,
     save_order_classes,
 )
@@ -133,6 +134,7 @@ def build_corpus(
     materials, _, _ = prepared_materials(config.workdir, entries, sources, refresh_structures, progress)
     # the order prefers rarer (oxidation state, CN) classes among the labels finished so far
     config.classes = label_classes(config.store.records())
+    config.seeded = seeded_materials(config.store.records())
     save_order_classes(config.workdir, config.classes)
     references = reference_materials(config.metals)
     last = [time.monotonic()]

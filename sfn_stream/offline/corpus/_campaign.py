@@ -22,7 +22,7 @@ from typing import Any
 
 from sfn_stream.core.simulation import FeffSettings
 
-from ._items import ITEM_KINDS, ITEM_VERSIONS, Item, execute
+from ._items import ITEM_KINDS, ITEM_VERSIONS, SEED_KIND, Item, execute
 from ._sandbox import Sandbox
 from ._seed import seeded_sites
 from ._structures import CORPUS_METALS, SOURCE_PRIORITY, CorpusMaterial
@@ -88,6 +88,9 @@ class CampaignConfig:
     # (material, metal) -> "oxidation state/CN" class of the labels finished so far (label_classes): the
     # order prefers a metal's rarer classes; None: by cost alone
     classes: Mapping[tuple[str, str], str] | None = None
+    # materials whose spectra were seeded from the committed corpus (seeded_materials): their labels, sticks
+    # and teacher labels are recomputed, not seeded, and a snapshot needs them, so they come first
+    seeded: frozenset[str] = frozenset()
     retry_failed: bool = False
     nice: int = 0  # niceness of the sandbox processes that do the work
 
@@ -112,6 +115,11 @@ def _cost(material: CorpusMaterial, metals: Sequence[str]) -> tuple:
     # cheapest first: fewest inequivalent sites over all the edges it brings, then smaller cells
     sites = sum(len(material.site_groups[m]) for m in feff_edges(material, metals))
     return (sites, len(material.structure), SOURCE_PRIORITY.get(material.source, 9), material.material_id)
+
+
+def seeded_materials(records: Iterable[dict]) -> frozenset[str]:
+    """Ids of the materials with a spectrum seeded from a corpus snapshot."""
+    return frozenset(r["material_id"] for r in records if r.get("kind") == SEED_KIND and r.get("ok"))
 
 
 def label_classes(records: Iterable[dict]) -> dict[tuple[str, str], str]:
@@ -253,6 +261,10 @@ def plan_items(
     # second each (measured), so all of them come before the FEFF sites
     for material in materials:
         if material.source == "omnixas" and "Cu" in config.metals and "Cu" in material.metals:
+            order += material_items(material)
+    # seconds each, and without them a snapshot would lose the committed corpus's labels (LabelsPending)
+    for material in materials:
+        if material.material_id in config.seeded:
             order += material_items(material)
     for tier in campaign_tiers(materials, config).values():
         for metal, material in tier:
