@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.vasp import Poscar
+from test_corpus import _cuprite, _hematite, _ilmenite, _rutile
 
 from sfn_stream.cli import main
 from sfn_stream.core.simulation import FeffSettings
@@ -35,23 +36,11 @@ from sfn_stream.offline.shared import have_shared
 FAST = FeffSettings(scf_radius=None, fms_radius=3.0, cluster_radius=5.0)
 
 
-def _rutile():
-    x = 0.3048
-    return Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"], [[0, 0, 0], [x, x, 0]])
-
 
 def _rock_salt(metal: str, a: float):
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [metal, "O"], [[0, 0, 0], [0.5] * 3])
 
 
-def _ilmenite():
-    return Structure.from_spacegroup("R-3", Lattice.hexagonal(5.0884, 14.0885), ["Fe", "Ti", "O"],
-                                     [[0, 0, 0.35537], [0, 0, 0.14640], [0.3172, 0.0234, 0.2450]])
-
-
-def _hematite():
-    return Structure.from_spacegroup("R-3c", Lattice.hexagonal(5.0356, 13.7489), ["Fe", "O"],
-                                     [[0, 0, 0.3553], [0.3059, 0, 0.25]])
 
 
 def _pyrite():
@@ -63,9 +52,6 @@ def _delafossite():
     return Structure.from_spacegroup("R-3m", Lattice.hexagonal(3.0351, 17.166), ["Cu", "Fe", "O"],
                                      [[0, 0, 0], [0, 0, 0.5], [0, 0, 0.1066]])
 
-
-def _cuprite():
-    return Structure.from_spacegroup("Pn-3m", Lattice.cubic(4.2696), ["Cu", "O"], [[0.25] * 3, [0, 0, 0]])
 
 
 def _matminer_record(structure, labels: dict, datasets=("flla_2015",)) -> dict:
