@@ -47,6 +47,7 @@ class RunContext:
     models: Any  # a sfn_stream.core.predict.ModelRegistry
     write_row: WriteRow  # (stream, row): one event of a derived stream
     find_keys: FindKeys  # (data_keys, roles) -> role -> data key, as the run convention matches them
+    samples: Any = None  # a SampleMemory shared by the plugin's runs (None: no cross-run fusion)
 
 
 class Analysis(Protocol):

@@ -2,6 +2,11 @@
 
 The scan's channels (energy, mu or i0/it/if/iref) are collected as events arrive; at the stop they
 are preprocessed onto the model window and predicted by the bundle that covers the absorber.
+
+A run of a sample with several 3d metals (``sfn.sample`` and ``sfn.composition``) also gets the
+sample-level result: the multi-edge model fed this run's edge and the sample's earlier edges (the
+plugin's :class:`~sfn_stream.live.analyses.samples.SampleMemory`), one row per 3d metal in
+``sfn_sample_predictions``, and ``sample_*`` fields in the stop summary naming the runs and edges fused.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 from sfn_stream.core.predict import (
     Prediction,
     PredictorError,
+    ValuePrediction,
     class_fields,
     parse_elements,
     status_fields,
@@ -26,6 +32,7 @@ from sfn_stream.core.predict import (
 from sfn_stream.core.spectra import absorber_from_energy_range
 from sfn_stream.live.documents import exit_flag, run_summary
 from .base import BaseAnalysis, Insufficient, RunContext, bundle_classes, bundle_id, register_analysis
+from .samples import SAMPLE_STREAM, MeasuredEdge
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +41,8 @@ XANES_ROLES = ("energy", "mu", "i0", "it", "if", "iref")
 
 # Used only when no bundle could be loaded, so that the failure row still has its fields.
 _DEFAULT_CLASSES = {"oxidation_state": tuple(range(8)), "coordination_number": tuple(range(1, 13))}
+METALS_3D = ("Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn")
+_USABLE = ("ok", "flagged")
 
 
 @register_analysis
@@ -103,11 +112,41 @@ class XanesAnalysis(BaseAnalysis):
         self.prediction, self.absorber, self.window = prediction, absorber, window
         classes = {task: bundle_classes(predictor, task, default) for task, default in _DEFAULT_CLASSES.items()}
         self.write_row(xanes_row(prediction, absorber or "", classes, window))
+        sample_fields = self._fuse_with_sample(window, composition, prediction, flags)
         return run_summary(
             self.kind, self.sample, absorber=absorber,
             elements=prediction.inputs.get("elements") or _elements_or_none(composition),
             derived_stream=self.stream, **summary_fields(prediction, absorber),
-            preprocessing=_preprocessing_summary(prediction.preprocessing))
+            preprocessing=_preprocessing_summary(prediction.preprocessing), **sample_fields)
+
+    # -- the sample-level result ------------------------------------------------------------------
+    def _fuse_with_sample(self, window, composition, own: Prediction, flags: list[str]) -> dict[str, Any]:
+        """Fuse this run's edge with the sample's earlier ones: rows of ``sfn_sample_predictions`` and the
+        summary's ``sample_*`` fields ({} for a run with no sample, no usable edge or one 3d metal)."""
+        memory, sample = self.context.samples, self.sample
+        if memory is None or sample in (None, "") or window is None or not window.usable or own.status not in _USABLE:
+            return {}
+        earlier = memory.edges(sample, besides=window.absorber)
+        memory.remember(sample, MeasuredEdge(str(self.context.start.get("uid", "")), window.absorber, window))
+        metals = _sample_metals(composition, [window.absorber, *(e.absorber for e in earlier)])
+        if len(metals) < 2:
+            return {}  # one 3d metal: the run's own prediction is the sample's
+        edges = [MeasuredEdge(str(self.context.start.get("uid", "")), window.absorber, window), *earlier]
+        predictor = None
+        try:
+            predictor = self.models.predictor_for_edges("xanes", metals)
+            fused = predictor.predict_windows([e.window for e in edges], composition, extra_flags=flags)
+        except PredictorError as why:
+            fused = Prediction.failed("xanes", "error", str(why), flags=flags, bundle_id=bundle_id(predictor))
+        except Exception as err:
+            logger.exception("sfn-stream: sample-level XANES fusion failed")
+            fused = Prediction.failed("xanes", "error", f"fusion failed: {type(err).__name__}: {err}",
+                                      flags=flags, bundle_id=bundle_id(predictor))
+        classes = {task: bundle_classes(predictor, task, default) for task, default in _DEFAULT_CLASSES.items()}
+        measured = {e.absorber: e.run_uid for e in edges}
+        for metal in metals:
+            self.context.write_row(SAMPLE_STREAM, sample_row(fused, metal, measured.get(metal, ""), classes))
+        return sample_summary(fused, metals, edges)
 
     def _request(self, columns) -> tuple[str | None, Any, list[str]]:
         """The absorber (given, or found from the scanned range), the composition and the run's flags."""
@@ -145,6 +184,59 @@ def xanes_row(prediction: Prediction, absorber: str, classes: Mapping[str, Seque
         row["e_ref"] = row["window_start"] = row["window_stop"] = math.nan
         row["norm_window"] = np.full(window_size, np.nan)
     return row
+
+
+def sample_row(fused: Prediction, metal: str, source_run: str, classes: Mapping[str, Sequence]) -> dict[str, Any]:
+    """One row of ``sfn_sample_predictions``: one 3d metal of the sample, its edge measured (``source_run``
+    the run it came from) or predicted from the others, and the sample's properties (the same on every row)."""
+    per_element = fused.per_element.get(metal, {})
+    row: dict[str, Any] = {"metal": metal, "measured": bool(source_run), "source_run": source_run,
+                           **status_fields(fused, as_text=True)}
+    for task, labels in classes.items():
+        row.update(class_fields(task, per_element.get(task), labels))
+    state = row.get("oxidation_state")
+    row["species"] = _species(metal, state) if per_element.get("oxidation_state") is not None else ""
+    for name in sorted(fused.properties):
+        value = fused.properties[name]
+        if isinstance(value, ValuePrediction):
+            row.update(value_fields(name, value))
+        else:
+            row.update(class_fields(name, value, (False, True)))
+    return row
+
+
+def sample_summary(fused: Prediction, metals: Sequence[str], edges: Sequence[MeasuredEdge]) -> dict[str, Any]:
+    """The stop summary's ``sample_*`` fields: what was fused, and per metal its species and confidences
+    (``sample_species`` is a list, queried with ``runs_where(client, sample_species="Fe3+")``)."""
+    fields: dict[str, Any] = {
+        "sample_stream": SAMPLE_STREAM, "sample_status": fused.status, "sample_reason": fused.reason,
+        "sample_bundle_id": fused.bundle_id, "sample_edges": [e.absorber for e in edges],
+        "sample_runs": [e.run_uid for e in edges], "sample_metals": list(metals)}
+    species, per_metal = [], {}
+    for metal in metals:
+        tasks = fused.per_element.get(metal, {})
+        entry = {}
+        for task in ("oxidation_state", "coordination_number"):
+            if tasks.get(task) is not None:
+                entry[task] = tasks[task].value
+                entry[f"{task}_confidence"] = round(float(tasks[task].confidence), 4)
+        if "oxidation_state" in entry:
+            species.append(_species(metal, entry["oxidation_state"]))
+        if entry:
+            per_metal[metal] = entry
+    fields["sample_species"] = species
+    fields["sample_per_metal"] = per_metal
+    return fields
+
+
+def _species(metal: str, state) -> str:
+    return f"{metal}{int(state)}+" if int(state) > 0 else metal
+
+
+def _sample_metals(composition, absorbers: Sequence[str]) -> list[str]:
+    """The sample's 3d metals in Z order: its composition's, plus any edge measured."""
+    elements = set(_elements_or_none(composition) or ()) | set(absorbers)
+    return [m for m in METALS_3D if m in elements]
 
 
 def window_energies(row: Mapping[str, Any]) -> np.ndarray:

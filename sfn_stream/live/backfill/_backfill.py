@@ -82,8 +82,12 @@ class Backfill:
 
     def __init__(self, client, *, convention: RunConvention | None = None, models=None, force: bool = False):
         from sfn_stream.core.predict import default_registry
+        from sfn_stream.live.analyses import SampleMemory
 
         self.client = client
+        # Runs replayed in one backfill are fused per sample in the order visited (start time), as live;
+        # runs already analysed are not re-read, so their edges do not enter a later run's fusion.
+        self.samples = SampleMemory()
         self._runs = client.include_data_sources()  # as TiledWriter sees them
         self.convention = convention or RunConvention()
         self.models = models or default_registry()
@@ -106,7 +110,8 @@ class Backfill:
         if self.convention.metadata_key in stop and not self.force:
             return RunOutcome(run_uid, UNCHANGED, f"already has stop.{self.convention.metadata_key}")
         started = time.perf_counter()
-        replayed = replay_run(stored_documents(run), convention=self.convention, models=self.models)
+        replayed = replay_run(stored_documents(run), convention=self.convention, models=self.models,
+                              samples=self.samples)
         seconds = time.perf_counter() - started
         if replayed.kind is None or replayed.summary is None:
             return RunOutcome(run_uid, SKIPPED, NOT_RECOGNISED, analysis_seconds=seconds)

@@ -37,8 +37,10 @@ def is_derived_descriptor(descriptor: Mapping) -> bool:
     return bool(data_keys) and all(key.get("source") == SOURCE for key in data_keys.values())
 
 
-def replay_run(documents: Iterable[DocumentPair], *, convention: RunConvention, models) -> ReplayedRun:
-    """Run the stored documents (start first, stop last) through a fresh RunProcessor."""
+def replay_run(documents: Iterable[DocumentPair], *, convention: RunConvention, models,
+               samples=None) -> ReplayedRun:
+    """Run the stored documents (start first, stop last) through a fresh RunProcessor (``samples``: a
+    SampleMemory shared by the runs of one backfill, so that a sample's edges are fused as live)."""
     documents = iter(documents)
     name, start = next(documents, (None, None))
     if name != "start":
@@ -50,7 +52,7 @@ def replay_run(documents: Iterable[DocumentPair], *, convention: RunConvention, 
         if doc is not handed_over["doc"] and name != "stop":
             derived.append((name, doc))
 
-    processor = RunProcessor(dict(start), emit=collect, convention=convention, models=models)
+    processor = RunProcessor(dict(start), emit=collect, convention=convention, models=models, samples=samples)
     handed_over["doc"] = processor.start
     processor("start", processor.start)
     old_streams: dict[str, str] = {}  # descriptor uid -> name, of derived streams already stored

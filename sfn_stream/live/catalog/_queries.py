@@ -3,6 +3,7 @@
     runs_where(client, crystal_system="cubic")           # PXRD runs predicted cubic
     runs_where(client, species="Fe3+")                   # XANES runs predicted Fe3+
     samples_where(client, crystal_system="cubic", species="Fe3+")   # samples with both
+    runs_where(client, sample_species="Mn2+")            # XANES runs whose fused sample result has Mn2+
 
 A beamline whose ``RunConvention`` names another metadata key passes it: ``runs_where(client,
 metadata_key="sfn_bl7", species="Fe3+")``. The summary's fields are listed in
@@ -13,16 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sfn_stream.live.documents import METADATA_KEY, summary_field
+from sfn_stream.live.documents import LIST_FIELDS, METADATA_KEY, summary_field
 
 
 def runs_where(client, *, metadata_key: str = METADATA_KEY, **criteria: Any) -> dict[str, dict]:
     """Run uid -> stop summary for runs whose summary matches every ``field=value`` given."""
-    from tiled.queries import Key
+    from tiled.queries import Contains, Key
 
     results = client
     for field, value in criteria.items():
-        results = results.search(Key(summary_field(field, metadata_key)) == value)
+        key = summary_field(field, metadata_key)
+        results = results.search(Contains(key, value) if field in LIST_FIELDS else Key(key) == value)
     return {uid: dict(run.metadata["stop"][metadata_key]) for uid, run in results.items()}
 
 

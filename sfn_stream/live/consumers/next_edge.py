@@ -76,6 +76,10 @@ Table = dict[Any, float]  # class -> probability
 
 
 # -- options ------------------------------------------------------------------------------------------
+# The stopping rule without a fitted one (no calibration file, or one written before stopping was fitted).
+DEFAULT_STOPPING = {"target_confidence": 0.9, "min_bits_per_hour": 2.0}
+
+
 @dataclass(frozen=True)
 class EdgeCost:
     """Beamtime of one more edge: the monochromator's travel, a fixed edge change (foil, harmonic rejection,
@@ -95,24 +99,37 @@ class EdgeCost:
 class NextEdgeOptions:
     """How the agent decides (pass to ``NextEdgeAgent(options)``).
 
-    ``target_confidence``: done once every metal's oxidation state and CN reach it (top class probability);
-    ``min_bits_per_hour``: an edge is worth measuring when its expected entropy drop per hour of beamtime
-    reaches this; ``structure``: structure-inference options (use ``automatic=False``: the agent then
+    ``target_confidence``: done once every metal's oxidation state and CN reach it (calibrated top class
+    probability); ``min_bits_per_hour``: an edge is worth measuring when its expected entropy drop per hour of
+    beamtime reaches this. Left at None, both come from the calibration file's stopping rule (fitted on the
+    validation split by ``sfn-stream bench agent --calibrate``), else from ``DEFAULT_STOPPING``; ``structure``: structure-inference options (use ``automatic=False``: the agent then
     decides when), run once the oxidation states reach ``structure_confidence`` and the PXRD crystal system
     ``crystal_system_confidence``; ``models``: a ``ModelRegistry`` (default: the process's).
     """
 
     cost: EdgeCost = EdgeCost()
-    target_confidence: float = 0.9
-    min_bits_per_hour: float = 2.0
+    target_confidence: float | None = None
+    min_bits_per_hour: float | None = None
     structure: StructureInferenceOptions | None = None
     structure_confidence: float = 0.7
     crystal_system_confidence: float = 0.6
     models: Any = None
 
-    def describe(self) -> dict[str, Any]:
-        return {"cost": asdict(self.cost), "target_confidence": self.target_confidence,
-                "min_bits_per_hour": self.min_bits_per_hour, "structure": self.structure is not None,
+    def stopping(self, calibration: EdgeCalibration | None = None) -> dict[str, float]:
+        """The stopping rule in force: these options' values where given, else the calibration's fitted ones,
+        else ``DEFAULT_STOPPING``."""
+        fitted = (calibration.stopping if calibration is not None else None) or {}
+        out = {}
+        for key, default in DEFAULT_STOPPING.items():
+            given = getattr(self, key)
+            out[key] = float(given if given is not None else fitted.get(key, default))
+        return out
+
+    def describe(self, calibration: EdgeCalibration | None = None) -> dict[str, Any]:
+        return {"cost": asdict(self.cost), **self.stopping(calibration),
+                "stopping_from": "options" if None not in (self.target_confidence, self.min_bits_per_hour)
+                else ("calibration" if calibration is not None and calibration.stopping else "defaults"),
+                "structure": self.structure is not None,
                 "structure_confidence": self.structure_confidence,
                 "crystal_system_confidence": self.crystal_system_confidence}
 
@@ -130,13 +147,15 @@ class EdgeCalibration:
     accuracy / confidence of its stage before it uses it. ``cross_remaining``: how much of the *other* metals'
     entropy remains when one edge is added (None when too few multi-metal validation materials to say: no
     effect then); ``priors``: metal -> task -> class frequencies of the training labels, for metals no model
-    predicts.
+    predicts; ``stopping``: the stopping rule fitted on the validation split's multi-metal materials (the
+    fewest edges whose accuracy at the stop stays within 1 % of every edge's), with the figures of the fit.
     """
 
     reliability: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
     cross_remaining: float | None = None
     priors: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    stopping: dict[str, Any] = field(default_factory=dict)  # target_confidence, min_bits_per_hour + how fitted
 
     NEUTRAL_ACCURACY: ClassVar[dict[str, float]] = {"prior": 0.6, "edge": 0.8}  # a metal the file does not cover
 
@@ -170,7 +189,8 @@ class EdgeCalibration:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> EdgeCalibration:
         return cls(reliability=dict(raw.get("reliability", {})), cross_remaining=raw.get("cross_remaining"),
-                   priors=dict(raw.get("priors", {})), provenance=dict(raw.get("provenance", {})))
+                   priors=dict(raw.get("priors", {})), provenance=dict(raw.get("provenance", {})),
+                   stopping=dict(raw.get("stopping") or {}))
 
     @classmethod
     def shipped(cls) -> EdgeCalibration:
@@ -345,6 +365,7 @@ def decide(metals: Sequence[str], beliefs: Mapping[str, MetalBelief], measured: 
     other unmeasured metals; per hour of beamtime.
     """
     measured_set = set(measured)
+    rule = options.stopping(calibration)
     confidence = min((beliefs[m].confidence(t, calibration) for m in metals for t in TASKS), default=1.0)
     cross = calibration.cross_remaining if calibration.cross_remaining is not None else 1.0
     candidates = []
@@ -358,17 +379,19 @@ def decide(metals: Sequence[str], beliefs: Mapping[str, MetalBelief], measured: 
             candidate.expected_bits = _expected_bits(metal, metals, beliefs, measured_set, calibration, cross)
             candidate.cost_seconds = options.cost.seconds(metal, from_energy)
             candidate.score = candidate.expected_bits / (candidate.cost_seconds / 3600.0)
-            candidate.worth = candidate.score >= options.min_bits_per_hour
+            candidate.worth = candidate.score >= rule["min_bits_per_hour"]
             candidate.reason = "worth its cost" if candidate.worth else "expected gain below min_bits_per_hour"
         candidates.append(candidate)
     open_ = [c for c in candidates if not c.measured]
     worth = [c for c in open_ if c.worth]
     if not open_:
         done, reason = True, "every 3d-metal edge of the sample is measured"
-    elif confidence >= options.target_confidence:
-        done, reason = True, f"every oxidation state and CN reached confidence {options.target_confidence:g}"
+    elif confidence >= rule["target_confidence"]:
+        done, reason = True, f"every oxidation state and CN reached confidence {rule['target_confidence']:g}"
     elif not worth:
-        done, reason = True, "no remaining edge is worth its cost"
+        best = max(open_, key=lambda c: c.score)
+        done, reason = True, (f"no remaining edge is worth its cost: the best, {best.edge}, would give "
+                              f"{best.score:.1f} bits/h < {rule['min_bits_per_hour']:g}")
     else:
         done, reason = False, ""
     next_edge = None
@@ -540,7 +563,7 @@ class NextEdgeAgent(BaseConsumer):
         key = self.metadata_key
         source_runs = list(state.runs)
         md = {"kind": NEXT_EDGE_KIND, "sample": state.sample, "trigger_run": trigger_run, "source_runs": source_runs,
-              "elements": list(state.elements), "metals": state.metals, "options": self.options.describe(),
+              "elements": list(state.elements), "metals": state.metals, "options": self.options.describe(self.agent.calibration),
               "calibration": self.agent.calibration.provenance}
         bundle = compose_run(metadata=json_safe({"plan_name": NEXT_EDGE_PLAN, "sample": state.sample,
                                                  "source_runs": source_runs, "elements": list(state.elements),
@@ -603,7 +626,9 @@ def decision_summary(decision: Decision, state: SampleState, calibration: EdgeCa
             "edges_remaining": [m for m in state.metals if m not in state.edges],
             "crystal_system": crystal, "crystal_system_confidence": crystal_p, "bundle_id": decision.bundle_id,
             "calibration_bundle": calibration.provenance.get("bundle_id"),
-            "species": [_species(decision.beliefs[m]) for m in state.metals]}
+            "species": [_species(decision.beliefs[m]) for m in state.metals],
+            "metal_confidence": {m: {t: round(decision.beliefs[m].confidence(t, calibration), 4) for t in TASKS}
+                                 for m in state.metals}}
 
 
 def _belief_row(belief: MetalBelief, calibration: EdgeCalibration) -> dict[str, Any]:

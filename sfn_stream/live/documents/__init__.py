@@ -5,6 +5,7 @@ Light on purpose (numpy and event-model only): the Tiled queries import the summ
 
 from .streams import SOURCE, DerivedStreams, data_keys_for
 from .summary import (
+    LIST_FIELDS,
     METADATA_KEY,
     exit_flag,
     failed_summary,
@@ -15,6 +16,7 @@ from .summary import (
 )
 
 __all__ = [
+    "LIST_FIELDS",
     "METADATA_KEY",
     "SOURCE",
     "DerivedStreams",

@@ -8,6 +8,10 @@ when the run did not succeed) and its predictions as flat fields (``oxidation_st
 ``oxidation_state_confidence``, ``species``, ``crystal_system`` ... see
 ``sfn_stream.core.predict.summary_fields``); ``errors`` lists documents whose analysis failed.
 
+A XANES run of a multi-metal sample adds the sample-level result (``sample_species``, ``sample_edges``,
+``sample_runs``, ``sample_per_metal`` ...: ``sfn_stream.live.analyses.xanes.sample_summary``); the list
+fields among them (``LIST_FIELDS``) are matched by containment.
+
 Summaries are queried in Tiled under their full key, ``summary_field("species")`` ->
 ``stop.sfn.species`` (Bluesky's catalog client would otherwise prefix ``start.``).
 """
@@ -20,6 +24,7 @@ from typing import Any, Mapping
 from sfn_stream.core.serialize import json_safe
 
 METADATA_KEY = "sfn"
+LIST_FIELDS = frozenset({"sample_species", "sample_edges", "sample_runs", "sample_metals"})
 
 
 def summary_field(field: str, metadata_key: str = METADATA_KEY) -> str:

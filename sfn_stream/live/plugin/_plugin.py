@@ -39,7 +39,7 @@ from typing import Any
 from event_model import RunRouter
 
 from sfn_stream.core.predict import ModelRegistry, default_registry
-from sfn_stream.live.analyses import RunConvention
+from sfn_stream.live.analyses import RunConvention, SampleMemory
 from sfn_stream.live.consumers import (
     STRUCTURE_CONSUMER,
     Consumer,
@@ -99,7 +99,8 @@ class SfnPlugin:
     a :class:`~sfn_stream.live.delivery.Spool`, or ``False`` for none. ``analysis_wait``: seconds a run's
     stop waits for its analysis before going out alone. ``exit_drain_seconds``: how long the end of the
     Python session waits for undelivered documents. ``queue_size``: bound of the in-memory queue without a
-    spool (the RunEngine waits when it is full).
+    spool (the RunEngine waits when it is full). ``fuse_samples``: fuse each XANES run of a multi-metal
+    sample with the sample's earlier edges (``sfn_sample_predictions``; ``samples`` is the memory).
     """
 
     def __init__(self, *downstream: Callback, convention: RunConvention | None = None,
@@ -107,9 +108,10 @@ class SfnPlugin:
                  keep_summaries: int = 100, consumers: Sequence[Consumer | str] = (),
                  structure_inference: StructureInferenceOptions | None = None,
                  spool: str | os.PathLike | Spool | bool | None = None, analysis_wait: float = 10.0,
-                 exit_drain_seconds: float = 30.0, queue_size: int = 10_000):
+                 exit_drain_seconds: float = 30.0, queue_size: int = 10_000, fuse_samples: bool = True):
         self.convention = convention or RunConvention()
         self.models = models or default_registry()
+        self.samples: SampleMemory | None = SampleMemory() if fuse_samples else None
         self.stats = PluginStats()
         self.summaries: OrderedDict[str, dict] = OrderedDict()  # run uid -> stop['sfn']
         self.exit_drain_seconds = exit_drain_seconds
@@ -407,7 +409,8 @@ class SfnPlugin:
             self.stats.stop_latency_seconds.append(time.perf_counter() - received)
 
     def _factory(self, name: str, start: dict):
-        processor = RunProcessor(start, emit=self._emit, convention=self.convention, models=self.models)
+        processor = RunProcessor(start, emit=self._emit, convention=self.convention, models=self.models,
+                                 samples=self.samples)
         return [_AfterStop(processor, self)], []
 
     def _emit(self, name: str, doc: dict) -> None:

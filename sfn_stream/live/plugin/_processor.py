@@ -25,8 +25,9 @@ Emit = Callable[[str, dict], None]
 class RunProcessor:
     """Forward one run's documents to ``emit``; feed the run's analysis the data it reads."""
 
-    def __init__(self, start: dict, *, emit: Emit, convention: RunConvention, models):
+    def __init__(self, start: dict, *, emit: Emit, convention: RunConvention, models, samples=None):
         self.start = start
+        self.samples = samples  # the plugin's SampleMemory (cross-run fusion), or None
         self.emit = emit
         self.convention = convention
         self.models = models
@@ -69,7 +70,8 @@ class RunProcessor:
             return
         explicit = self.md.get("keys")
         context = RunContext(start=self.start, metadata=self.md, models=self.models, write_row=self._streams.write,
-                             find_keys=lambda data_keys, roles: self.convention.find_keys(data_keys, roles, explicit))
+                             find_keys=lambda data_keys, roles: self.convention.find_keys(data_keys, roles, explicit),
+                             samples=self.samples)
         self.analysis = analysis(context)
 
     def _on_descriptor(self, doc):
