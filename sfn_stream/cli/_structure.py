@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     from ._evaluate_xrd import add_xrd_parser  # sfn-stream evaluate xrd
 
     add_xrd_parser(which)
+    from ._evaluate_ablation import add_ablation_parser  # evaluate xanes-ablation
+
+    add_ablation_parser(which)
     structure = which.add_parser("structure", help="structure-inference benchmark (needs ../shared; slow)")
     structure.add_argument("--settings", default="true,perturbed", help="input settings: true,perturbed")
     structure.add_argument("--split", choices=("test", "dev"), default="test")
