@@ -23,9 +23,10 @@ def confusion_matrix(true_index: np.ndarray, pred_index: np.ndarray, n_classes: 
     return confusion
 
 
-def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean NLL of the true classes (probabilities clipped at 1e-12)."""
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
+def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Mean NLL of the true classes (probabilities clipped at 1e-12), weighted when ``weights`` are given."""
+    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))
+    return float(np.average(nll, weights=weights))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15, *,
@@ -61,19 +62,23 @@ def _confidence_bins(confidence: np.ndarray, n_bins: int, closed: str) -> np.nda
 
 
 def fit_temperature(labels: np.ndarray, *, logits: np.ndarray | None = None,
-                    probabilities_at: Callable[[float], np.ndarray] | None = None) -> float:
+                    probabilities_at: Callable[[float], np.ndarray] | None = None,
+                    weights: np.ndarray | None = None) -> float:
     """Temperature T in :data:`TEMPERATURE_RANGE` minimising the validation NLL (Guo et al. 2017).
 
     Give one of:
     - ``logits`` (n, classes) of one network: softmax(logits / T), fitted by L-BFGS on log T (torch);
     - ``probabilities_at``: T -> (n, classes) probabilities, e.g. an ensemble's mean of
-      softmax(member logits / T), fitted by a bounded scalar search on log T (scipy).
+      softmax(member logits / T), fitted by a bounded scalar search on log T (scipy); ``weights`` (per
+      example) weight its NLL, e.g. so that every group of a pooled validation set counts alike.
     """
     if (logits is None) == (probabilities_at is None):
         raise ValueError("give either logits or probabilities_at")
     if logits is not None:
+        if weights is not None:
+            raise ValueError("weights are supported with probabilities_at only")
         return _fit_logit_temperature(logits, labels)
-    return _fit_probability_temperature(probabilities_at, labels)
+    return _fit_probability_temperature(probabilities_at, labels, weights)
 
 
 def _fit_logit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -93,11 +98,12 @@ def _fit_logit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(log_t.detach().exp().clamp(*TEMPERATURE_RANGE))
 
 
-def _fit_probability_temperature(probabilities_at: Callable[[float], np.ndarray], labels: np.ndarray) -> float:
+def _fit_probability_temperature(probabilities_at: Callable[[float], np.ndarray], labels: np.ndarray,
+                                 weights: np.ndarray | None = None) -> float:
     from scipy.optimize import minimize_scalar
 
     def nll(log_t: float) -> float:
-        return negative_log_likelihood(probabilities_at(math.exp(log_t)), labels)
+        return negative_log_likelihood(probabilities_at(math.exp(log_t)), labels, weights)
 
     low, high = TEMPERATURE_RANGE
     result = minimize_scalar(nll, bounds=(math.log(low), math.log(high)), method="bounded")

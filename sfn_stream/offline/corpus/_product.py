@@ -8,6 +8,8 @@ Layout of a corpus folder (``data/corpus`` in the repository):
 - ``sticks.npz``         PXRD stick patterns (:class:`sfn_stream.core.simulation.StickTable`)
 - ``splits.json``        material ids per split (fixed: ids keep their split as the corpus grows)
 - ``references.json``    FEFF metal offsets per element and the oxide chemical-shift check
+- ``metal_references.parquet``  the nine metals' spectra at the corpus settings with their labels (foils
+                         as training examples; ``_metal_references``)
 - ``rejections.csv.gz``  every structure left out, with its reason; ``failures.csv.gz``: failed items
 - ``corpus.json``        manifest: version, settings, label provenance, counts, per-file and corpus hash
 
@@ -36,6 +38,7 @@ from sfn_stream.core.simulation import FeffSettings
 from sfn_stream.offline.splits import SPLITS, pinned_splits, stratified_splits
 from ._audit import amcsd_cif_text, audit_material, audit_summary
 from ._items import ITEM_VERSIONS, SEED_KIND
+from ._metal_references import METAL_REFERENCES, metal_reference_rows, write_metal_references
 from ._sources import DFT_PROVENANCE
 from ._spectra import IncompleteSpectrum, edge_positions, energy_offset, material_spectrum
 from ._structures import CORPUS_METALS, CorpusMaterial, Rejection, rejection_tally
@@ -44,7 +47,7 @@ FORMAT_VERSION = "1"
 CORPUS_DIR = paths.CORPUS_DIR
 MANIFEST = "corpus.json"
 DATA_FILES = ("materials.parquet", "absorbers.parquet", "sticks.npz", "splits.json", "references.json",
-              "rejections.csv.gz", "failures.csv.gz")
+              "rejections.csv.gz", "failures.csv.gz", METAL_REFERENCES)
 
 LABEL_PROVENANCE = {
     "density": "exact: pymatgen Structure.density (g/cm3)",
@@ -291,6 +294,8 @@ def assemble_corpus(
     (out_dir / "splits.json").write_text(json.dumps(
         {split: sorted(mid for mid, s in splits.items() if s == split) for split in SPLITS}, indent=0) + "\n")
     (out_dir / "references.json").write_text(json.dumps(refs, indent=1, sort_keys=True) + "\n")
+    metal_rows = metal_reference_rows(references, results, offsets)
+    write_metal_references(out_dir, metal_rows)
     _write_csv(out_dir / "rejections.csv.gz", ["source", "source_id", "name", "reason"],
                sorted((r.to_dict() for r in rejections), key=lambda r: (r["source"], r["source_id"])))
     _write_csv(out_dir / "failures.csv.gz", ["key", "kind", "material_id", "element", "site", "error", "seconds"],
@@ -310,6 +315,7 @@ def assemble_corpus(
         "label_audit": audit_summary([f for f in findings if f.material_id in {m.material_id for m in in_corpus}]),
     }
     manifest.update(corpus_counts(material_rows, absorber_rows))
+    manifest["metal_references"] = sorted(row["element"] for row in metal_rows)
     manifest["files"] = {name: file_sha256(out_dir / name) for name in DATA_FILES}
     manifest["content_hash"] = content_hash(manifest["files"])
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
@@ -509,6 +515,7 @@ def corpus_info(corpus_dir: str | Path = CORPUS_DIR, verify: bool = True) -> dic
     info["teachers"] = manifest.get("teachers", {})
     info["energy_offsets"] = manifest.get("energy_offsets", {})
     info["rejections"] = manifest.get("rejections", {})
+    info["metal_references"] = manifest.get("metal_references", [])
     if verify:
         info["hash_verified"] = verify_corpus(corpus_dir)["ok"]
     return info

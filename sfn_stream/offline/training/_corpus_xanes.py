@@ -106,6 +106,34 @@ def read_corpus_materials(corpus_dir: str | Path = paths.CORPUS_DIR, *, omnixas:
     return [out[key] for key in sorted(out)]
 
 
+REFERENCE = "reference"
+
+
+def read_metal_references(corpus_dir: str | Path = paths.CORPUS_DIR) -> list[CorpusMaterial]:
+    """The corpus's metal references (``metal_references.parquet``: foils at the corpus settings, labelled as
+    the pure elements) as training-only materials, source ``reference``; [] for a corpus without them."""
+    import pandas as pd
+
+    path = Path(corpus_dir) / "metal_references.parquet"
+    if not path.is_file():
+        return []
+    out = []
+    for row in pd.read_parquet(path).itertuples(index=False):
+        if row.energy is None or not len(row.energy) or row.energy_offset is None:
+            continue
+        out.append(CorpusMaterial(
+            material_id=row.material_id, source=REFERENCE, formula=row.formula, elements=(row.element,),
+            fractions=(1.0,), chemical_system=row.element, corpus_split="train",
+            labels={**{name: _number(getattr(row, name, None)) for name in MATERIAL_REGRESSIONS},
+                    **{name: _flag(getattr(row, name, None)) for name in MATERIAL_CLASSIFICATIONS}},
+            metal_labels={row.element: {"oxidation_state": _integer(row.oxidation_state_class),
+                                        "coordination_number": _integer(row.cn_class)}},
+            crystal_system=""))
+        out[-1].edges[row.element] = EdgeSpectrum(row.element, FEFF10, np.asarray(row.energy, float),
+                                                  np.asarray(row.mu, float), float(row.energy_offset))
+    return out
+
+
 def _composition(formula: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
     from pymatgen.core import Composition
 

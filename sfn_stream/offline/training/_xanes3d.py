@@ -33,8 +33,10 @@ from ._corpus_xanes import (
     MATERIAL_REGRESSIONS,
     METALS_3D,
     OMNIXAS,
+    REFERENCE,
     CorpusMaterial,
     read_corpus_materials,
+    read_metal_references,
 )
 from ._xanes import TrainingDataError, gaussian_broaden
 from ._xanes_splits import (
@@ -349,11 +351,14 @@ def _source_counts(table: MaterialTable):
 
 def fit_calibration(members, val: MaterialTable) -> dict[str, Any]:
     """Temperatures (per classification head) and regression std scales, fitted on the validation split
-    in the beamline's mode: one edge per example, elements only."""
+    in the beamline's mode: one edge per example, elements only. The per-metal heads weight every (absorber,
+    calculation) group alike, as ``evaluate xanes`` averages over metals: unweighted, the OmniXAS Cu edges
+    (half the capped validation set) would set the temperature of the other eight metals."""
     import torch
 
     rows = val.one_edge_rows()
     index, token, inputs = _one_edge_inputs(val, rows, elements_only=True)
+    groups = _edge_groups(val, rows)
     with torch.no_grad():
         outs = [member(*inputs) for member in members]
     temperatures, scales = {}, {}
@@ -361,8 +366,9 @@ def fit_calibration(members, val: MaterialTable) -> dict[str, Any]:
         keep = (labels >= 0).numpy()
         logits = np.stack([o["element_logits"][name][torch.arange(len(rows)), token].numpy() for o in outs])[:, keep]
         y = labels.numpy()[keep]
-        temperatures[name] = (fit_temperature(y, probabilities_at=lambda t, logits=logits: _softmax(logits / t).mean(0))
-                              if len(y) else 1.0)
+        weights = _balanced_weights([g for g, k in zip(groups, keep) if k])
+        temperatures[name] = (fit_temperature(y, probabilities_at=lambda t, logits=logits: _softmax(logits / t).mean(0),
+                                              weights=weights) if len(y) else 1.0)
     for k, name in enumerate(MATERIAL_CLASSIFICATIONS):
         flags = val.flags[index, k].numpy()
         keep = flags >= 0
@@ -384,7 +390,24 @@ def fit_calibration(members, val: MaterialTable) -> dict[str, Any]:
         z = (means.mean(0)[ok] - truth[ok]) / mixture_std[ok]
         scales[name] = float(np.sqrt(np.mean(z**2))) if ok.any() else 1.0
     return {"temperatures": {k: float(v) for k, v in temperatures.items()}, "regression_std_scale": scales,
-            "fitted_on": "validation split, one edge per example, elements only (no stoichiometry)"}
+            "fitted_on": "validation split, one edge per example, elements only (no stoichiometry); oxidation state "
+                         "and CN with every (absorber, calculation) group weighted alike"}
+
+
+def _edge_groups(table: MaterialTable, rows) -> list[tuple[str, str]]:
+    """(absorber, calculation source) of each one-edge unit."""
+    out = []
+    for i, j in rows:
+        material = table.materials[i]
+        absorber = material.elements[j]
+        out.append((absorber, material.edges[absorber].source))
+    return out
+
+
+def _balanced_weights(groups) -> np.ndarray:
+    """Weights giving every group the same total (1 / group size each)."""
+    counts = Counter(groups)
+    return np.asarray([1.0 / counts[g] for g in groups], dtype=float)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -421,11 +444,13 @@ def train_xanes3d_bundle(out_dir: str | Path, *, seed: int = 0, config: Train3dC
     overrides = {k: v for k, v in (("epochs", epochs), ("members", members), ("wall_budget_s", wall_budget_s)) if v}
     if overrides:
         config = Train3dConfig(**{**asdict(config), **overrides})
+    references: list[CorpusMaterial] = []
     if materials is None:
         materials, splits = load_training_materials(progress)
+        references = read_metal_references()  # foils: training only, never in a test split
     assignment = split_of(splits)
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[CorpusMaterial]] = {"train": [], "val": []}
+    parts: dict[str, list[CorpusMaterial]] = {"train": list(references), "val": []}
     for material in materials:
         split = assignment.get(material.material_id)
         if split in parts and any(a in METALS_3D for a in material.edges):
@@ -464,7 +489,9 @@ def train_xanes3d_bundle(out_dir: str | Path, *, seed: int = 0, config: Train3dC
 def _card(trained, config, augmentation, calibration, train: MaterialTable, val: MaterialTable, info, seed, seconds):
     from sfn_stream.core.networks import ELEMENT_TASK_CLASSES
 
-    edges = Counter((e.absorber, e.source) for m in train.materials for e in m.edges.values())
+    edges = Counter((e.absorber, e.source) for m in train.materials for e in m.edges.values()
+                    if m.source != REFERENCE)
+    metal_references = sorted(m.elements[0] for m in train.materials if m.source == REFERENCE)
     return {
         "name": BUNDLE_NAME,
         "version": BUNDLE_VERSION,
@@ -473,8 +500,9 @@ def _card(trained, config, augmentation, calibration, train: MaterialTable, val:
         "supported_absorbers": list(METALS_3D),
         "predicts_unmeasured_metals": True,
         "registry": REGISTRY_NOTE,
-        "covers": "K-edge XANES of Ti, V, Cr, Mn, Fe, Co, Ni, Cu, Zn in 2-5 element compounds (no elemental "
-        "metals: the corpus has none, so a foil is outside what it was trained on). Input: the sample's "
+        "covers": "K-edge XANES of Ti, V, Cr, Mn, Fe, Co, Ni, Cu, Zn in 2-5 element compounds, and the "
+        "metals themselves (foils: one FEFF10 spectrum per metal, listed under training_data.metal_references; "
+        "intermetallics carry no oxidation-state label). Input: the sample's "
         "elements, stoichiometry when known, the spectra of any subset of its 3d-metal edges. Output: per 3d "
         "metal of the sample oxidation state and CN (also for metals whose edge was not given), per sample "
         "density, band gap, formation energy, Fermi level, is-metal, is-magnetic. Not predicted: direct/indirect "
@@ -488,6 +516,12 @@ def _card(trained, config, augmentation, calibration, train: MaterialTable, val:
             "n_train_materials": len(train),
             "n_val_materials": len(val),
             "train_edges": {f"{a}/{s}": n for (a, s), n in sorted(edges.items())},
+            "metal_references": {
+                "metals": metal_references,
+                "labels": "facts of the pure element (sfn_stream.offline.corpus._metal_references): oxidation state "
+                          "0, first-shell CN of bcc/fcc/hcp (none for alpha-Mn), structure density, band gap 0, "
+                          "is-metal, formation energy 0, is-magnetic for Fe/Co/Ni (none for Cr, Mn), no Fermi level",
+                "split": "training only (no foil is in a validation or test split)"},
             "augmentation": augmentation.to_dict(),
             "stoichiometry_dropout": config.stoichiometry_dropout,
             "edge_dropout": f"every edge of a material but one random one kept with probability {config.edge_keep}",

@@ -1,0 +1,33 @@
+"""Calibration metrics: the temperature fit honours per-example weights (used so that every metal's
+validation edges count alike when one calculation setting dominates the validation set)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sfn_stream.offline.metrics import fit_temperature, negative_log_likelihood
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_weights_move_the_fitted_temperature_towards_the_weighted_group():
+    rng = np.random.default_rng(0)
+    # group A: confident and right (wants T < 1); group B: confident and right only half the time (wants T > 1)
+    logits_a = np.tile([4.0, 0.0], (200, 1))
+    labels_a = np.zeros(200, dtype=int)
+    logits_b = np.tile([4.0, 0.0], (20, 1))
+    labels_b = rng.permutation(np.repeat([0, 1], 10))
+    logits, labels = np.vstack([logits_a, logits_b]), np.concatenate([labels_a, labels_b])
+
+    def probabilities_at(t):
+        return _softmax(logits / t)
+
+    plain = fit_temperature(labels, probabilities_at=probabilities_at)
+    weights = np.concatenate([np.full(200, 1 / 200), np.full(20, 1 / 20)])
+    balanced = fit_temperature(labels, probabilities_at=probabilities_at, weights=weights)
+    assert balanced > plain  # group B's overconfidence now counts as much as group A's 200 examples
+    assert negative_log_likelihood(probabilities_at(balanced), labels, weights) <= \
+        negative_log_likelihood(probabilities_at(plain), labels, weights) + 1e-9
