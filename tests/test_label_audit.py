@@ -239,3 +239,12 @@ def test_teacher_audit_runs_the_teachers_on_a_measured_table(tmp_path):
     metrics = experiment_metrics(rows)
     assert metrics["n_compounds"] == metrics["is_metal_n"] == metrics["band_gap_n"] == 2
     assert 0 <= metrics["is_metal_accuracy"] <= 1
+
+
+def test_label_quality_carries_the_measured_errors_rounded_and_says_when_dft_was_absent():
+    from sfn_stream.offline.corpus import label_quality
+
+    result = {"dft_corpus": None, "experiment": {"is_metal_accuracy": 0.912345678, "is_metal_n": 40}}
+    quality = label_quality(result)
+    assert quality["against_experiment"] == {"is_metal_accuracy": 0.9123, "is_metal_n": 40}
+    assert "absent" in quality["against_dft"]

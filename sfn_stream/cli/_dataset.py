@@ -115,6 +115,8 @@ def add_parser(sub) -> None:
     teachers.add_argument("--experiment", type=Path, help="measured-properties table (default: "
                                                           "data/corpus_audit/experimental_properties.csv)")
     teachers.add_argument("--json", action="store_true")
+    teachers.add_argument("--write-card", type=Path, metavar="BUNDLE",
+                          help="also write the measured label errors into this bundle's card.json (label_quality)")
     teachers.set_defaults(run=run_teacher_audit)
 
     bench = which.add_parser("bench", help="campaign throughput: seconds per site, 1 vs 2 Dask workers")
@@ -575,6 +577,20 @@ def run_audit(args) -> int:
     return 0
 
 
+def _write_label_quality(bundle: Path, result: dict) -> None:
+    """The teacher labels' measured errors as the card's ``label_quality`` (the bundle's weights are untouched)."""
+    import json
+
+    from sfn_stream.offline.corpus import label_quality
+
+    card_path = Path(bundle) / "card.json"
+    if not card_path.is_file():
+        raise CliError(f"no model card at {card_path}")
+    card = json.loads(card_path.read_text())
+    card["label_quality"] = label_quality(result)
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+
+
 def run_teacher_audit(args) -> int:
     from sfn_stream.offline.corpus import (
         CORPUS_DIR,
@@ -593,6 +609,8 @@ def run_teacher_audit(args) -> int:
         result = teacher_audit(path, table, progress=not args.json)
     except (CorpusMissing, TeacherUnavailable) as err:
         raise CliError(str(err)) from err
+    if args.write_card:
+        _write_label_quality(args.write_card, result)
     if args.json:
         print_json(result)
         return 0

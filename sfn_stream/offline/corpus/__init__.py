@@ -92,7 +92,7 @@ from ._structures import load_prepared
 from ._batch import read_records
 from ._calibration import omnixas_cu_offset
 from ._audit import AUDIT_DIR, AUDIT_TABLE, RULES as AUDIT_RULES, audit_corpus, audit_material, write_findings
-from ._teacher_audit import EXPERIMENT_TABLE, teacher_audit
+from ._teacher_audit import EXPERIMENT_TABLE, label_quality, teacher_audit
 from ._campaign import campaign_tiers, label_classes, load_order_classes, needs_feff, plan_summary
 from ._product import MANIFEST
 from ._sources import DFT_PROVENANCE, MATMINER_DESCRIPTION, MATMINER_SOURCE, matminer_entries
@@ -116,6 +116,7 @@ __all__ = [
     "audit_material",
     "write_findings",
     "EXPERIMENT_TABLE",
+    "label_quality",
     "teacher_audit",
     "corpus_fallbacks",
     "oxide_structure",

@@ -293,3 +293,22 @@ def teacher_audit(corpus_dir=None, experiment_path=EXPERIMENT_TABLE, progress: b
             "gate": f"ionic compound, open-shell 3d cation, CHGNet site moment >= {MAGNETIC_MOMENT_MIN} muB -> "
                     "non-metal (measured option, not applied to the shipped labels)"}
 
+
+
+def label_quality(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A model card's summary of :func:`teacher_audit`: each teacher label's measured error against DFT and
+    against experiment, and what the gate options would change (not applied to the labels)."""
+    dft, exp = result.get("dft_corpus") or {}, result.get("experiment") or {}
+
+    def rounded(value):
+        return round(value, 4) if isinstance(value, float) and math.isfinite(value) else value
+
+    return {
+        "source": "sfn-stream dataset teacher-audit (sfn_stream.offline.corpus._teacher_audit)",
+        "against_dft": {k: rounded(v) for k, v in dft.items()} or "../shared absent: not measured",
+        "against_experiment": {k: rounded(v) for k, v in exp.items()},
+        "experiment_table": "data/corpus_audit/experimental_properties.csv (measured gaps and magnetism, cited)",
+        "note": "DFT figures are in-sample for the teachers (Materials Project structures), a lower bound on their "
+                "error. The gate options are measured, not applied to the labels (the *_gated and "
+                "*_open_shell_rule figures).",
+    }
