@@ -9,8 +9,9 @@ from ._common import CliError, console
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("train", help="train a model bundle (needs ../shared)")
-    parser.add_argument("model", choices=("xanes", "xanes-3d", "xrd"),
-                        help="xanes: the Cu bundle; xanes-3d: one model for Ti..Zn from data/corpus; xrd: crystal system")
+    parser.add_argument("model", choices=("xanes", "xanes-3d", "xrd", "xrd-search-match"),
+                        help="xanes: the Cu bundle; xanes-3d: one model for Ti..Zn from data/corpus; xrd: crystal system; "
+                        "xrd-search-match: kNN search-match over the committed stick table (no ../shared needed)")
     parser.add_argument("--out", type=Path, help="bundle folder (default: models/<bundle name>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
@@ -27,6 +28,8 @@ def run(args) -> int:
     from sfn_stream.offline.shared import shared_dir
     from sfn_stream.offline.training import SharedDataMissing
 
+    if args.model == "xrd-search-match":
+        return _build_xrd_search_match(args)
     options = {"seed": args.seed, "progress": True}
     if args.epochs:
         options["epochs"] = args.epochs
@@ -45,6 +48,18 @@ def run(args) -> int:
     except SharedDataMissing as err:
         raise CliError(f"training needs the shared development data: {err}") from err
     console().print(f"wrote {bundle.path} ({bundle.id})")
+    return 0
+
+
+def _build_xrd_search_match(args) -> int:
+    from sfn_stream.offline.training import build_search_match_bundle
+
+    try:
+        bundle = build_search_match_bundle(args.out, seed=args.seed)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from err
+    console().print(f"wrote {bundle.path} ({bundle.id}); k={bundle.card['calibration']['k']}, "
+                    f"T={bundle.card['calibration']['temperature']}")
     return 0
 
 

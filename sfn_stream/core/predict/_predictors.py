@@ -8,12 +8,13 @@ preprocessing parameters and the quality flags of the scan it came from.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from sfn_stream.core.networks import load_bundle, models_dir
+
 from ._composition import parse_elements
 from ._results import ClassPrediction, Prediction, ValuePrediction
 
@@ -119,11 +120,11 @@ class XrdPredictor:
     """Crystal system from a powder pattern."""
 
     def __init__(self, bundle_path: str | Path | None = None):
-        from sfn_stream.core.networks import XrdClassifier
+        from sfn_stream.core.networks import xrd_model_from_bundle
 
         _limit_torch_threads()
         self.bundle = load_bundle(bundle_path or models_dir() / XRD_BUNDLE)
-        self.classifier = XrdClassifier.from_bundle(self.bundle)
+        self.classifier = xrd_model_from_bundle(self.bundle)  # a network or search-match, by the card
 
     def predict_pattern_on_grid(self, pattern, *, extra_flags=()) -> Prediction:
         """Predict from a preprocessed :class:`~sfn_stream.core.spectra.XrdPattern`."""

@@ -150,12 +150,12 @@ def score(model, x: np.ndarray, labels: np.ndarray, spacegroups: np.ndarray | No
 
 
 def _load_models(bundles: list[Path]) -> list[tuple[str, Any]]:
-    from sfn_stream.core.networks import XrdClassifier, load_bundle
+    from sfn_stream.core.networks import load_bundle, xrd_model_from_bundle
 
     models = []
     for path in bundles:
         bundle = load_bundle(path)
-        models.append((bundle.id, XrdClassifier.from_bundle(bundle)))
+        models.append((bundle.id, xrd_model_from_bundle(bundle)))
     return models
 
 

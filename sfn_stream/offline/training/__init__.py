@@ -61,6 +61,8 @@ from ._xrd import (
     synthesize_set,
     train_xrd_bundle,
 )
+from ._xrd_search_match import BUNDLE_NAME as XRD_SEARCH_MATCH_BUNDLE
+from ._xrd_search_match import build_search_match_bundle
 
 __all__ = [
     "CORPUS_SOURCES",
@@ -71,6 +73,7 @@ __all__ = [
     "METALS_3D",
     "UNIFIED_SPLITS_FILE",
     "XANES_3D_BUNDLE",
+    "XRD_SEARCH_MATCH_BUNDLE",
     "AmcsdEntry",
     "Augmentation",
     "Augmentation3d",
@@ -85,6 +88,7 @@ __all__ = [
     "XanesSample",
     "amcsd_ids",
     "assign_splits",
+    "build_search_match_bundle",
     "build_stick_table",
     "build_xanes_dataset",
     "compute_omnixas_labels",
