@@ -14,9 +14,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and warnings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from . import _backfill, _bench, _delivery, _dataset, _demo, _explain, _predict, _serve, _structure, _train
+    from . import (
+        _agent,
+        _backfill,
+        _bench,
+        _dataset,
+        _delivery,
+        _demo,
+        _explain,
+        _predict,
+        _serve,
+        _structure,
+        _train,
+    )
 
-    for module in (_demo, _serve, _predict, _explain, _bench, _train, _dataset, _structure, _backfill, _delivery):
+    for module in (_demo, _serve, _predict, _explain, _bench, _train, _dataset, _structure, _backfill, _delivery,
+                   _agent):
         module.add_parser(sub)
     return parser
 

@@ -2,9 +2,9 @@
 
     python -m sfn_stream.simulated_beamline.agent_demo [--material amcsd-00018] [--first-edge Fe] [--tiled-dir DIR]
 
-An embedded Tiled server, the plugin with the agent as an after-stop consumer, a PXRD run, then the edges
-the agent chooses (through bluesky-adaptive's ``optimize``) until it says done: one progress line per
-edge, then each decision run read back from Tiled beside the material's true labels.
+The same as ``sfn-stream agent measure`` (which adds ``--tiled URI``, ``--json`` and a progress bar): an
+embedded Tiled server, the plugin with the agent as an after-stop consumer, a PXRD run, then the edges the
+agent chooses until it says done, one line per decision (:func:`agent_session.measure_with_agent`).
 """
 
 from __future__ import annotations
@@ -25,54 +25,36 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from bluesky import RunEngine
-    from tiled.queries import Key
 
     from sfn_stream.live.catalog import TiledService
     from sfn_stream.live.consumers import NextEdgeAgent, NextEdgeOptions
-    from sfn_stream.live.consumers.next_edge import NEXT_EDGE_KIND
-    from sfn_stream.live.consumers.next_edge_optimizer import NextEdgeOptimizer
     from sfn_stream.live.plugin import SfnPlugin, make_tiled_writer
-    from sfn_stream.simulated_beamline import (
-        corpus_beamline,
-        load_corpus_sample,
-        measure_sample,
-        multi_metal_materials,
-    )
+
+    from . import load_corpus_sample, multi_metal_materials
+    from .agent_session import format_step, measure_with_agent
 
     try:
-        material = args.material or multi_metal_materials()[0]
-        sample = load_corpus_sample(material)
+        sample = load_corpus_sample(args.material or multi_metal_materials()[0])
     except (KeyError, IndexError, OSError, ImportError) as err:
         print(f"sfn-stream: no corpus sample to measure: {err}", file=sys.stderr)
         return 2
     if args.first_edge and args.first_edge not in sample.metals:
-        print(f"sfn-stream: {material} has no {args.first_edge} edge (its edges: {', '.join(sample.metals)})",
+        print(f"sfn-stream: {sample.material_id} has no {args.first_edge} edge (its edges: {', '.join(sample.metals)})",
               file=sys.stderr)
         return 2
-    overrides = {k: v for k, v in (("min_bits_per_hour", args.min_bits_per_hour),
-                                   ("target_confidence", args.target_confidence)) if v is not None}
     service = TiledService(args.tiled_dir or tempfile.mkdtemp(prefix="sfn-agent-demo-"))
-    client = service.client()
-    agent = NextEdgeAgent(NextEdgeOptions(**overrides))
-    plugin = SfnPlugin(make_tiled_writer(client), consumers=[agent])
+    agent = NextEdgeAgent(NextEdgeOptions(min_bits_per_hour=args.min_bits_per_hour,
+                                          target_confidence=args.target_confidence))
+    plugin = SfnPlugin(make_tiled_writer(service.client()), consumers=[agent])
     try:
         RE = RunEngine({}, call_returns_result=False)
         RE.subscribe(plugin)
-        mono, xas, powder = corpus_beamline(sample)
-        print(f"{material} {sample.formula}: edges {', '.join(sample.metals)}; measuring")
-        optimizer = NextEdgeOptimizer(agent, sample=material, composition=sample.formula, first_edge=args.first_edge,
-                                      wait=plugin.flush)
-        RE(measure_sample(sample, mono, xas, powder, optimizer))
-        plugin.flush(120)
-        found = client.search(Key("start.sfn.kind") == NEXT_EDGE_KIND).search(Key("start.sfn.sample") == material)
-        for run in sorted(found.values(), key=lambda r: r.metadata["start"]["time"]):
-            stop = run.metadata["stop"]["sfn"]
-            print(f"  decision {run.metadata['start']['uid'][:8]}: measured {stop['edges_measured']}, "
-                  f"next {stop['next_edge'] or '-'}, done {stop['done']}, confidence {stop['confidence']:.2f}, "
-                  f"species {stop['species']}, decided in {stop['decision_ms']:.0f} ms")
+        print(f"{sample.material_id} {sample.formula}: edges {', '.join(sample.metals)}; Tiled {service.uri}")
+        result = measure_with_agent(RE, plugin, agent, sample, first_edge=args.first_edge,
+                                    on_step=lambda step: print("  " + format_step(step, len(sample.metals))))
         truth = ", ".join(f"{m}{t['oxidation_state']}+ CN {t['coordination_number']}"
                           for m, t in sample.truth["metals"].items())
-        print(f"  true labels: {truth}; {sample.truth['crystal_system']}")
+        print(f"  measured {', '.join(result.edges_measured)}; true labels: {truth}; {sample.truth['crystal_system']}")
     finally:
         plugin.close()
         service.close()

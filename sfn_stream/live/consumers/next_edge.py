@@ -13,11 +13,13 @@ come from ``sfn.composition``), the agent
    answers were on the corpus *validation* split, before and after the metal's own edge is measured
    (``sfn-stream bench agent --calibrate`` writes ``sfn_stream/data/next_edge_calibration.json``); the gain
    of an edge is the entropy of its metal's calibrated belief now minus that expected with its edge, plus
-   its effect on the other metals where the validation split can measure it (today it cannot: too few
-   multi-metal materials, so none is assumed); per hour of beamtime (``EdgeCost``: monochromator move +
+   its effect on the other metals where the validation split can measure it (``cross_remaining``; none
+   assumed below 10 validation pairs); per hour of beamtime (``EdgeCost``: monochromator move +
    edge change + scan). ``confidence`` is the least calibrated top probability over metals and tasks;
-3. says ``done`` when every metal's oxidation state and CN reach ``target_confidence``, when no edge is
-   worth its cost (``min_bits_per_hour``), or when every edge is measured; and, with
+3. always suggests a first edge; after it, says ``done`` when every metal's oxidation state and CN reach
+   ``target_confidence``, when no edge is worth its cost (``min_bits_per_hour``), or when every edge is
+   measured (both thresholds, unless given, as fitted on the validation split: ``EdgeCalibration.stopping``);
+   and, with
    ``structure=StructureInferenceOptions(automatic=False, ...)``, runs structure inference once the
    oxidation states and the PXRD crystal system are confident enough.
 
@@ -102,7 +104,8 @@ class NextEdgeOptions:
     ``target_confidence``: done once every metal's oxidation state and CN reach it (calibrated top class
     probability); ``min_bits_per_hour``: an edge is worth measuring when its expected entropy drop per hour of
     beamtime reaches this. Left at None, both come from the calibration file's stopping rule (fitted on the
-    validation split by ``sfn-stream bench agent --calibrate``), else from ``DEFAULT_STOPPING``; ``structure``: structure-inference options (use ``automatic=False``: the agent then
+    validation split by ``sfn-stream bench agent --calibrate``), else from ``DEFAULT_STOPPING``;
+    ``structure``: structure-inference options (use ``automatic=False``: the agent then
     decides when), run once the oxidation states reach ``structure_confidence`` and the PXRD crystal system
     ``crystal_system_confidence``; ``models``: a ``ModelRegistry`` (default: the process's).
     """
@@ -362,7 +365,9 @@ def decide(metals: Sequence[str], beliefs: Mapping[str, MetalBelief], measured: 
 
     Expected value of an edge: for each task, the calibrated entropy of the metal's belief now minus that
     expected once its edge is in (the validation accuracy with the edge), plus the cross effect on the
-    other unmeasured metals; per hour of beamtime.
+    other unmeasured metals; per hour of beamtime. Before any edge, the best covered edge is chosen whatever
+    the stopping rule says (a sample is measured at one edge at least); after it, the agent is done when
+    every metal is confident enough or no open edge is worth its cost.
     """
     measured_set = set(measured)
     rule = options.stopping(calibration)
@@ -384,8 +389,13 @@ def decide(metals: Sequence[str], beliefs: Mapping[str, MetalBelief], measured: 
         candidates.append(candidate)
     open_ = [c for c in candidates if not c.measured]
     worth = [c for c in open_ if c.worth]
+    first = not measured_set and [c for c in open_ if c.covered]
+    if first:  # the first edge is always measured: the stopping rule was fitted on what an edge adds to one
+        worth = first
     if not open_:
         done, reason = True, "every 3d-metal edge of the sample is measured"
+    elif first:
+        done, reason = False, ""
     elif confidence >= rule["target_confidence"]:
         done, reason = True, f"every oxidation state and CN reached confidence {rule['target_confidence']:g}"
     elif not worth:
@@ -399,7 +409,8 @@ def decide(metals: Sequence[str], beliefs: Mapping[str, MetalBelief], measured: 
         best = max(worth, key=lambda c: c.score)
         best.chosen = True
         next_edge = best.edge
-        reason = f"{best.edge}: {best.expected_bits:.2f} bits expected in {best.cost_seconds / 60:.1f} min"
+        reason = (f"{'first edge, ' if first else ''}{best.edge}: {best.expected_bits:.2f} bits expected in "
+                  f"{best.cost_seconds / 60:.1f} min")
     return Decision(next_edge, done, reason, confidence, candidates, dict(beliefs), bundle_id)
 
 
@@ -558,12 +569,14 @@ class NextEdgeAgent(BaseConsumer):
         started = time.perf_counter()
         decision = self.agent.decide(state)
         self.latest[state.sample] = decision
+        decided_at = time.time()  # the suggestion is ready here; structure inference may follow
         decision_seconds = time.perf_counter() - started
         structure_run = self._maybe_infer_structure(state, decision)
         key = self.metadata_key
         source_runs = list(state.runs)
         md = {"kind": NEXT_EDGE_KIND, "sample": state.sample, "trigger_run": trigger_run, "source_runs": source_runs,
-              "elements": list(state.elements), "metals": state.metals, "options": self.options.describe(self.agent.calibration),
+              "elements": list(state.elements), "metals": state.metals,
+              "options": self.options.describe(self.agent.calibration),
               "calibration": self.agent.calibration.provenance}
         bundle = compose_run(metadata=json_safe({"plan_name": NEXT_EDGE_PLAN, "sample": state.sample,
                                                  "source_runs": source_runs, "elements": list(state.elements),
@@ -579,7 +592,7 @@ class NextEdgeAgent(BaseConsumer):
             streams.write(POSTERIOR_STREAM, _belief_row(decision.beliefs[metal], self.agent.calibration))
         summary = run_summary(NEXT_EDGE_KIND, state.sample, **decision_summary(decision, state, self.agent.calibration),
                               structure_run=structure_run, source_runs=source_runs,
-                              decision_ms=round(decision_seconds * 1000, 2),
+                              decision_ms=round(decision_seconds * 1000, 2), decided_at=decided_at,
                               seconds=round(time.perf_counter() - started, 3), software=f"sfn-stream {__version__}")
         stop = stop_with_summary(bundle.compose_stop(exit_status="success"), summary, key, streams.event_counts())
         self.emit("stop", stop)

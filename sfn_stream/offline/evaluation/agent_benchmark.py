@@ -23,6 +23,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -169,7 +170,7 @@ def calibrate(fusion: ModelFusion, *, progress: bool = True, corpus_dir: str | P
     if len(cross_before) >= MIN_CROSS_PAIRS:
         cross = round(float(np.mean(cross_after) / max(np.mean(cross_before), 1e-9)), 4)
     reliability = _reliability(outcomes)
-    return EdgeCalibration(
+    calibration = EdgeCalibration(
         reliability=reliability, cross_remaining=cross, priors=_label_priors(corpus, read_unified_splits()),
         provenance={
             "bundle_id": getattr(getattr(fusion.predictor(list(METALS_3D)), "bundle", None), "id", None),
@@ -181,6 +182,9 @@ def calibrate(fusion: ModelFusion, *, progress: bool = True, corpus_dir: str | P
                    "materials, elements only ('prior') and with the metal's own edge ('edge'), shrunk towards "
                    "all metals pooled; cross_remaining: mean entropy of the other metals with / without one "
                    f"edge (None below {MIN_CROSS_PAIRS} pairs); priors: training-split label frequencies"})
+    multi_metal = [s for s in val if len(s.metals) >= 2]
+    calibration.stopping = fit_stopping(multi_metal, fusion, calibration, progress=progress)
+    return calibration
 
 
 def _corpus_hash(corpus_dir: Path) -> str | None:
@@ -225,6 +229,79 @@ def _label_priors(corpus, splits) -> dict:
                         counts[metal][task][str(int(labels[task]))] += 1
     return {m: {t: {k: round(v / sum(c.values()), 4) for k, v in sorted(c.items())} for t, c in tasks.items()}
             for m, tasks in counts.items()}
+
+
+# -- the stopping rule (validation split only) ----------------------------------------------------------
+NEVER_STOP = NextEdgeOptions(min_bits_per_hour=0.0, target_confidence=1.01)
+CONFIDENCE_GRID = (0.7, 0.8, 0.85, 0.9, 0.95, 1.01)  # 1.01: never stop on confidence alone
+ACCURACY_TOLERANCE = 0.01  # the stop may cost at most this much of the all-edge accuracy
+
+
+def stop_path(sample: Sample, beliefs: Beliefs, calibration: EdgeCalibration,
+              covered: set[str]) -> list[dict[str, float]]:
+    """The agent's steps over a sample when it never stops: after k edges (k >= 1: the first edge is always
+    measured), the least calibrated confidence, the best open edge's bits per hour, and the label accuracy."""
+    from sfn_stream.core.spectra import k_edge_energy
+
+    measured: list[str] = []
+    energy, steps = None, []
+    accuracy = _AccuracyOf(sample, beliefs, calibration)
+    while True:
+        decision = decide(sample.metals, beliefs.of(sample, measured, calibration), measured, covered, calibration,
+                          NEVER_STOP, from_energy=energy)
+        open_scores = [c.score for c in decision.candidates if not c.measured and c.covered]
+        if measured:
+            steps.append({"edges": len(measured), "confidence": decision.confidence,
+                          "best_score": max(open_scores, default=-math.inf), "accuracy": accuracy(measured)})
+        if decision.next_edge is None:
+            return steps
+        measured.append(decision.next_edge)
+        energy = k_edge_energy(decision.next_edge)
+
+
+def stop_at(path: Sequence[Mapping[str, float]], min_bits_per_hour: float, target_confidence: float) -> Mapping:
+    """The step where the rule stops: confident enough, or no open edge worth its cost (or the last step)."""
+    for step in path:
+        if step["confidence"] >= target_confidence or step["best_score"] < min_bits_per_hour:
+            return step
+    return path[-1]
+
+
+def fit_stopping(samples: Sequence[Sample], fusion: ModelFusion, calibration: EdgeCalibration, *,
+                 progress: bool = False) -> dict[str, Any]:
+    """The stopping rule (target confidence x bits per hour) with the fewest edges whose mean accuracy at the
+    stop stays within ``ACCURACY_TOLERANCE`` of the all-edge accuracy on ``samples`` (the validation split's
+    multi-metal materials); ties go to the most accurate, then the highest confidence target, then the
+    threshold in the middle of the tied ones. Empty when there are no samples."""
+    beliefs = Beliefs(fusion)
+    paths = [stop_path(s, beliefs, calibration, fusion.covered(s.metals))
+             for s in _progress(samples, progress, "fitting the stopping rule on the validation split")]
+    paths = [p for p in paths if p]
+    if not paths:
+        return {}
+    full = float(np.nanmean([p[-1]["accuracy"] for p in paths]))
+    scores = sorted({step["best_score"] for p in paths for step in p if math.isfinite(step["best_score"])})
+    thresholds = [0.0] + [(a + b) / 2 for a, b in itertools.pairwise(scores)] + [scores[-1] + 1.0 if scores else 1.0]
+    grid = []
+    for confidence in CONFIDENCE_GRID:
+        for threshold in thresholds:
+            stops = [stop_at(p, threshold, confidence) for p in paths]
+            grid.append({"target_confidence": confidence, "min_bits_per_hour": round(threshold, 3),
+                         "edges": float(np.mean([s["edges"] for s in stops])),
+                         "accuracy": float(np.nanmean([s["accuracy"] for s in stops]))})
+    feasible = [g for g in grid if g["accuracy"] >= full - ACCURACY_TOLERANCE] or grid
+    best_key = min((g["edges"], -g["accuracy"], -g["target_confidence"]) for g in feasible)
+    tied = [g for g in feasible if (g["edges"], -g["accuracy"], -g["target_confidence"]) == best_key]
+    chosen = tied[len(tied) // 2]
+    n_edges = float(np.mean([p[-1]["edges"] for p in paths]))
+    return {"target_confidence": chosen["target_confidence"], "min_bits_per_hour": chosen["min_bits_per_hour"],
+            "fitted_on": "val", "n_samples": len(paths), "all_edge_accuracy": round(full, 4),
+            "accuracy_at_stop": round(chosen["accuracy"], 4), "mean_edges_at_stop": round(chosen["edges"], 3),
+            "mean_edges": round(n_edges, 3), "tolerance": ACCURACY_TOLERANCE,
+            "how": "validation multi-metal materials measured in the agent's order; every (target confidence, "
+                   "bits/h threshold) pair of the grid stops each at its first step confident enough or with no "
+                   "open edge worth its cost; kept: the fewest mean edges whose mean accuracy at the stop is within "
+                   "the tolerance of the all-edge accuracy (the first edge is always measured)"}
 
 
 # -- strategies ---------------------------------------------------------------------------------------
@@ -305,6 +382,9 @@ def evaluate(samples: Sequence[Sample], fusion: ModelFusion, calibration: EdgeCa
                 curves[strategy][k].append(float(np.mean([accuracy(o[:kk]) for o in strategy_orders])))
             needed = [next(k for k in range(n + 1) if accuracy(o[:k]) >= full - 1e-9) for o in strategy_orders]
             record["edges_to_all_edge_accuracy"][strategy] = float(np.mean(needed))
+            if strategy == "random":  # the agent's edge count, in random order: what its ordering adds
+                record["random_at_agent_stop_accuracy"] = float(np.mean([accuracy(o[:stop_at])
+                                                                         for o in strategy_orders]))
         per_sample.append(record)
     return _summarise(per_sample, curves, latencies, max_k)
 
@@ -340,6 +420,8 @@ def _summarise(per_sample, curves, latencies, max_k) -> dict[str, Any]:
         "agent": {"mean_edges_at_stop": round(float(stop.mean()), 3),
                   "fraction_of_edges_at_stop": round(float((stop / n_edges).mean()), 3),
                   "accuracy_at_stop": round(at_stop, 4),
+                  "random_order_accuracy_at_same_edges": round(float(np.nanmean(
+                      [r["random_at_agent_stop_accuracy"] for r in per_sample])), 4),
                   "within_1pct_of_all_edges": bool(at_stop >= full - 0.01),
                   "beamtime_s_at_stop": round(float(np.mean([r["agent_beamtime_s"] for r in per_sample])), 1),
                   "beamtime_s_all_edges": round(float(np.mean([r["all_edges_beamtime_s"] for r in per_sample])), 1)},
@@ -352,6 +434,45 @@ def _summarise(per_sample, curves, latencies, max_k) -> dict[str, Any]:
                                   "p95": round(float(np.percentile(ms, 95)), 2), "n": int(ms.size)} if ms.size else {},
         "samples": per_sample, "max_edges": max_k,
     }
+
+
+def live_latency(material_ids: Sequence[str], *, progress: bool = True) -> dict[str, Any]:
+    """The suggestion's latency on the live path: a real RunEngine, the plugin (default spool) with the agent
+    as an after-stop consumer, an embedded Tiled server, the simulated beamline replaying each material; per
+    decision after an edge, the time from the XANES run's stop to the decision (run documents' own times)."""
+    import tempfile
+
+    from bluesky import RunEngine
+
+    from sfn_stream.live.catalog import TiledService
+    from sfn_stream.live.consumers import NextEdgeAgent
+    from sfn_stream.live.plugin import SfnPlugin, make_tiled_writer
+    from sfn_stream.simulated_beamline.agent_session import measure_with_agent
+
+    with tempfile.TemporaryDirectory(prefix="sfn-bench-agent-") as folder:
+        service = TiledService(folder)
+        agent = NextEdgeAgent()
+        plugin = SfnPlugin(make_tiled_writer(service.client()), consumers=[agent], spool=Path(folder) / "spool")
+        ready, agent_ms = [], []
+        try:
+            RE = RunEngine({}, call_returns_result=False)
+            RE.subscribe(plugin)
+            for material in _progress(list(material_ids), progress, "live latency"):
+                result = measure_with_agent(RE, plugin, agent, material, name=f"bench-{material}")
+                for step in result.steps:
+                    if step.trigger != "pxrd" and step.stop_to_suggestion_ms is not None:
+                        ready.append(step.stop_to_suggestion_ms)
+                        agent_ms.append(step.decision_ms)
+        finally:
+            plugin.close()
+            service.close()
+    if not ready:
+        return {}
+    return {"stop_to_suggestion_ms": {"p50": round(float(np.percentile(ready, 50)), 1),
+                                      "p95": round(float(np.percentile(ready, 95)), 1),
+                                      "max": round(float(np.max(ready)), 1), "n": len(ready)},
+            "agent_decision_ms_p50": round(float(np.percentile(agent_ms, 50)), 1),
+            "n_materials": len(material_ids), "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def plot(result: Mapping[str, Any], path: Path) -> Path:
@@ -400,11 +521,15 @@ def main(argv=None) -> int:
                         help=f"recompute the calibration on the validation split and write {CALIBRATION_FILE}")
     parser.add_argument("--split", default="test", choices=("test", "test_chemical_system", "val"),
                         help="samples to evaluate (default test)")
-    parser.add_argument("--min-bits-per-hour", type=float, default=NextEdgeOptions.min_bits_per_hour)
-    parser.add_argument("--target-confidence", type=float, default=NextEdgeOptions.target_confidence)
+    parser.add_argument("--min-bits-per-hour", type=float, default=None,
+                        help="stop when no edge gives this many bits per hour (default: the calibration's)")
+    parser.add_argument("--target-confidence", type=float, default=None,
+                        help="stop when every oxidation state and CN is this confident (default: the calibration's)")
     parser.add_argument("--plot", default="sfn-bench/agent_accuracy.png", help="where to save the PNG")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus", default=None, help="corpus folder (default: data/corpus)")
+    parser.add_argument("--live", type=int, default=3, metavar="N",
+                        help="also time the suggestion after a run's stop on the live path for N samples (0: skip)")
     args = parser.parse_args(argv)
     fusion = ModelFusion()
     try:
@@ -424,9 +549,20 @@ def main(argv=None) -> int:
         return 2
     options = NextEdgeOptions(min_bits_per_hour=args.min_bits_per_hour, target_confidence=args.target_confidence)
     result = evaluate(samples, fusion, calibration, options, seed=args.seed, progress=not args.json)
-    result.update(split=args.split, options=options.describe(), calibration=calibration.provenance,
+    result.update(split=args.split, options=options.describe(calibration), calibration=calibration.provenance,
+                  stopping_fit=calibration.stopping,
                   bundle_id=getattr(getattr(fusion.predictor(samples[0].metals), "bundle", None), "id", None))
     result["plot"] = str(plot(result, Path(args.plot)))
+    if args.live > 0:
+        result["live_latency"] = live_latency([s.material_id for s in samples[:args.live]], progress=not args.json)
+    if args.split == calibration.stopping.get("fitted_on"):
+        print(f"sfn-stream: the stopping rule was fitted on the {args.split} split: these figures are not a test score",
+              file=sys.stderr)
+    current_hash = _corpus_hash(Path(args.corpus or paths.CORPUS_DIR))
+    if calibration.provenance.get("corpus_content_hash") not in (None, current_hash):
+        print("sfn-stream: the calibration was fitted on another corpus snapshot "
+              f"({str(calibration.provenance['corpus_content_hash'])[:8]}, now {str(current_hash)[:8]}): "
+              "run sfn-stream bench agent --calibrate", file=sys.stderr)
     if result["labelled_fraction"] < 0.5:
         print(f"sfn-stream: only {100 * result['labelled_fraction']:.0f} % of the samples' oxidation states and CNs "
               "have a label in this corpus: the accuracies rest on few labels", file=sys.stderr)
@@ -444,9 +580,20 @@ def _print(r: Mapping[str, Any]) -> None:
     print("accuracy (oxidation state + CN labels) after k edges:")
     for strategy, values in r["accuracy_after_k_edges"].items():
         print(f"  {strategy:7s} " + "  ".join(f"k={k}: {v:.3f}" for k, v in enumerate(values) if v is not None))
+    rule = r["options"]
+    print(f"stopping rule ({rule['stopping_from']}): target confidence {rule['target_confidence']:g}, "
+          f"min {rule['min_bits_per_hour']:g} bits/h")
+    fit = r.get("stopping_fit") or {}
+    if fit:
+        print(f"  fitted on {fit['n_samples']} {fit['fitted_on']}-split samples: {fit['mean_edges_at_stop']:.2f} of "
+              f"{fit['mean_edges']:.2f} edges, accuracy {fit['accuracy_at_stop']:.3f} vs "
+              f"{fit['all_edge_accuracy']:.3f} "
+              "with every edge (validation figures, not a test score)")
     print(f"all edges: {r['all_edge_accuracy']:.3f}; agent stops after {agent['mean_edges_at_stop']:.2f} edges "
           f"({100 * agent['fraction_of_edges_at_stop']:.0f} % of them) at {agent['accuracy_at_stop']:.3f}, "
           f"{agent['beamtime_s_at_stop'] / 60:.1f} min vs {agent['beamtime_s_all_edges'] / 60:.1f} min for all")
+    print(f"  within 1 % of all edges: {'yes' if agent['within_1pct_of_all_edges'] else 'no'}; random order "
+          f"stopped after as many edges: {agent['random_order_accuracy_at_same_edges']:.3f}")
     need = r["edges_to_reach_all_edge_accuracy"]
     print("edges to reach the all-edge accuracy (oracle stop): " + ", ".join(f"{s} {v:.2f}" for s, v in need.items()))
     print("per sample (agent order, edges at its stop, accuracy there / with every edge):")
@@ -455,7 +602,15 @@ def _print(r: Mapping[str, Any]) -> None:
               f"stop {sample['agent_stop_edges']}  {sample['agent_stop_accuracy']:.2f} / {sample['all_edge_accuracy']:.2f}")
     lat = r["suggestion_latency_ms"]
     if lat:
-        print(f"suggestion latency: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms ({lat['n']} decisions)")
+        print(f"suggestion latency, offline (fusion + scoring): p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms "
+              f"({lat['n']} decisions)")
+    live = r.get("live_latency") or {}
+    if live:
+        ready = live["stop_to_suggestion_ms"]
+        print(f"suggestion latency, live (XANES run's stop -> decision; RunEngine, plugin, Tiled): "
+              f"p50 {ready['p50']:.0f} ms, p95 {ready['p95']:.0f} ms, max {ready['max']:.0f} ms ({ready['n']} decisions "
+              f"on {live['n_materials']} samples; the agent's own p50 {live['agent_decision_ms_p50']:.0f} ms; "
+              f"load average {live['load_average'][0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"plot: {r['plot']}")
 
 
