@@ -127,11 +127,11 @@ def test_named_bundle_serves_predictions_through_the_registry(bundle, table, tmp
     assert set(xrd_row(prediction, 0, CRYSTAL_SYSTEMS)) == set(xrd_row(network_prediction, 0, CRYSTAL_SYSTEMS))
 
 
-def test_the_default_bundle_stays_the_network_when_search_match_sits_beside_it(bundle, tmp_path):
+def test_search_match_is_the_default_and_the_network_stays_loadable(bundle, tmp_path):
     (tmp_path / "xrd-crystal-system").symlink_to(models_dir() / "xrd-crystal-system")
     (tmp_path / "xrd-search-match").symlink_to(bundle.path)
     registry = ModelRegistry(tmp_path)
-    assert registry.bundle_path("xrd").name == "xrd-crystal-system"
+    assert registry.bundle_path("xrd").name == "xrd-search-match"
     kinds = {card.name: type(load_predictor("xrd", card.path).classifier).__name__
              for card in registry.cards() if card.kind == "xrd"}
     assert kinds == {"xrd-crystal-system": "XrdClassifier", "xrd-search-match": "XrdSearchMatch"}

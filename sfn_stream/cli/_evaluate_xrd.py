@@ -12,7 +12,7 @@ def add_xrd_parser(which) -> None:
     xrd = which.add_parser("xrd", help="PXRD classifier: noisy formula-disjoint, clean, structure-type-disjoint and "
                            "measured patterns, beside 1-NN and majority baselines")
     xrd.add_argument("--bundle", type=Path, action="append", default=[],
-                     help="bundle folder (repeatable; default: the shipped models/xrd-crystal-system)")
+                     help="bundle folder (repeatable; default: the shipped default, models/xrd-search-match)")
     xrd.add_argument("--sticks", type=Path, help="stick table (default: data/xrd_sticks/xrd_sticks.npz)")
     xrd.add_argument("--splits-dir", type=Path,
                      help="folder of xrd_{train,val,test}.txt for --sticks (default: data/splits)")
@@ -28,13 +28,14 @@ def add_xrd_parser(which) -> None:
 def run_xrd(args) -> int:
     from sfn_stream.core import paths
     from sfn_stream.core.networks import BundleError, models_dir
+    from sfn_stream.core.predict import XRD_BUNDLE
     from sfn_stream.offline.evaluation.xrd_eval import evaluate_xrd, format_report
     from sfn_stream.offline.training import DEFAULT_STICK_TABLE
 
     for name in ("max_test", "max_reference"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1")
-    bundles = args.bundle or [models_dir() / "xrd-crystal-system"]
+    bundles = args.bundle or [models_dir() / XRD_BUNDLE]
     try:
         report = evaluate_xrd(bundles, sticks=args.sticks or DEFAULT_STICK_TABLE,
                               splits_dir=args.splits_dir or paths.SPLITS_DIR, max_test=args.max_test,

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from sfn_stream.core.networks import models_dir
-    from sfn_stream.core.predict import XANES_BUNDLE, XRD_BUNDLE
+    from sfn_stream.core.predict import XANES_BUNDLE
     from sfn_stream.offline.shared import shared_dir
     from sfn_stream.offline.training import SharedDataMissing
 
@@ -44,7 +44,7 @@ def run(args) -> int:
         else:
             from sfn_stream.offline.training import train_xrd_bundle
 
-            bundle = train_xrd_bundle(args.out or models_dir() / XRD_BUNDLE, **options)
+            bundle = train_xrd_bundle(args.out or models_dir() / "xrd-crystal-system", **options)
     except SharedDataMissing as err:
         raise CliError(f"training needs the shared development data: {err}") from err
     console().print(f"wrote {bundle.path} ({bundle.id})")
