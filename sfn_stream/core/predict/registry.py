@@ -116,8 +116,8 @@ class ModelRegistry:
                              f"{self.directory} cover: {', '.join(covered)})")
 
     def preload(self) -> list[str]:
-        """Load every bundle of the known kinds now; return the reasons of those that failed (they fail
-        again, recorded, when a run asks for them)."""
+        """Load every bundle of the known kinds now, and warm up the predictors that can be (``warm_up``); return
+        the reasons of those that failed (they fail again, recorded, when a run asks for them)."""
         problems = []
         for kind in _PREDICTORS:
             if kind in self._given:
@@ -125,7 +125,9 @@ class ModelRegistry:
             paths = [card.path for card in self.cards() if card.kind == kind] or [self.bundle_path(kind)]
             for path in paths:
                 try:
-                    load_predictor(kind, path)
+                    warm_up = getattr(load_predictor(kind, path), "warm_up", None)
+                    if warm_up is not None:
+                        warm_up()
                 except Exception as err:
                     problems.append(f"{type(err).__name__}: {err}")
         return problems

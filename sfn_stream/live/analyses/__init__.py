@@ -13,7 +13,7 @@ from .base import (
     register_analysis,
     registered_analyses,
 )
-from .samples import SAMPLE_STREAM, MeasuredEdge, SampleMemory
+from .samples import SAMPLE_STREAM, MeasuredEdge, SampleFusion, SampleMemory
 from .xanes import XANES_ROLES, XANES_STREAM, XanesAnalysis, window_energies, xanes_row
 from .xrd import XRD_ROLES, XRD_STREAM, XrdAnalysis, xrd_row
 from .convention import RunConvention, default_candidates
@@ -26,6 +26,7 @@ __all__ = [
     "XRD_STREAM",
     "SAMPLE_STREAM",
     "MeasuredEdge",
+    "SampleFusion",
     "SampleMemory",
     "Analysis",
     "BaseAnalysis",

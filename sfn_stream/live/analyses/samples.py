@@ -4,7 +4,9 @@ sample's earlier ones (the multi-edge model's partial-measurement input).
 Runs of one sample share ``sfn.sample``. After each usable XANES run the memory keeps that run's model
 window per absorber (the latest run of an edge replaces an earlier one); the next XANES run of the sample
 predicts from its own window plus these, and writes the sample-level result into its own derived stream
-``sfn_sample_predictions``. The memory lives in the plugin's process: a restarted plugin starts empty and
+``sfn_sample_predictions``; the run's analysis keeps that result (:class:`SampleFusion`) for the after-stop
+consumers, so that the next-edge agent does not run the same model on the same edges again. The memory
+lives in the plugin's process: a restarted plugin starts empty and
 fuses from the runs it sees after the restart (the next-edge agent's decision runs say the same).
 """
 
@@ -25,6 +27,17 @@ class MeasuredEdge:
     run_uid: str
     absorber: str
     window: Any  # a sfn_stream.core.spectra.XanesWindow
+
+
+@dataclass(frozen=True)
+class SampleFusion:
+    """The sample-level result of one XANES run: the multi-edge model's prediction from ``edges`` (the run's
+    own first, then the sample's earlier ones), for a sample whose 3d metals are ``metals``."""
+
+    prediction: Any  # a sfn_stream.core.predict.Prediction (its ``inputs``: elements and fractions given)
+    metals: list[str]
+    edges: list[MeasuredEdge]
+    classes: dict[str, tuple]  # task -> class labels of the bundle (the rows' columns)
 
 
 class SampleMemory:

@@ -32,7 +32,7 @@ from sfn_stream.core.predict import (
 from sfn_stream.core.spectra import absorber_from_energy_range
 from sfn_stream.live.documents import exit_flag, run_summary
 from .base import BaseAnalysis, Insufficient, RunContext, bundle_classes, bundle_id, register_analysis
-from .samples import SAMPLE_STREAM, MeasuredEdge
+from .samples import SAMPLE_STREAM, MeasuredEdge, SampleFusion
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,9 @@ _USABLE = ("ok", "flagged")
 class XanesAnalysis(BaseAnalysis):
     """Oxidation state, coordination number and density of one K-edge scan (predicted at the stop).
 
-    After the stop: ``prediction`` (a :class:`~sfn_stream.core.predict.Prediction`) and ``absorber``.
+    After the stop: ``prediction`` (a :class:`~sfn_stream.core.predict.Prediction`), ``absorber``, ``window``
+    and, for a run of a multi-metal sample, ``sample_fusion`` (the sample-level result, a
+    :class:`~sfn_stream.live.analyses.samples.SampleFusion`) for after-stop consumers to use as it is.
     """
 
     kind = "xanes"
@@ -70,6 +72,7 @@ class XanesAnalysis(BaseAnalysis):
         self.prediction: Prediction | None = None
         self.absorber: str | None = None
         self.window = None  # the preprocessed model window (a XanesWindow), for after-stop consumers
+        self.sample_fusion: SampleFusion | None = None
 
     @classmethod
     def recognises(cls, keys: Mapping[str, str], data_keys: Mapping[str, Any]) -> bool:
@@ -88,6 +91,22 @@ class XanesAnalysis(BaseAnalysis):
         absorber, composition, flags = self._request(columns)
         if exit_flag(stop):
             flags.append(exit_flag(stop))
+        prediction, window, predictor = self._predict(columns, absorber, composition, flags)
+        self.prediction, self.absorber, self.window = prediction, absorber, window
+        self.sample_fusion = self._fuse_with_sample(window, composition, prediction, predictor, flags)
+        # Rows are written once every prediction is made: each one sets the forwarder sending to Tiled, which
+        # would otherwise take the CPU from the fusion still to come (the stop waits for both).
+        classes = {task: bundle_classes(predictor, task, default) for task, default in _DEFAULT_CLASSES.items()}
+        self.write_row(xanes_row(prediction, absorber or "", classes, window))
+        sample_fields = self._write_sample_rows(self.sample_fusion) if self.sample_fusion is not None else {}
+        return run_summary(
+            self.kind, self.sample, absorber=absorber,
+            elements=prediction.inputs.get("elements") or _elements_or_none(composition),
+            derived_stream=self.stream, **summary_fields(prediction, absorber),
+            preprocessing=_preprocessing_summary(prediction.preprocessing), **sample_fields)
+
+    def _predict(self, columns, absorber, composition, flags: list[str]):
+        """The run's own prediction, its preprocessed window and the predictor used (None where none was)."""
         window = predictor = None
         try:
             if "energy" not in columns or not len(columns["energy"]):
@@ -109,33 +128,30 @@ class XanesAnalysis(BaseAnalysis):
             logger.exception("sfn-stream: XANES prediction failed")
             prediction = Prediction.failed("xanes", "error", f"model failed: {type(err).__name__}: {err}",
                                            flags=flags, bundle_id=bundle_id(predictor))
-        self.prediction, self.absorber, self.window = prediction, absorber, window
-        classes = {task: bundle_classes(predictor, task, default) for task, default in _DEFAULT_CLASSES.items()}
-        self.write_row(xanes_row(prediction, absorber or "", classes, window))
-        sample_fields = self._fuse_with_sample(window, composition, prediction, flags)
-        return run_summary(
-            self.kind, self.sample, absorber=absorber,
-            elements=prediction.inputs.get("elements") or _elements_or_none(composition),
-            derived_stream=self.stream, **summary_fields(prediction, absorber),
-            preprocessing=_preprocessing_summary(prediction.preprocessing), **sample_fields)
+        return prediction, window, predictor
 
     # -- the sample-level result ------------------------------------------------------------------
-    def _fuse_with_sample(self, window, composition, own: Prediction, flags: list[str]) -> dict[str, Any]:
-        """Fuse this run's edge with the sample's earlier ones: rows of ``sfn_sample_predictions`` and the
-        summary's ``sample_*`` fields ({} for a run with no sample, no usable edge or one 3d metal)."""
+    def _fuse_with_sample(self, window, composition, own: Prediction, own_predictor,
+                          flags: list[str]) -> SampleFusion | None:
+        """Fuse this run's edge with the sample's earlier ones (None for a run with no sample, no usable edge
+        or one 3d metal)."""
         memory, sample = self.context.samples, self.sample
         if memory is None or sample in (None, "") or window is None or not window.usable or own.status not in _USABLE:
-            return {}
+            return None
+        edge = MeasuredEdge(str(self.context.start.get("uid", "")), window.absorber, window)
         earlier = memory.edges(sample, besides=window.absorber)
-        memory.remember(sample, MeasuredEdge(str(self.context.start.get("uid", "")), window.absorber, window))
+        memory.remember(sample, edge)
         metals = _sample_metals(composition, [window.absorber, *(e.absorber for e in earlier)])
         if len(metals) < 2:
-            return {}  # one 3d metal: the run's own prediction is the sample's
-        edges = [MeasuredEdge(str(self.context.start.get("uid", "")), window.absorber, window), *earlier]
+            return None  # one 3d metal: the run's own prediction is the sample's
+        edges = [edge, *earlier]
         predictor = None
         try:
             predictor = self.models.predictor_for_edges("xanes", metals)
-            fused = predictor.predict_windows([e.window for e in edges], composition, extra_flags=flags)
+            if predictor is own_predictor and not earlier:
+                fused = own  # the very request the run's own prediction made: same bundle, window, composition, flags
+            else:
+                fused = predictor.predict_windows([e.window for e in edges], composition, extra_flags=flags)
         except PredictorError as why:
             fused = Prediction.failed("xanes", "error", str(why), flags=flags, bundle_id=bundle_id(predictor))
         except Exception as err:
@@ -143,10 +159,15 @@ class XanesAnalysis(BaseAnalysis):
             fused = Prediction.failed("xanes", "error", f"fusion failed: {type(err).__name__}: {err}",
                                       flags=flags, bundle_id=bundle_id(predictor))
         classes = {task: bundle_classes(predictor, task, default) for task, default in _DEFAULT_CLASSES.items()}
-        measured = {e.absorber: e.run_uid for e in edges}
-        for metal in metals:
-            self.context.write_row(SAMPLE_STREAM, sample_row(fused, metal, measured.get(metal, ""), classes))
-        return sample_summary(fused, metals, edges)
+        return SampleFusion(fused, metals, edges, classes)
+
+    def _write_sample_rows(self, fusion: SampleFusion) -> dict[str, Any]:
+        """Rows of ``sfn_sample_predictions`` (one per 3d metal) and the summary's ``sample_*`` fields."""
+        measured = {e.absorber: e.run_uid for e in fusion.edges}
+        for metal in fusion.metals:
+            self.context.write_row(SAMPLE_STREAM, sample_row(fusion.prediction, metal, measured.get(metal, ""),
+                                                             fusion.classes))
+        return sample_summary(fusion.prediction, fusion.metals, fusion.edges)
 
     def _request(self, columns) -> tuple[str | None, Any, list[str]]:
         """The absorber (given, or found from the scanned range), the composition and the run's flags."""

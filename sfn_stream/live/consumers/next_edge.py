@@ -295,19 +295,20 @@ class ModelFusion:
             return None
 
     def beliefs(self, elements: Sequence[str], fractions, metals: Sequence[str], edges: Mapping[str, EdgeInput],
-                calibration: EdgeCalibration) -> tuple[dict[str, MetalBelief], str | None]:
-        """metal -> belief, and the bundle id used (None when no model fused the edges)."""
+                calibration: EdgeCalibration, *, known=None) -> tuple[dict[str, MetalBelief], str | None]:
+        """metal -> belief, and the bundle id used (None when no model fused the edges). ``known``: the latest
+        run analysis's sample-level result (a ``SampleFusion``), used instead of a forward pass when it answered
+        this very request."""
         covered = [m for m in metals if m in self.covered(metals)]
         predictor = self.predictor(covered)
         model_tables: dict[str, dict[str, Table]] = {}
         bundle = None
         if predictor is not None and getattr(predictor, "ensemble", None) is not None:
-            spectra = {m: (np.asarray(e.window, np.float32), float(e.e0_shift)) for m, e in edges.items()
-                       if m in covered and e.window is not None}
+            fed = {m: e for m, e in edges.items() if m in covered and e.window is not None}
             try:
-                raw = predictor.ensemble.predict(list(elements), spectra, fractions)
+                model_tables = (_known_tables(known, predictor, elements, fractions, fed)
+                                or _predicted_tables(predictor, elements, fractions, fed))
                 bundle = predictor.bundle.id
-                model_tables = {m: {t: _table(v[t]) for t in TASKS if t in v} for m, v in raw["per_element"].items()}
             except Exception:
                 logger.exception("sfn-stream: next-edge fusion failed; falling back to each run's own prediction")
         out = {}
@@ -321,6 +322,35 @@ class ModelFusion:
             else:
                 out[metal] = MetalBelief(metal, {t: calibration.prior(metal, t) for t in TASKS}, "class_prior")
         return out, bundle
+
+
+def _predicted_tables(predictor, elements: Sequence[str], fractions, fed: Mapping[str, EdgeInput]) -> dict:
+    """metal -> task -> class table: one forward pass of the multi-edge model over the fed edges."""
+    spectra = {m: (np.asarray(e.window, np.float32), float(e.e0_shift)) for m, e in fed.items()}
+    raw = predictor.ensemble.predict(list(elements), spectra, fractions)
+    return {m: {t: _table(v[t]) for t in TASKS if t in v} for m, v in raw["per_element"].items()}
+
+
+def _known_tables(known, predictor, elements: Sequence[str], fractions, fed: Mapping[str, EdgeInput]) -> dict | None:
+    """The class tables of ``known`` (a run analysis's ``SampleFusion``) when it answered exactly the request
+    :func:`_predicted_tables` would make: same bundle, elements in the same order, fractions, and edges (run,
+    window values, E0 shift). A forward pass would then give the same numbers; else None."""
+    if known is None or not known.prediction.usable or known.prediction.bundle_id != predictor.bundle.id:
+        return None
+    inputs = known.prediction.inputs
+    if list(inputs.get("elements") or ()) != list(elements) or inputs.get("fractions") != fractions:
+        return None
+    known_edges = {edge.absorber: edge for edge in known.edges}
+    if known_edges.keys() != fed.keys() or not all(_same_edge(known_edges[m], e) for m, e in fed.items()):
+        return None
+    return {m: {t: _table(v[t]) for t in TASKS if t in v} for m, v in known.prediction.per_element.items()}
+
+
+def _same_edge(measured, edge: EdgeInput) -> bool:
+    """Whether a fused edge (a ``MeasuredEdge``) is the agent's edge: same run, window and E0 shift."""
+    window = measured.window
+    return (measured.run_uid == edge.run_uid and float(window.e0_shift) == edge.e0_shift
+            and np.array_equal(np.asarray(window.mu, float), edge.window))
 
 
 # -- the decision -------------------------------------------------------------------------------------
@@ -445,6 +475,7 @@ class SampleState:
     crystal_systems: dict[str, float] | None = None
     last_energy: float | None = None
     structure_keys: set = field(default_factory=set)
+    fused: Any = None  # the latest XANES run's sample-level result (a SampleFusion), reused when it fits
 
     @property
     def metals(self) -> list[str]:
@@ -470,7 +501,8 @@ class SampleAgent:
 
     def decide(self, state: SampleState) -> Decision:
         metals = state.metals
-        beliefs, bundle = self.fusion.beliefs(state.elements, state.fractions, metals, state.edges, self.calibration)
+        beliefs, bundle = self.fusion.beliefs(state.elements, state.fractions, metals, state.edges, self.calibration,
+                                              known=state.fused)
         return decide(metals, beliefs, list(state.edges), self.fusion.covered(metals), self.calibration,
                       self.options, from_energy=state.last_energy, bundle_id=bundle)
 
@@ -543,6 +575,9 @@ class NextEdgeAgent(BaseConsumer):
             e0_shift = float(window.e0_shift) if mu is not None else 0.0
             state.edges[absorber] = EdgeInput(run.uid, absorber, mu, e0_shift, tables, status)
             state.last_energy = k_edge_energy(absorber)
+        fused = getattr(run.analysis, "sample_fusion", None)
+        if fused is not None:
+            state.fused = fused
         state.runs[run.uid] = {"run_uid": run.uid, "kind": "xanes", "edge": absorber or "", "status": status or "",
                                "used": bool(usable), **_top_fields(tables)}
 

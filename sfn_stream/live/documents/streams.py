@@ -11,6 +11,7 @@ The one place that composes them, whether into a run being measured (the derived
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Callable, Mapping
 
@@ -44,18 +45,35 @@ class DerivedStreams:
     def write(self, stream: str, row: Mapping[str, Any]) -> None:
         """Emit one row as an event of ``stream`` (its descriptor first, on the stream's first row)."""
         if stream not in self._bundles:
-            bundle = self._compose(stream, data_keys_for(row), configuration={})
-            self._bundles[stream] = bundle
-            self._emit("descriptor", bundle.descriptor_doc)
+            self._bundles[stream] = self._compose_descriptor(stream, data_keys_for(row))
+            self._emit("descriptor", self._bundles[stream].descriptor_doc)
         now = time.time()
         data = {key: _plain(value) for key, value in row.items()}  # JSON-ready wherever the event goes
         event = self._bundles[stream].compose_event(data=data, timestamps={k: now for k in row},
                                                     validate=self._validate)
         self._emit("event", event)
 
+    def _compose_descriptor(self, stream: str, data_keys: dict[str, dict]):
+        shape = _descriptor_shape(stream, data_keys)
+        # A run that already has a stream of this name keeps event_model's check that the keys agree.
+        validate = shape not in _VALIDATED_SHAPES or stream in self._compose.streams
+        bundle = self._compose(stream, data_keys, configuration={}, validate=validate)
+        _VALIDATED_SHAPES.add(shape)  # reached only when valid: a failed validation raised above
+        return bundle
+
     def event_counts(self) -> dict[str, int]:
         """Events written per derived stream (what the stop's ``num_events`` must say)."""
         return {name: self._compose.event_counters[name] - 1 for name in self._bundles}
+
+
+# Schema-validating a descriptor takes ~5 ms of CPU (jsonschema), two of them between a XANES run's stop and
+# its predictions. A derived descriptor differs from one run to the next only in the uid, run_start and time
+# that event_model fills in itself, so each distinct stream name + data keys is validated once per process.
+_VALIDATED_SHAPES: set[str] = set()
+
+
+def _descriptor_shape(stream: str, data_keys: Mapping[str, dict]) -> str:
+    return json.dumps([stream, data_keys], sort_keys=True)
 
 
 def _plain(value):

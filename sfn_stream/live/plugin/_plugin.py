@@ -268,14 +268,14 @@ class SfnPlugin:
         atexit.register(_drain_at_exit, weakref.ref(self))
 
     def _spool_document(self, name: str, doc: dict, received: float) -> None:
-        run_uid = self._spool.append_raw(name, doc)
-        if run_uid is None:
-            return
-        if name == "stop":
-            self._stop_received[run_uid] = received
-        with self._wake:
-            self._dirty.add(run_uid)
-            self._wake.notify()
+        def analyse(run_uid: str) -> None:  # as soon as the document is in the file, before a stop's disk sync
+            if name == "stop":
+                self._stop_received[run_uid] = received
+            with self._wake:
+                self._dirty.add(run_uid)
+                self._wake.notify()
+
+        self._spool.append_raw(name, doc, on_written=analyse)
 
     def _analyse_spool(self, preload: bool) -> None:
         if preload:
