@@ -193,6 +193,7 @@ def test_the_agent_runs_structure_inference_when_confident_enough(RE, client, tw
     assert structure_run.metadata["start"]["sfn"]["kind"] == STRUCTURE_KIND
     assert structure_run.metadata["start"]["sfn"]["trigger"] == "manual"
     assert structure_run.metadata["start"]["source_runs"] == [xanes, xrd]
+    assert len(structure_run.metadata["start"]["sfn"]["inputs"]["space_group_probabilities"]) == 5  # PXRD top 5
     assert list(agent.structure.results) == [second["structure_run"]]
 
 
@@ -210,3 +211,36 @@ def test_edges_no_bundle_covers_are_never_suggested_and_their_metal_keeps_a_clas
     fe, cu = decision.candidates
     assert (fe.edge, fe.covered, fe.expected_bits) == ("Fe", False, 0.0) and "no XANES model covers" in fe.reason
     assert decision.beliefs["Fe"].source == "class_prior" and cu.covered and decision.next_edge == "Cu"
+
+
+def test_the_agent_uses_the_runs_fused_prediction_when_it_answered_the_same_request(two_metal_sample, monkeypatch):
+    from sfn_stream.core.spectra import preprocess_xanes
+    from sfn_stream.live.analyses import MeasuredEdge, SampleFusion
+    from sfn_stream.live.consumers.next_edge import EdgeInput, SampleAgent, SampleState
+
+    sample = two_metal_sample
+    predictor = default_registry().predictor_for_edges("xanes", sample.metals)
+    windows = [preprocess_xanes(*sample.replay_spectrum(m), absorber=m) for m in sample.metals]
+    state = SampleState("t-reuse")
+    state.add_elements(sample.formula)
+    for window in windows:
+        state.edges[window.absorber] = EdgeInput(f"run-{window.absorber}", window.absorber,
+                                                 np.asarray(window.mu, float), float(window.e0_shift), {}, "ok")
+    agent = SampleAgent(ALWAYS_NEXT)
+    computed = agent.decide(state)  # no run result to reuse: one forward pass
+
+    fused = predictor.predict_windows(windows, sample.formula)  # what the last run's analysis wrote
+    state.fused = SampleFusion(fused, sample.metals, [MeasuredEdge(f"run-{w.absorber}", w.absorber, w)
+                                                      for w in windows], {})
+    passes = []
+    forward = predictor.ensemble.predict
+    monkeypatch.setattr(predictor.ensemble, "predict", lambda *args, **kw: passes.append(1) or forward(*args, **kw))
+    reused = agent.decide(state)
+    assert passes == []
+    assert {m: b.tables for m, b in reused.beliefs.items()} == {m: b.tables for m, b in computed.beliefs.items()}
+    assert reused.next_edge == computed.next_edge and reused.confidence == computed.confidence
+
+    first = state.edges[sample.metals[0]]  # the same edge from another run: the result does not answer this request
+    state.edges[first.metal] = EdgeInput("run-again", first.metal, first.window, first.e0_shift, {}, "ok")
+    agent.decide(state)
+    assert passes == [1]

@@ -23,6 +23,7 @@ from sfn_stream.core.structure import (
     source_index,
 )
 from sfn_stream.core.structure import _index as index_module
+from sfn_stream.core.structure._infer import SUBSTITUTION_WEIGHT
 
 # One lab measurement (Cu K-alpha1+2), fixed so that the tests are deterministic.
 LAB = dict(
@@ -115,6 +116,65 @@ def test_rutile_from_ti4_cn6_tetragonal_ranks_rutile_first(oxide_templates):
     assert "_symmetry_space_group_name_H-M" in best.to_cif()
 
 
+def polar_rutile(dz=0.05):
+    """Rutile-type SnO2 with every O moved 0.16 A along c: P4_2nm (102), a pattern nearly rutile's own."""
+    structure = rutile(4.737, 3.186, "Sn")
+    structure.translate_sites([i for i, site in enumerate(structure) if site.specie.symbol == "O"], [0, 0, dz])
+    return structure
+
+
+@pytest.fixture(scope="module")
+def rutile_twins(cache):
+    return source_index(StructureSource("rutile-twins", {"SnO2-rutile": rutile(4.737, 3.186, "Sn"),
+                                                         "SnO2-polar": polar_rutile()}), directory=cache)
+
+
+def _ranked(index, space_groups):
+    request = InferenceRequest(elements=("Ti", "O"), xrd=measured(rutile()), oxidation_states={"Ti": {4: 1.0}},
+                               crystal_systems={"tetragonal": 1.0}, space_group_probabilities=space_groups)
+    return infer_structures(request, index=index).candidates
+
+
+def test_space_group_prior_ranks_the_named_space_group_first_and_is_absent_without_a_table(rutile_twins):
+    """Two templates whose patterns agree to 1e-4 (rutile, 136, and its polar twin, 102) on a measured
+    rutile pattern: the space-group table decides, in the direction it names (equal base rates: the gain is
+    the probability ratio); without a table the score is the sum of the other terms, as before the prior existed."""
+    assert {e.spacegroup_number for e in rutile_twins.entries} == {136, 102}
+    plain = _ranked(rutile_twins, None)
+    assert abs(plain[0].components["xrd_similarity"] - plain[1].components["xrd_similarity"]) < 2e-3
+    for c in plain:
+        assert "space_group_log_prior" not in c.components
+        parts = c.components
+        assert c.score == pytest.approx(
+            parts["xrd_term"] + math.log(parts["formula_prior"]) + math.log(parts["crystal_system_prior"])
+            + math.log(parts["cn_probability"]) + SUBSTITUTION_WEIGHT * parts["substitution_log_prior"]
+            + parts["formula_size_log_prior"])
+    for named, other in ((136, 102), (102, 136)):
+        ranked = _ranked(rutile_twins, {named: 0.6, other: 0.2, 62: 0.1})
+        assert [c.spacegroup_number for c in ranked] == [named, other]
+        gain = ranked[0].components["space_group_log_prior"] - ranked[1].components["space_group_log_prior"]
+        assert gain == pytest.approx(math.log(0.6 / 0.2))  # both above the floor: their probability ratio
+        before = {c.spacegroup_number: c.score for c in plain}
+        assert ranked[0].score - ranked[1].score == pytest.approx(before[named] - before[other] + gain, abs=1e-6)
+
+
+def test_space_group_prior_floors_a_missed_space_group_and_ignores_unnamed_systems(rutile_twins):
+    from sfn_stream.core.structure import SPACE_GROUP_FLOOR, space_group_base_rates
+
+    missed = _ranked(rutile_twins, {102: 0.9})  # a top 5 that misses rutile: lowered, not excluded
+    assert [c.spacegroup_number for c in missed] == [102, 136]
+    base = space_group_base_rates(e.spacegroup_number for e in rutile_twins.entries)
+    assert base[136] == base[102] == pytest.approx(2 / 70)  # 68 tetragonal groups, one template each of two
+    # rutile counts as the floor's share of its base rate, against all the tetragonal mass
+    assert missed[1].components["space_group_log_prior"] == pytest.approx(
+        math.log(SPACE_GROUP_FLOOR / (0.9 + SPACE_GROUP_FLOOR * (1 - base[102]))))
+    elsewhere = _ranked(rutile_twins, {225: 0.7, 62: 0.2})  # names no tetragonal group: nothing changes
+    plain = _ranked(rutile_twins, None)
+    assert [c.spacegroup_number for c in elsewhere] == [c.spacegroup_number for c in plain]
+    assert [c.score for c in elsewhere] == pytest.approx([c.score for c in plain], abs=1e-9)
+    assert [c.components["space_group_log_prior"] for c in elsewhere] == pytest.approx([0, 0], abs=1e-9)
+
+
 def test_paper_example_enumerates_both_formulas():
     states = {"Ca": {2: 1.0}, "Mn": {3: 1.0}, "Al": {3: 1.0}, "O": {-2: 1.0}}
     formulas = [f.reduced_formula for f in enumerate_formulas(["Ca", "Mn", "Al", "O"], states)]
@@ -160,6 +220,7 @@ def test_no_template_gives_an_empty_result_with_a_reason(oxide_templates):
     (dict(elements=("Ti", "O"), oxidation_states={"Fe": {3: 1.0}}), "not among the elements"),
     (dict(elements=("Ti", "O"), crystal_systems={"cubicc": 1.0}), "unknown crystal system"),
     (dict(elements=("Ti", "O"), coordination={"Ti": {"six": 1.0}}), "coordination numbers of Ti"),
+    (dict(elements=("Ti", "O"), space_group_probabilities={231: 0.5}), "between 1 and 230"),
 ])
 def test_malformed_requests_raise_clear_errors(oxide_templates, kwargs, message):
     request = InferenceRequest(xrd=measured(rutile()), **kwargs)
@@ -232,6 +293,25 @@ def test_benchmark_runs_held_out_queries_in_parallel_with_the_same_records(oxide
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(parallel["records"]) == strip(serial["records"])
     assert serial["summary"]["true"]["2"] == {**serial["summary"]["true"]["2"], "n": 2, "top1": 0.5}
+
+
+def test_benchmark_runs_each_query_with_and_without_the_space_group_prior(oxide_templates):
+    """Space-group priors side by side: 'none' records are those of a run without priors; 'predicted' holds the
+    search-match bundle's top 5 for the query's own simulated pattern; 'oracle' the true space group."""
+    from sfn_stream.offline.evaluation.structure_benchmark import run_benchmark
+
+    item = {"id": "test-oxides:TiO2-anatase", "origin": "test", "split": "dev", "n_elements": 2, "formula": "TiO2",
+            "crystal_system": "tetragonal", "anonymous": "1-2", "spacegroup_number": 141,
+            "oxidation": {"Ti": 4, "O": -2}, "cn": {"Ti": 6}, "duplicates": []}
+    run = run_benchmark({"items": [item]}, settings=("true",), split="dev", index=oxide_templates,
+                        space_group_priors=("none", "predicted", "oracle"))
+    plain, predicted, oracle = run["records"]
+    assert "space_group_prior" not in plain and (predicted["space_group_prior"], oracle["space_group_prior"]) == (
+        "predicted", "oracle")
+    assert len(predicted["space_group_table"]) == 5 and all(1 <= n <= 230 for n in predicted["space_group_table"])
+    assert oracle["space_group_table"] == {141: 1.0} and oracle["true_space_group_in_table"]
+    assert set(run["summary"]) == {"true", "true+sg_predicted", "true+sg_oracle"}
+    assert run["summary"]["true+sg_oracle"]["2"]["true_space_group_in_table"] == 1.0
 
 
 def test_relax_refits_the_best_candidate_after_chgnet(oxide_templates):

@@ -37,11 +37,13 @@ def test_infer_structure_writes_json_and_cifs(files, capsys):
     out = root / "result"
     status, stdout, err = _run(capsys, "infer-structure", "--elements", "Ti,O", "--xrd", pattern, "--wavelength", "1.54059",
                                "--oxidation", "Ti=4", "--cn", "Ti=6", "--sources", templates, "--cache-dir", root / "cache",
-                               "--top", "3", "--json", "--out", out)
+                               "--top", "3", "--space-group", "136=0.6,141=0.2", "--json", "--out", out)
     assert status == 0, err
     result = json.loads(stdout)
     best = result["candidates"][0]
     assert (best["formula"], best["spacegroup_symbol"]) == ("TiO2", "P4_2/mnm")
+    assert result["request"]["space_group_probabilities"] == {"136": 0.6, "141": 0.2}
+    assert best["components"]["space_group_log_prior"] > 0  # rutile's space group named first
     assert best["template"]["id"] == "cif:SnO2_rutile.cif"
     written = sorted(p.name for p in out.iterdir())
     assert "result.json" in written and "rank1_TiO2_136.cif" in written
@@ -54,6 +56,8 @@ def test_infer_structure_writes_json_and_cifs(files, capsys):
     (["--elements", "Ti,O", "--oxidation", "Ti"], "ELEMENT=VALUE"),
     (["--elements", "Ti,O", "--crystal-system", "cubic=high"], "--crystal-system"),
     (["--elements", "Ti,O", "--sources", "nowhere-db"], "unknown template source"),
+    (["--elements", "Ti,O", "--space-group", "P4_2/mnm"], "--space-group"),
+    (["--elements", "Ti,O", "--space-group", "231=0.5"], "between 1 and 230"),
 ])
 def test_bad_input_exits_with_status_2(files, capsys, argv, message):
     root, templates, pattern = files

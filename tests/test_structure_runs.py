@@ -113,6 +113,8 @@ def test_a_samples_xanes_and_xrd_runs_give_a_linked_queryable_inference_run(RE, 
     inputs = start["sfn"]["inputs"]
     assert set(inputs["oxidation_states"]) == {demo_sample.absorber}
     assert inputs["crystal_systems"] and inputs["xrd"]["wavelength"] == pytest.approx(demo_sample.wavelength)
+    # the default PXRD bundle (search-match) names five space groups per frame: the run's top 5 travel too
+    assert len(inputs["space_group_probabilities"]) == 5
     assert uid in client.search(Contains("start.source_runs", xrd))  # which inferences used this run?
 
     # the stop summary, queryable like the others
@@ -141,6 +143,7 @@ def test_a_samples_xanes_and_xrd_runs_give_a_linked_queryable_inference_run(RE, 
     scores = np.asarray(candidates["score"], dtype=float)
     assert np.all(np.diff(scores) <= 0) and 0 < float(candidates["probability"].values[0]) <= 1
     assert str(candidates["template_id"].values[0]).startswith("bluesky-templates:")
+    assert np.isfinite(np.asarray(candidates["space_group_log_prior"], dtype=float)).all()
     assert "_cell_length_a" in str(candidates["cif"].values[0])
 
     # the raw runs are what they were; the inference run reached Tiled from the spool's forwarder thread,
@@ -230,3 +233,14 @@ def test_structure_inference_is_off_by_default():
     assert plugin.structure is None
     with pytest.raises(RuntimeError, match="structure inference is off"):
         plugin.infer_structure("a", "b")
+
+
+def test_the_pxrd_runs_space_groups_reach_the_request_unless_switched_off():
+    from sfn_stream.live.consumers import RunInputs, build_request
+
+    xanes = RunInputs("x1", "xanes", "s", ("Cu", "Fe", "O"), "ok", None, absorber="Cu", oxidation_states={1: 1.0})
+    xrd = RunInputs("x2", "xrd", "s", ("Cu", "Fe", "O"), "ok", None, crystal_systems={"trigonal": 0.9},
+                    space_groups={166: 0.7, 160: 0.1}, x=np.linspace(10, 80, 50), intensity=np.ones(50))
+    assert build_request([xanes], xrd).space_group_probabilities == {166: 0.7, 160: 0.1}
+    assert build_request([xanes], xrd, space_group_prior=False).space_group_probabilities is None
+    assert StructureInferenceOptions().space_group_prior

@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
                         help="coordination numbers, e.g. Mn=6 or Fe=4:0.3/6:0.7; repeatable")
     parser.add_argument("--crystal-system", metavar="SYSTEM[=P,...]",
                         help="crystal system(s), e.g. tetragonal or cubic=0.6,tetragonal=0.4 (default: all seven)")
+    parser.add_argument("--space-group", metavar="NUMBER=P[,...]",
+                        help="space-group probabilities, e.g. 62=0.5,14=0.2 (a PXRD model's top 5; default: no "
+                             "space-group prior)")
     parser.add_argument("--sources", default="amcsd,aflow,robocrys",
                         help="template sources: amcsd, aflow, robocrys, materials_project, or CIF folders (comma list)")
     parser.add_argument("--cif-dir", action="append", default=[], type=Path, help="an extra folder of template CIFs")
@@ -50,6 +53,10 @@ def add_parser(sub) -> None:
     structure.add_argument("--split", choices=("test", "dev"), default="test")
     structure.add_argument("--workers", type=int, default=1, help="queries run in this many processes (default 1)")
     structure.add_argument("--limit", type=int, help="at most this many materials per (origin, number of elements)")
+    structure.add_argument("--space-group-prior", default="none,predicted", metavar="LIST",
+                           help="run each query under these space-group priors, side by side: none, predicted "
+                                "(search-match top 5 of the query's pattern), oracle (the true space group); "
+                                "default none,predicted")
     structure.add_argument("--measured", action="store_true", help="only the measured single-phase patterns")
     structure.add_argument("--no-measured", action="store_true", help="skip the measured patterns")
     structure.add_argument("--save", type=Path, help="write the full results (records and summary) to this JSON file")
@@ -80,6 +87,19 @@ def _systems(text: str | None) -> dict | None:
             out[name.strip()] = float(prob) if prob else 1.0
         except ValueError as err:
             raise CliError(f"--crystal-system: cannot read {part!r} (use e.g. cubic=0.6,tetragonal=0.4)") from err
+    return out
+
+
+def _space_groups(text: str | None) -> dict | None:
+    if not text:
+        return None
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        number, _, prob = part.partition("=")
+        try:
+            out[int(number)] = float(prob) if prob else 1.0
+        except ValueError as err:
+            raise CliError(f"--space-group: cannot read {part!r} (use e.g. 62=0.5,14=0.2)") from err
     return out
 
 
@@ -117,7 +137,7 @@ def run_infer(args) -> int:
     request = InferenceRequest(
         elements=elements, xrd=XrdInput(x, y, args.axis, wavelength, str(args.xrd)),
         oxidation_states=_tables(args.oxidation, "oxidation"), coordination=_tables(args.cn, "cn"),
-        crystal_systems=_systems(args.crystal_system),
+        crystal_systems=_systems(args.crystal_system), space_group_probabilities=_space_groups(args.space_group),
         xanes=_read_xanes(args.xanes, elements) if args.xanes else {},
     )
     if args.relax < 0:
@@ -164,16 +184,21 @@ def _print_result(result, out: Path | None) -> None:
 
 
 def run_evaluate(args) -> int:
-    from sfn_stream.offline.evaluation.structure_benchmark import evaluate_structure_inference
+    from sfn_stream.offline.evaluation.structure_benchmark import SPACE_GROUP_PRIORS, evaluate_structure_inference
 
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     for s in settings:
         if s not in ("true", "perturbed"):
             raise CliError(f"--settings: {s!r} is not 'true' or 'perturbed'")
+    priors = [s.strip() for s in args.space_group_prior.split(",") if s.strip()]
+    for prior in priors:
+        if prior not in SPACE_GROUP_PRIORS:
+            raise CliError(f"--space-group-prior: {prior!r} is not one of {', '.join(SPACE_GROUP_PRIORS)}")
     try:
         payload = evaluate_structure_inference(
             settings, split=args.split, limit=args.limit, workers=args.workers, synthetic=not args.measured,
             measured=not args.no_measured, log_path=args.log, save_path=args.save, progress=not args.json,
+            space_group_priors=priors or ["none"],
         )
     except FileNotFoundError as err:  # ../shared or the benchmark definition is missing
         raise CliError(str(err)) from err
@@ -185,18 +210,38 @@ def run_evaluate(args) -> int:
 
 
 def _print_summary(payload: dict) -> None:
+    """One table per input setting: top-1 / top-5 under each space-group prior side by side."""
     from rich.table import Table
 
+    from sfn_stream.offline.evaluation.structure_benchmark import SPACE_GROUP_PRIORS
+
     con = console()
-    for setting, rows in payload.get("summary", {}).items():
-        table = Table(title=f"structure inference, {setting} inputs ({payload.get('split')} split)")
-        for column in ("stratum", "n", "top-1", "top-5", "type available", "s/query (mean)", "max"):
+    summary = payload.get("summary", {})
+    settings = sorted({key.split("+sg_")[0] for key in summary}, key=lambda s: (s != "true", s))  # true first
+    for setting in settings:
+        found = {(key.split("+sg_", 1) + ["none"])[1]: rows for key, rows in summary.items()
+                 if key.split("+sg_")[0] == setting}
+        variants = {prior: found[prior] for prior in SPACE_GROUP_PRIORS if prior in found}
+        table = Table(title=f"structure inference, {setting} inputs ({payload.get('split')} split); "
+                            "top-1 / top-5 (top-1 with the space group right) per space-group prior")
+        for column in ("stratum", "n", *variants, "true SG in predicted top 5", "type available",
+                       "s/query (mean)", "max"):
             table.add_column(column)
-        for key, row in rows.items():
-            table.add_row(key, str(row["n"]), f"{row['top1']:.2f}", f"{row['top5']:.2f}",
-                          f"{row['template_type_available']:.2f}", f"{row['seconds_mean']:.1f}", f"{row['seconds_max']:.1f}")
+        for key, row in next(iter(variants.values())).items():
+            cells = [_hits(variants[prior].get(key)) for prior in variants]
+            named = variants.get("predicted", {}).get(key, {}).get("true_space_group_in_table")
+            slowest = max(variants[prior].get(key, {}).get("seconds_max", 0.0) for prior in variants)
+            table.add_row(key, str(row["n"]), *cells, "-" if named is None else f"{named:.2f}",
+                          f"{row['template_type_available']:.2f}", f"{row['seconds_mean']:.1f}", f"{slowest:.1f}")
         con.print(table)
     for row in payload.get("measured", []):
         best = row.get("candidates", [[None]])[0] if row.get("candidates") else None
         con.print(f"{row['file']}: {row['formula']} ({'system given' if row.get('crystal_system_given') else 'system unknown'}) "
                   f"-> rank of right answer {row.get('rank_of_right_answer')}; best {best}")
+
+
+def _hits(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    space_group = f" ({row['top1_space_group']:.2f})" if "top1_space_group" in row else ""
+    return f"{row['top1']:.2f} / {row['top5']:.2f}{space_group}"

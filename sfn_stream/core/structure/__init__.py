@@ -44,6 +44,7 @@ from ._sources import (
     TemplateSource,
     make_source,
 )
+from ._space_group import SPACE_GROUP_FLOOR, crystal_system_of, space_group_base_rates, space_group_log_priors
 from ._substitute import ElementMapping, element_mappings, ionic_radius, substituted_structure
 from .amcsd import AmcsdEntry, amcsd_ids, iter_amcsd_structures
 
@@ -51,6 +52,7 @@ __all__ = [
     "CRYSTAL_SYSTEMS",
     "DEFAULT_SOURCES",
     "MIXED_VALENCE_PRIOR",
+    "SPACE_GROUP_FLOOR",
     "AflowSource",
     "AmcsdEntry",
     "AmcsdSource",
@@ -79,6 +81,7 @@ __all__ = [
     "build_index",
     "cache_dir",
     "charge_options",
+    "crystal_system_of",
     "default_oxidation_states",
     "describe_template",
     "element_mappings",
@@ -94,6 +97,8 @@ __all__ = [
     "relax_structure",
     "resolve_request",
     "source_index",
+    "space_group_base_rates",
+    "space_group_log_priors",
     "substituted_structure",
     "template_index",
 ]

@@ -5,6 +5,7 @@ Score (natural-log units, higher is better), with every term reported as a named
     score = similarity / XRD_TEMPERATURE          profile agreement after the cell/zero-shift fit
           + ln P(formula)                         oxidation-state tables (charge balance)
           + ln P(crystal system)                  PXRD classifier (or uniform)
+          + ln [P(space group | system) / base rate]   PXRD search-match top 5, floored (when given; _space_group.py)
           + ln P(CN)                              template site CNs under the CN tables
           + SUBSTITUTION_WEIGHT * ln P(substitution)   substitution / radius / charge plausibility
           - FORMULA_SIZE_WEIGHT * ln N(atoms per formula unit)   simpler formulas first
@@ -37,6 +38,7 @@ from ._pattern import (
 )
 from ._request import InferenceRequest, ResolvedRequest, resolve_request
 from ._sources import DEFAULT_SOURCES
+from ._space_group import space_group_base_rates, space_group_log_priors
 from ._substitute import element_mappings, substituted_structure
 
 XRD_TEMPERATURE = 0.02  # similarity difference of 0.02 = one e-fold in odds
@@ -241,6 +243,7 @@ def infer_structures(
     # formulas x templates
     t0 = time.perf_counter()
     excluded = set(exclude)
+    sg_log_priors = _space_group_terms(resolved, index)
     pending: list[_Pending] = []
     formulas_seen: dict[str, Any] = {}
     n = len(resolved.elements)
@@ -270,6 +273,9 @@ def infer_structures(
                     }
                     log_prior = (math.log(formula.prior) + math.log(p_system) + math.log(p_cn)
                                  + SUBSTITUTION_WEIGHT * mapping.log_prior + size_log_prior)
+                    if sg_log_priors is not None:  # also ranks templates for pruning (_prune keeps by prior)
+                        parts["space_group_log_prior"] = sg_log_priors.get(entry.spacegroup_number, 0.0)
+                        log_prior += parts["space_group_log_prior"]
                     pending.append(_Pending(i, formula, mapping, log_prior, parts, entry.spacegroup_number))
     seconds["retrieve"] = time.perf_counter() - t0
     formula_list = sorted(formulas_seen.values(), key=lambda f: -f.prior)
@@ -333,6 +339,15 @@ def infer_structures(
         seconds["xanes_check"] = time.perf_counter() - t0
     _set_probabilities(candidates, others)
     return result(candidates, None, [f.to_dict() for f in formula_list], counts)
+
+
+def _space_group_terms(resolved: ResolvedRequest, index: TemplateIndex) -> dict[int, float] | None:
+    """Space group -> its log-prior term, relative to its base rate among the templates; None without a
+    space-group table (the score is then exactly what it was before the prior existed)."""
+    if not resolved.space_groups:
+        return None
+    base_rates = space_group_base_rates(e.spacegroup_number for e in index.entries)
+    return space_group_log_priors(resolved.space_groups, base_rates)
 
 
 def _set_probabilities(candidates: list[Candidate], other_scores: Sequence[float]) -> None:

@@ -53,6 +53,8 @@ class InferenceRequest:
     ``oxidation_states``: element -> {state: probability}; missing elements get ICSD statistics.
     ``coordination``: element -> {CN: probability} (usually the transition metals); others unconstrained.
     ``crystal_systems``: system -> probability; None means all seven equally likely.
+    ``space_group_probabilities``: space group number -> probability, e.g. a PXRD model's top 5 (they need not
+    sum to 1); None: no space-group prior (see ``_space_group.py``).
     ``xanes``: element -> measured ``XanesWindow`` (only used by the optional FEFF check).
     """
 
@@ -61,6 +63,7 @@ class InferenceRequest:
     oxidation_states: dict[str, dict[int, float]] = field(default_factory=dict)
     coordination: dict[str, dict[int, float]] = field(default_factory=dict)
     crystal_systems: dict[str, float] | None = None
+    space_group_probabilities: dict[int, float] | None = None
     xanes: dict[str, Any] = field(default_factory=dict)
     raw_run_uids: tuple[str, ...] = ()  # provenance for callers that record where the inputs came from
 
@@ -70,6 +73,8 @@ class InferenceRequest:
             "oxidation_states": {el: {str(k): v for k, v in t.items()} for el, t in self.oxidation_states.items()},
             "coordination": {el: {str(k): v for k, v in t.items()} for el, t in self.coordination.items()},
             "crystal_systems": dict(self.crystal_systems) if self.crystal_systems else None,
+            "space_group_probabilities": ({str(k): v for k, v in self.space_group_probabilities.items()}
+                                          if self.space_group_probabilities else None),
             "xrd": self.xrd.to_dict(),
             "xanes_elements": sorted(self.xanes),
             "raw_run_uids": list(self.raw_run_uids),
@@ -85,6 +90,7 @@ class ResolvedRequest:
     coordination: dict[str, dict[int, float]]
     crystal_systems: dict[str, float]
     defaulted: tuple[str, ...]  # elements whose states came from ICSD statistics
+    space_groups: dict[int, float] | None = None  # None: no space-group prior
 
 
 def _element_symbol(symbol: Any) -> str:
@@ -99,7 +105,8 @@ def _element_symbol(symbol: Any) -> str:
     return Element(text).symbol
 
 
-def _probability_table(name: str, element: str, table: Mapping, *, integer_range: tuple[int, int]) -> dict[int, float]:
+def _probability_table(name: str, element: str, table: Mapping, *, integer_range: tuple[int, int],
+                       normalise: bool = True) -> dict[int, float]:
     if not isinstance(table, Mapping) or not table:
         raise StructureInputError(f"{name} of {element} must be a non-empty mapping value -> probability, got {table!r}")
     out: dict[int, float] = {}
@@ -118,7 +125,8 @@ def _probability_table(name: str, element: str, table: Mapping, *, integer_range
     total = sum(out.values())
     if total <= 0:
         raise StructureInputError(f"{name} of {element}: probabilities sum to zero")
-    return {k: v / total for k, v in sorted(out.items()) if v > 0}
+    scale = total if normalise else 1.0
+    return {k: v / scale for k, v in sorted(out.items()) if v > 0}
 
 
 _SPECIES = re.compile(r"^\s+([A-Z][a-z]?)(\d*)([+-]):\s*(\d+)\s*$")
@@ -213,7 +221,8 @@ def resolve_request(request: InferenceRequest) -> ResolvedRequest:
         coordination[el] = _probability_table("coordination numbers", el, table, integer_range=(1, 16))
     systems = _crystal_systems(request.crystal_systems)
     _check_charge_signs(elements, states)
-    return ResolvedRequest(elements, states, coordination, systems, tuple(defaulted))
+    space_groups = _space_groups(request.space_group_probabilities)
+    return ResolvedRequest(elements, states, coordination, systems, tuple(defaulted), space_groups)
 
 
 def _crystal_systems(table: Mapping[str, float] | None) -> dict[str, float]:
@@ -235,6 +244,16 @@ def _crystal_systems(table: Mapping[str, float] | None) -> dict[str, float]:
     if total <= 0:
         raise StructureInputError("crystal-system probabilities sum to zero")
     return {k: v / total for k, v in out.items() if v > 0}
+
+
+def _space_groups(table: Mapping | None) -> dict[int, float] | None:
+    """Validated space-group probabilities; a table summing to more than 1 is normalised (a top 5 sums to less)."""
+    if not table:
+        return None
+    out = _probability_table("space-group probabilities", "the sample", table, integer_range=(1, 230),
+                             normalise=False)
+    total = sum(out.values())
+    return {k: v / total for k, v in out.items()} if total > 1 else out
 
 
 def _check_charge_signs(elements: tuple[str, ...], states: dict[str, dict[int, float]]) -> None:

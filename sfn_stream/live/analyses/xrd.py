@@ -1,7 +1,8 @@
 """PXRD: every powder frame -> one row of ``sfn_xrd_predictions`` as it arrives; the run's answer at the stop.
 
 The run's crystal system is the mean of the usable frames' probabilities. The mean pattern of the
-usable frames is kept for after-stop consumers (structure inference matches candidates against it).
+usable frames is kept for after-stop consumers (structure inference matches candidates against it),
+and so are the space groups a search-match bundle names (structure inference's space-group prior).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 XRD_STREAM = "sfn_xrd_predictions"
 XRD_ROLES = ("pattern", "x")
+TOP_SPACE_GROUPS = 5  # as many as a search-match prediction names
 
 # Used only when no bundle could be loaded, so that the failure row still has its fields.
 _DEFAULT_CLASSES = CRYSTAL_SYSTEMS
@@ -30,7 +32,8 @@ _DEFAULT_CLASSES = CRYSTAL_SYSTEMS
 class XrdAnalysis(BaseAnalysis):
     """Crystal system of every powder frame, live.
 
-    After the stop: :meth:`crystal_system_probabilities` and :meth:`measured_pattern`.
+    After the stop: :meth:`crystal_system_probabilities`, :meth:`space_group_probabilities` and
+    :meth:`measured_pattern`.
     """
 
     kind = "xrd"
@@ -48,6 +51,7 @@ class XrdAnalysis(BaseAnalysis):
         self._last: Prediction | None = None
         self._classes: tuple = ()
         self._probabilities: list[np.ndarray] = []
+        self._space_groups: list[dict[int, float]] = []  # per usable frame; empty for a crystal-system-only bundle
         self._pattern = _MeanPattern()
 
     @classmethod
@@ -96,6 +100,9 @@ class XrdAnalysis(BaseAnalysis):
         if prediction.usable:
             self._probabilities.append(class_probabilities(row, "crystal_system", classes))
             self._pattern.add(x, pattern)
+            space_groups = _space_group_table(prediction)
+            if space_groups:
+                self._space_groups.append(space_groups)
         self._classes = classes
 
     def finish(self, stop: dict) -> dict:
@@ -120,6 +127,18 @@ class XrdAnalysis(BaseAnalysis):
             return None
         mean = np.mean(self._probabilities, axis=0)
         return {str(c): float(p) for c, p in zip(self._classes, mean) if np.isfinite(p)}
+
+    def space_group_probabilities(self, top: int = TOP_SPACE_GROUPS) -> dict[int, float] | None:
+        """The run's ``top`` most probable space groups: the mean over the usable frames that named space
+        groups, a group counting 0 in a frame that did not name it (None if no frame named any)."""
+        if not self._space_groups:
+            return None
+        total: dict[int, float] = {}
+        for table in self._space_groups:
+            for number, p in table.items():
+                total[number] = total.get(number, 0.0) + p
+        best = sorted(total.items(), key=lambda kv: -kv[1])[:top]
+        return {number: p / len(self._space_groups) for number, p in best}
 
     def measured_pattern(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """(x, mean intensity, frames) of the usable frames (frames on another axis than the last one are
@@ -151,6 +170,20 @@ class _MeanPattern:
         if self._x is None or not self._frames:
             return None
         return self._x, self._sum / self._frames, self._frames
+
+
+def _space_group_table(prediction: Prediction) -> dict[int, float]:
+    """Space group number -> probability of a prediction's ``space_group`` (empty if it has none)."""
+    predicted = prediction.properties.get("space_group")
+    if predicted is None:
+        return {}
+    table = {}
+    for label, p in predicted.probabilities.items():
+        try:
+            table[int(label)] = float(p)
+        except (TypeError, ValueError):
+            continue
+    return {number: p for number, p in table.items() if math.isfinite(p)}
 
 
 def xrd_row(prediction: Prediction, frame: int, classes: Sequence[str]) -> dict[str, Any]:

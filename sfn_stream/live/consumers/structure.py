@@ -66,7 +66,8 @@ class StructureInferenceOptions:
     ``sources``: template sources (names, CIF folders or source objects; None: amcsd, aflow, robocrys);
     ``index``: a prebuilt ``TemplateIndex`` instead; ``cache_dir``: where source indices are cached;
     ``top``: candidates kept; ``automatic``: apply the trigger rule (off: only ``infer_structure``);
-    ``min_probability``: predicted oxidation states / CNs below it are left out of the request.
+    ``min_probability``: predicted oxidation states / CNs below it are left out of the request;
+    ``space_group_prior``: pass the PXRD run's space groups (when its bundle names them) to the request.
     """
 
     sources: Sequence[Any] | None = None
@@ -75,6 +76,7 @@ class StructureInferenceOptions:
     top: int = 5
     automatic: bool = True
     min_probability: float = MIN_TABLE_PROBABILITY
+    space_group_prior: bool = True
 
 
 @dataclass
@@ -91,6 +93,7 @@ class RunInputs:
     oxidation_states: dict[int, float] = field(default_factory=dict)
     coordination: dict[int, float] = field(default_factory=dict)
     crystal_systems: dict[str, float] | None = None
+    space_groups: dict[int, float] | None = None
     x: np.ndarray | None = None
     intensity: np.ndarray | None = None
     axis: str = "2theta"
@@ -122,6 +125,9 @@ def run_inputs(run: FinishedRun, *, min_probability: float = MIN_TABLE_PROBABILI
             inputs.elements = (*inputs.elements, inputs.absorber)
     else:
         inputs.crystal_systems = analysis.crystal_system_probabilities()
+        # an analysis of another design may name no space groups: no space-group prior then
+        space_groups = getattr(analysis, "space_group_probabilities", None)
+        inputs.space_groups = space_groups() if space_groups is not None else None
         measured = analysis.measured_pattern()
         if measured is not None:
             inputs.x, inputs.intensity, inputs.frames = measured
@@ -132,9 +138,9 @@ def run_inputs(run: FinishedRun, *, min_probability: float = MIN_TABLE_PROBABILI
 
 
 def build_request(xanes_runs: Sequence[RunInputs], xrd_run: RunInputs,
-                  elements: Sequence[str] | None = None) -> InferenceRequest:
+                  elements: Sequence[str] | None = None, *, space_group_prior: bool = True) -> InferenceRequest:
     """The inference request of one sample: elements, each absorber's predicted tables, the PXRD run's
-    crystal-system probabilities and its mean pattern."""
+    crystal-system probabilities, its space groups (when its bundle names them) and its mean pattern."""
     if xrd_run.x is None or xrd_run.intensity is None:
         raise ValueError(f"PXRD run {xrd_run.uid} has no usable frame to match candidates against")
     if elements is None:
@@ -154,6 +160,7 @@ def build_request(xanes_runs: Sequence[RunInputs], xrd_run: RunInputs,
                      label=xrd_run.uid),
         oxidation_states=oxidation, coordination=coordination,
         crystal_systems=dict(xrd_run.crystal_systems) if xrd_run.crystal_systems else None,
+        space_group_probabilities=dict(xrd_run.space_groups) if xrd_run.space_groups and space_group_prior else None,
         raw_run_uids=tuple(run.uid for run in (*xanes_runs, xrd_run)),
     )
 
@@ -245,7 +252,7 @@ class StructureConsumer(BaseConsumer):
         sample = _text_or_none(sample)
         request, request_error = None, None
         try:
-            request = build_request(xanes_runs, xrd_run, elements)
+            request = build_request(xanes_runs, xrd_run, elements, space_group_prior=self.options.space_group_prior)
             request_elements = list(request.elements)
         except Exception as err:
             request_error = err
@@ -330,6 +337,7 @@ def candidate_row(candidate) -> dict[str, Any]:
         "xrd_similarity": float(components.get("xrd_similarity", math.nan)),
         "formula_prior": float(components.get("formula_prior", math.nan)),
         "crystal_system_prior": float(components.get("crystal_system_prior", math.nan)),
+        "space_group_log_prior": float(components.get("space_group_log_prior", math.nan)),
         "cn_probability": float(components.get("cn_probability", math.nan)),
         "substitution_probability": float(components.get("substitution_probability", math.nan)),
         "template_id": candidate.template_id, "template_source": candidate.template_source,

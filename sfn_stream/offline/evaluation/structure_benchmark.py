@@ -17,6 +17,12 @@ states wrong with probability ``P_WRONG_STATE`` (probability mass on a neighbour
 elements from ICSD statistics (as the product does), CN wrong with ``P_WRONG_CN``, crystal
 system wrong with ``P_WRONG_SYSTEM`` (1 - the paper's 0.81 accuracy).
 
+Space-group prior (``space_group_prior``): ``none`` (no space-group term), ``predicted`` (the top 5 of
+the PXRD search-match bundle applied to the query's simulated pattern, with every reference of the
+material's reduced formula left out of its library: most benchmark materials are references of the
+bundle themselves, and formula-disjoint patterns are what its probabilities were calibrated on) or
+``oracle`` (the true space group with probability 1: an upper bound, not a result).
+
 A hit is formula (reduced) and crystal system both right.
 """
 
@@ -41,6 +47,9 @@ TEMPLATE_SOURCES = ("amcsd", "aflow", "robocrys")
 P_WRONG_STATE = 0.2
 P_WRONG_CN = 0.2
 P_WRONG_SYSTEM = 0.19
+SPACE_GROUP_PRIORS = ("none", "predicted", "oracle")
+SEARCH_MATCH_BUNDLE = "xrd-search-match"  # named, not the registry's default: only search-match names space groups
+STICK_TABLE = paths.DATA_DIR / "xrd_sticks" / "xrd_sticks.npz"  # the bundle's reference ids -> formulas
 MEASUREMENT = {
     "p_synchrotron": 0.0,
     "lab_anode_probabilities": {"Cu": 1.0, "Co": 0.0, "Mo": 0.0},
@@ -282,7 +291,57 @@ def _structure_of(item: dict, index):
     return index.structure(position[item["id"]])
 
 
-def run_item(item: dict, setting: str, index, seed: int = 0, top: int = 5) -> dict[str, Any]:
+class FormulaDisjointSpaceGroups:
+    """The search-match bundle's top-5 space groups for a measured pattern, with the library's references of
+    the query's reduced formula left out (see the module docstring); loaded once per process."""
+
+    def __init__(self, bundle_path: str | Path | None = None, sticks: str | Path = STICK_TABLE):
+        from pymatgen.core import Composition
+
+        from sfn_stream.core.networks import load_bundle, models_dir, xrd_model_from_bundle
+
+        self.searcher = xrd_model_from_bundle(load_bundle(bundle_path or models_dir() / SEARCH_MATCH_BUNDLE))
+        table = np.load(sticks)
+        formula_of = dict(zip(table["ids"].tolist(), table["formulas"].tolist()))
+        self.reference_formulas = np.array([Composition(formula_of[i]).reduced_formula
+                                            for i in self.searcher.reference_ids])
+
+    def top(self, two_theta, counts, wavelength: float, formula: str, n: int = 5) -> dict[int, float]:
+        """Space group number -> probability of the ``n`` most probable (empty if the pattern is unusable)."""
+        from pymatgen.core import Composition
+
+        from sfn_stream.core.spectra import preprocess_xrd
+
+        pattern = preprocess_xrd(two_theta, counts, axis="2theta", wavelength=wavelength)
+        if not pattern.usable:
+            return {}
+        similarities = self.searcher.similarities(np.asarray(pattern.intensity, dtype=np.float32)[None, :])
+        similarities[:, self.reference_formulas == Composition(formula).reduced_formula] = -np.inf
+        nearest = np.argsort(-similarities[0], kind="stable")[None, :self.searcher.k]
+        groups = self.searcher.votes(nearest, np.take_along_axis(similarities, nearest, 1))[1][0]
+        best = np.argsort(-groups, kind="stable")[:n]
+        return {int(i) + 1: float(groups[i]) for i in best}
+
+
+_SPACE_GROUPS: FormulaDisjointSpaceGroups | None = None
+
+
+def _space_group_table(prior: str, item: dict, two_theta, counts, wavelength: float) -> dict[int, float] | None:
+    """The request's space-group probabilities under ``prior`` (None for 'none')."""
+    global _SPACE_GROUPS
+    if prior == "none":
+        return None
+    if prior == "oracle":
+        return {int(item["spacegroup_number"]): 1.0}
+    if prior != "predicted":
+        raise ValueError(f"space_group_prior must be one of {', '.join(SPACE_GROUP_PRIORS)}, not {prior!r}")
+    if _SPACE_GROUPS is None:
+        _SPACE_GROUPS = FormulaDisjointSpaceGroups()
+    return _SPACE_GROUPS.top(two_theta, counts, wavelength, item["formula"])
+
+
+def run_item(item: dict, setting: str, index, seed: int = 0, top: int = 5,
+             space_group_prior: str = "none") -> dict[str, Any]:
     from sfn_stream.core.structure import InferenceRequest, XrdInput, infer_structures
 
     rng = np.random.default_rng([seed, zlib.crc32(item["id"].encode())])
@@ -294,24 +353,30 @@ def run_item(item: dict, setting: str, index, seed: int = 0, top: int = 5) -> di
         oxidation, cn, systems = perturbed_inputs(item, rng)
     else:
         raise ValueError(f"setting must be 'true' or 'perturbed', not {setting!r}")
+    space_groups = _space_group_table(space_group_prior, item, two_theta, counts, wavelength)
     request = InferenceRequest(
         elements=tuple(item["oxidation"]), xrd=XrdInput(two_theta, counts, "2theta", wavelength, item["id"]),
         oxidation_states=oxidation, coordination=cn, crystal_systems=systems,
+        space_group_probabilities=space_groups,
     )
     exclude = {item["id"], *item["duplicates"]}
     started = time.perf_counter()
     result = infer_structures(request, index=index, top=top, exclude=exclude)
     seconds = time.perf_counter() - started
     hits = [c.formula == item["formula"] and c.crystal_system == item["crystal_system"] for c in result.candidates]
+    # stricter, for the space-group prior: the formula and the space group itself right
+    sg_hits = [c.formula == item["formula"] and c.spacegroup_number == item["spacegroup_number"]
+               for c in result.candidates]
     available = any(
         e.anonymous == item["anonymous"] and e.crystal_system == item["crystal_system"] and e.template_id not in exclude
         for e in index.entries
     )
-    return {
+    record = {
         "id": item["id"], "origin": item["origin"], "n_elements": item["n_elements"], "setting": setting,
         "formula": item["formula"], "crystal_system": item["crystal_system"],
         "top1": bool(hits[:1] and hits[0]), "top5": any(hits[:5]),
         "rank": hits.index(True) + 1 if any(hits) else None,
+        "top1_space_group": bool(sg_hits[:1] and sg_hits[0]), "top5_space_group": any(sg_hits[:5]),
         "template_type_available": available,
         "predicted": [[c.formula, c.crystal_system, c.spacegroup_symbol, round(c.components["xrd_similarity"], 3),
                        c.template_id] for c in result.candidates],
@@ -319,16 +384,27 @@ def run_item(item: dict, setting: str, index, seed: int = 0, top: int = 5) -> di
         "conditions": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in cond.items()
                        if k in ("wavelength2", "zero_shift_deg", "lattice_strain", "crystallite_size_A", "instrument_fwhm_deg")},
     }
+    if space_group_prior != "none":  # records without the prior carry no prior fields, as before it existed
+        record.update(space_group_prior=space_group_prior, space_group_table=space_groups,
+                      true_space_group_in_table=int(item["spacegroup_number"]) in (space_groups or {}))
+    return record
+
+
+def summary_key(setting: str, space_group_prior: str = "none") -> str:
+    """'true', 'true+sg_predicted', ...: without the prior the key is the setting, as before the prior existed."""
+    return setting if space_group_prior == "none" else f"{setting}+sg_{space_group_prior}"
 
 
 def summarize(records: Sequence[dict]) -> dict[str, Any]:
-    """Top-1 / top-5 per setting and number of elements (and per origin), seconds per query."""
+    """Top-1 / top-5 per setting (and space-group prior) and number of elements (and per origin), seconds
+    per query; with a space-group table, how often it named the true space group."""
     out: dict[str, Any] = {}
     groups: dict[tuple, list] = defaultdict(list)
     for r in records:
-        groups[(r["setting"], str(r["n_elements"]))].append(r)
-        groups[(r["setting"], "all")].append(r)
-        groups[(r["setting"], f"{r['origin']}:{r['n_elements']}")].append(r)
+        setting = summary_key(r["setting"], r.get("space_group_prior", "none"))
+        groups[(setting, str(r["n_elements"]))].append(r)
+        groups[(setting, "all")].append(r)
+        groups[(setting, f"{r['origin']}:{r['n_elements']}")].append(r)
     for (setting, key), rows in sorted(groups.items()):
         secs = [r["seconds"] for r in rows]
         out.setdefault(setting, {})[key] = {
@@ -340,15 +416,22 @@ def summarize(records: Sequence[dict]) -> dict[str, Any]:
             "seconds_median": round(statistics.median(secs), 2),
             "seconds_max": round(max(secs), 2),
         }
+        for name in ("top1_space_group", "top5_space_group"):
+            flags = [r[name] for r in rows if name in r]  # absent from records of before these fields
+            if flags:
+                out[setting][key][name] = round(sum(flags) / len(flags), 3)
+        named = [r["true_space_group_in_table"] for r in rows if "true_space_group_in_table" in r]
+        if named:
+            out[setting][key]["true_space_group_in_table"] = round(sum(named) / len(named), 3)
     return out
 
 
 def run_benchmark(
     benchmark: dict[str, Any], *, settings: Iterable[str] = ("true", "perturbed"), split: str = "test",
     limit: int | None = None, index=None, progress: bool = False, log_path: str | Path | None = None,
-    workers: int = 1,
+    workers: int = 1, space_group_priors: Iterable[str] = ("none",),
 ) -> dict[str, Any]:
-    """Run every benchmark item of ``split`` under each setting; records and summary.
+    """Run every benchmark item of ``split`` under each setting and space-group prior; records and summary.
 
     ``workers`` > 1 runs queries in that many processes (the index is sent to each once);
     records keep the order of the queries whatever order they finish in.
@@ -367,7 +450,7 @@ def run_benchmark(
                 per[key] += 1
                 kept.append(it)
         items = kept
-    todo = [(s, it) for s in settings for it in items]
+    todo = [(s, prior, it) for s in settings for prior in space_group_priors for it in items]
     records: list[dict] = [{}] * len(todo)
     log = open(log_path, "a") if log_path else None
     bar = None
@@ -391,14 +474,15 @@ def run_benchmark(
     return {"split": split, "summary": summarize(records), "records": records, "index": index.stats()}
 
 
-def _safe_query(item: dict, setting: str, index) -> dict[str, Any]:
+def _safe_query(item: dict, setting: str, prior: str, index) -> dict[str, Any]:
     try:
-        return run_item(item, setting, index)
+        return run_item(item, setting, index, space_group_prior=prior)
     except Exception as err:  # a failing query is a miss, recorded with its error
-        return {"id": item["id"], "origin": item["origin"], "n_elements": item["n_elements"], "setting": setting,
-                "formula": item["formula"], "crystal_system": item["crystal_system"], "top1": False, "top5": False,
-                "rank": None, "template_type_available": None, "predicted": [], "seconds": 0.0,
-                "reason": f"error: {type(err).__name__}: {err}"}
+        record = {"id": item["id"], "origin": item["origin"], "n_elements": item["n_elements"], "setting": setting,
+                  "formula": item["formula"], "crystal_system": item["crystal_system"], "top1": False, "top5": False,
+                  "top1_space_group": False, "top5_space_group": False, "rank": None, "template_type_available": None, "predicted": [], "seconds": 0.0,
+                  "reason": f"error: {type(err).__name__}: {err}"}
+        return record if prior == "none" else {**record, "space_group_prior": prior}
 
 
 _WORKER_INDEX = None
@@ -410,19 +494,19 @@ def _init_worker(index) -> None:
 
 
 def _worker_query(args) -> tuple[int, dict]:
-    k, setting, item = args
-    return k, _safe_query(item, setting, _WORKER_INDEX)
+    k, setting, prior, item = args
+    return k, _safe_query(item, setting, prior, _WORKER_INDEX)
 
 
 def _run_queries(todo, index, workers: int):
-    """(position, record) of each (setting, item) of ``todo``, as they finish."""
+    """(position, record) of each (setting, space-group prior, item) of ``todo``, as they finish."""
     if workers <= 1:
-        for k, (setting, item) in enumerate(todo):
-            yield k, _safe_query(item, setting, index)
+        for k, (setting, prior, item) in enumerate(todo):
+            yield k, _safe_query(item, setting, prior, index)
         return
     import multiprocessing
 
-    jobs = [(k, setting, item) for k, (setting, item) in enumerate(todo)]
+    jobs = [(k, setting, prior, item) for k, (setting, prior, item) in enumerate(todo)]
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
     with context.Pool(workers, initializer=_init_worker, initargs=(index,)) as pool:
         yield from pool.imap_unordered(_worker_query, jobs)
@@ -517,9 +601,11 @@ def evaluate_structure_inference(
     settings: Sequence[str] = ("true", "perturbed"), *, split: str = "test", limit: int | None = None,
     workers: int = 1, synthetic: bool = True, measured: bool = True, log_path: str | Path | None = None,
     save_path: str | Path | None = None, progress: bool = False,
+    space_group_priors: Sequence[str] = ("none", "predicted"),
 ) -> dict[str, Any]:
-    """``sfn-stream evaluate structure``: the benchmark's simulated queries (``synthetic``) and the
-    measured single-phase patterns (``measured``); ``save_path`` receives the full results."""
+    """``sfn-stream evaluate structure``: the benchmark's simulated queries (``synthetic``) under each
+    space-group prior, and the measured single-phase patterns (``measured``); ``save_path`` receives the
+    full results."""
     from sfn_stream.offline.shared import SharedDataMissing, have_shared
 
     if not have_shared():
@@ -529,7 +615,7 @@ def evaluate_structure_inference(
     payload: dict[str, Any] = {}
     if synthetic:
         payload = run_benchmark(load_benchmark(), settings=settings, split=split, limit=limit, progress=progress,
-                                log_path=log_path, workers=workers)
+                                log_path=log_path, workers=workers, space_group_priors=space_group_priors)
     if measured:
         payload["measured"] = run_measured()
     if save_path:
