@@ -250,6 +250,7 @@ def test_dataset_info_reports_counts_and_a_verified_hash(corpus, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["materials_per_absorber"]["Ti"] == info["materials_per_absorber"]["Fe"] == 1
     assert info["materials_per_absorber"]["Zn"] == 0
+    assert info["materials_with_feff10"] == 3  # rutile, cuprite, hematite: one FEFF10 spectrum each
     assert info["materials_per_crystal_system"] == {"tetragonal": 1, "cubic": 1, "trigonal": 1}
     assert info["label_coverage"]["crystal_system"] == 3 and info["label_coverage"]["band_gap"] == 0
     assert info["n_sticks"] == 3 and info["content_hash"] == manifest["content_hash"] and info["hash_verified"]

@@ -458,6 +458,8 @@ def run_info(args) -> int:
     out.print(f"FEFF10 settings: {info['feff_settings']} (key {info['feff_settings_key']})")
     out.print(f"{info['n_materials']} materials " + str(info["materials_per_source"]) + f", {info['n_sticks']} "
               f"stick patterns, splits {info['splits']}")
+    out.print(f"{info['materials_with_feff10']} materials with FEFF10 spectra here ({info['n_absorber_spectra']} "
+              "absorber spectra in all, OmniXAS Cu included)")
     table = Table("absorber", "materials with spectrum", "FEFF10 here", "AMCSD")
     for element, count in info["materials_per_absorber"].items():
         table.add_row(element, str(count), str(info["materials_per_absorber_feff10"][element]),

@@ -348,6 +348,7 @@ def corpus_counts(material_rows: Sequence[dict], absorber_rows: Sequence[dict]) 
     return {
         "n_materials": len(material_rows),
         "n_absorber_spectra": len(with_spectrum),
+        "materials_with_feff10": len({a["material_id"] for a in with_spectrum if a["spectrum_source"] == "feff10"}),
         "materials_per_source": dict(Counter(r["source"] for r in material_rows)),
         "materials_per_absorber": {el: per_absorber.get(el, 0) for el in CORPUS_METALS},
         "materials_per_absorber_feff10": {el: computed.get(el, 0) for el in CORPUS_METALS},
