@@ -26,7 +26,12 @@ from sfn_stream.offline.corpus import (
     audit_material,
     metal_site_groups,
 )
-from sfn_stream.offline.corpus._audit import bonding_class, parse_stated_formula
+from sfn_stream.offline.corpus._audit import (
+    bonding_class,
+    duplicate_disagreements,
+    implausible_geometry,
+    parse_stated_formula,
+)
 
 
 def _ilmenite():
@@ -151,6 +156,40 @@ def test_a_misread_cell_with_a_1_4_angstrom_bond_gets_no_labels():
     assert all(a["oxidation_state_class"] is None and a["cn_class"] is None
                for a in result.labels["absorbers"].values())
     assert {f.rule for f in result.findings} == {"implausible_geometry"}
+
+
+def _eskolaite(o_x: float = 0.3058):
+    return Structure.from_spacegroup("R-3c", Lattice.hexagonal(4.959, 13.594), ["Cr", "O"],
+                                     [[0, 0, 0.3475], [o_x, 0, 0.25]])
+
+
+def test_a_metal_oxygen_bond_shorter_than_any_chromate_means_a_misread_cell():
+    good = _eskolaite()  # Cr-O 1.97 and 2.01 A
+    assert not implausible_geometry(good, metal_site_groups(good))
+    # three Cr-O at 1.47 A (AMCSD 17966): above 0.70 x the covalent radii sum, below any real Cr-O bond
+    bad = _eskolaite(0.13)
+    assert implausible_geometry(bad, metal_site_groups(bad))
+    result = _audit(bad, "Cr2O3-misread")
+    assert result.labels["absorbers"]["Cr"]["cn_class"] is None
+
+
+def test_a_cation_as_close_as_the_nearest_anion_means_a_misplaced_site():
+    # Cu-S 2.05 A and Cu-Co 2.05 A (AMCSD 17667 carrollite's misread cell); chalcopyrite's Cu-Fe 3.7 A is fine
+    misplaced = Structure(Lattice.cubic(5.0), ["Cu", "S", "Co"], [[0, 0, 0], [0.41, 0, 0], [0, 0.41, 0]])
+    assert implausible_geometry(misplaced, metal_site_groups(misplaced))
+    assert not implausible_geometry(_chalcopyrite(), metal_site_groups(_chalcopyrite()))
+
+
+def test_refinements_of_one_phase_with_different_labels_are_listed_and_kept():
+    materials = [{"material_id": mid, "source": "amcsd", "name": "Karelianite", "formula": formula,
+                  "space_group_number": sg}
+                 for mid, formula, sg in (("a-1", "V2O3", 167), ("a-2", "V4O6", 167), ("a-3", "V2O3", 12))]
+    absorbers = [{"material_id": mid, "element": "V", "oxidation_state_class": 3, "cn_class": cn}
+                 for mid, cn in (("a-1", 6), ("a-2", 3), ("a-3", 3))]
+    found = duplicate_disagreements(materials, absorbers)
+    assert sorted((f.material_id, f.label, f.value, f.second_value, f.kept) for f in found) == [
+        ("a-1", "coordination_number", 6, 3, 6), ("a-2", "coordination_number", 3, 6, 3)]
+    assert not any(f.changed for f in found) and "a-2" in found[0].second_method
 
 
 def test_stated_formulas_include_hydrate_water_and_names_are_not_formulas():

@@ -5,10 +5,15 @@ audit checks them against the most probable charge-balanced assignment of the co
 (``Composition.oxi_state_guesses``) and, for AMCSD minerals, of the formula the CIF states. CN
 comes from CrystalNN; the audit counts neighbours inside sum-of-radii bond-length cutoffs as well.
 
+After the per-material rules, :func:`duplicate_disagreements` lists labels that differ between
+refinements of one phase (reduced formula and space group); each keeps its own.
+
 Rules, first match wins (``RULES`` says each in a line; docs/corpus.md has the table):
 
 - ``implausible_geometry``: a 3d-metal site with a neighbour closer than ``IMPLAUSIBLE`` x the
-  covalent radii sum is a misread structure (AMCSD 18900 TiNi, Ti-Ni 1.41 A): no labels.
+  covalent radii sum (AMCSD 18900 TiNi, Ti-Ni 1.41 A), an O closer than ``MIN_METAL_OXYGEN``
+  (AMCSD 17965 V2O3, V-O 1.47 A), or beside anions a metal as close as its nearest anion (AMCSD 17667
+  carrollite) is a misread structure: no labels.
 - Bonding class, from the composition (:func:`bonding_class`). A formal oxidation state is defined
   only where the metal's partners take a conventional anion charge: O, halogens, S/Se/Te
   (``ionic``), or N/C when the 3d metals are not in excess of them (``nitride``: TiN Ti3+, CrN
@@ -46,7 +51,7 @@ from sfn_stream.core import paths
 
 from ._structures import CORPUS_METALS, CorpusMaterial
 
-AUDIT_VERSION = "audit1"
+AUDIT_VERSION = "audit2"  # audit2: M-O floor, cation-pair rule, duplicate cross-check
 AUDIT_DIR = paths.DATA_DIR / "corpus_audit"
 AUDIT_TABLE = "label_audit.csv"
 
@@ -60,7 +65,14 @@ METALLIC_CN_MIN = 4  # below this in a metallic compound, CrystalNN saw only the
 MAX_GUESS_ATOMS = 60  # charge-balance enumeration on larger reduced formulas takes minutes
 RARE_STATE = 0.05  # ICSD occurrence below which a bond-valence state yields to a common charge balance
 MISFIT = 0.25  # relative bond-valence-sum misfit of a site that is not the cation's own
-IMPLAUSIBLE = 0.65  # x sum of covalent radii: a closer neighbour means a misread structure
+IMPLAUSIBLE = 0.70  # x sum of covalent radii: a closer neighbour means a misread structure
+# no 3d-metal - O bond is shorter (vanadyl V=O 1.54-1.59 A, Cr(VI)-O 1.55 A, Mn(VII)-O 1.59 A): AMCSD 17965
+# V2O3 and 17966 Cr2O3 with three M-O at 1.47 A are misread corundum cells (CrystalNN then counts 3)
+MIN_METAL_OXYGEN = 1.50
+# two metals closer than this x their covalent radii sum, and no farther apart than the site's nearest anion,
+# beside O, S, Se, Te or halogen neighbours: a misplaced cation site (AMCSD 17667 carrollite: Cu-Co 2.05 A =
+# Cu-S 2.05 A); metal-metal bonds in oxides and sulfides (Ti2O3 0.81, Cu(I) pairs 0.91 of the sum) stay above it
+CATION_PAIR = 0.78
 
 RULES = {
     "element": "the pure element: 0",
@@ -77,13 +89,17 @@ RULES = {
     "cu_soft_anion": "Cu with only S/Se/Te/pnictogen partners is Cu+ (Cu(II)/Cu(III) sums there come from short "
                      "covalent bonds); the other metals from the charge balance with Cu+",
     "bv_kept": "bond valence kept (it sees the bond lengths; charge balance ranks by ICSD frequency only)",
-    "implausible_geometry": f"a neighbour closer than {IMPLAUSIBLE} x the covalent radii sum: misread structure, "
-                            "oxidation state and CN withheld",
+    "implausible_geometry": f"a neighbour closer than {IMPLAUSIBLE} x the covalent radii sum (O: {MIN_METAL_OXYGEN} "
+                            f"A), or a metal closer than {CATION_PAIR} x the sum and no farther than the site's nearest anion: misread "
+                            "structure, oxidation state and CN withheld",
     "crystalnn_zero": "CrystalNN found no neighbour: the cutoff count is taken",
     "metallic_cn": f"no formal oxidation state and CrystalNN below {METALLIC_CN_MIN} (it counts the few non-metal "
                    "neighbours; the all-neighbour count mixes metal shells, often beyond 12): CN withheld",
     "audit_failed": "the audit raised on this structure: the campaign's labels are kept",
     "crystalnn_kept": "CrystalNN kept (it weighs distorted polyhedra; the cutoff is one length per pair)",
+    "duplicate_disagreement": "another refinement of the same phase (reduced formula and space group) carries "
+                              "another label: each keeps its own (its spectrum comes from its own structure), "
+                              "listed for review",
 }
 FINDING_FIELDS = ("material_id", "source", "name", "formula", "element", "label", "value", "second_method",
                   "second_value", "kept", "changed", "rule", "reason")
@@ -304,12 +320,21 @@ def _audit_material(material: CorpusMaterial, labels: dict, cif_text: str | None
 
 def implausible_geometry(structure, site_groups: Mapping[str, Sequence[Sequence[int]]]) -> bool:
     """Whether a 3d-metal site has a neighbour closer than ``IMPLAUSIBLE`` x their covalent radii sum
-    (AMCSD 18900 TiNi: Ti-Ni 1.41 A, a misread cell, where CrystalNN then counts 2)."""
+    (AMCSD 18900 TiNi: Ti-Ni 1.41 A, a misread cell, where CrystalNN then counts 2), or, beside anions, a
+    metal neighbour closer than ``CATION_PAIR`` x the sum and as close as its nearest anion (a misplaced
+    cation site: AMCSD 17667 carrollite, where CrystalNN then counts 8 around octahedral Co)."""
     for element, groups in site_groups.items():
         for group in groups:
-            for neighbour in structure.get_neighbors(structure[group[0]], 2.5):
-                limit = IMPLAUSIBLE * (covalent_radius(element) + covalent_radius(neighbour.specie.symbol))
-                if neighbour.nn_distance < limit:
+            neighbours = structure.get_neighbors(structure[group[0]], 3.0)
+            anion = min((n.nn_distance for n in neighbours if n.specie.symbol in IONIC_ANIONS), default=None)
+            for neighbour in neighbours:
+                other = neighbour.specie.symbol
+                radii = covalent_radius(element) + covalent_radius(other)
+                too_short = MIN_METAL_OXYGEN if other == "O" else 0.0
+                if neighbour.nn_distance < max(IMPLAUSIBLE * radii, too_short):
+                    return True
+                if (anion is not None and _is_metal(other) and neighbour.nn_distance < CATION_PAIR * radii
+                        and neighbour.nn_distance <= 1.05 * anion):
                     return True
     return False
 
@@ -492,6 +517,39 @@ def audit_materials(materials: Iterable[CorpusMaterial], labels: Mapping[str, di
     return audited, findings
 
 
+def duplicate_disagreements(material_rows: Sequence[Mapping], absorber_rows: Sequence[Mapping]) -> list[Finding]:
+    """Labels that differ between refinements of one phase (same reduced formula and space group number):
+    rules that look at one structure at a time cannot see these (carrollite Co2CuS4 in AMCSD 13181 and 17667).
+    Each label is kept; the rows say which other materials disagree."""
+    from pymatgen.core import Composition
+
+    materials = {r["material_id"]: r for r in material_rows}
+    phases: dict[tuple, dict[str, list]] = {}
+    for row in absorber_rows:
+        material = materials.get(row["material_id"])
+        if material is None or material.get("space_group_number") is None:
+            continue
+        phase = (Composition(material["formula"]).reduced_formula, int(material["space_group_number"]))
+        phases.setdefault(phase, {}).setdefault(row["element"], []).append(row)
+    found = []
+    for per_element in phases.values():
+        for element, rows in per_element.items():
+            for label, column in (("oxidation_state", "oxidation_state_class"), ("coordination_number", "cn_class")):
+                valued = [r for r in rows if r.get(column) is not None]
+                if len({r[column] for r in valued}) < 2:
+                    continue
+                for row in valued:
+                    others = [r for r in valued if r["material_id"] != row["material_id"]]
+                    second = Counter(r[column] for r in others).most_common(1)[0][0]
+                    material = materials[row["material_id"]]
+                    method = "same phase: " + ", ".join(f"{r['material_id']} {_fmt(r[column])}" for r in others)
+                    found.append(Finding(row["material_id"], material["source"], material.get("name") or "",
+                                         material["formula"], element, label, row[column], method[:200], second,
+                                         row[column], False, "duplicate_disagreement",
+                                         RULES["duplicate_disagreement"]))
+    return found
+
+
 def audit_summary(findings: Sequence[Finding]) -> dict[str, Any]:
     """Counts: disagreements and changed labels per label and rule, changed (material, metal) rows."""
     per_rule = Counter(f"{f.label}:{f.rule}" for f in findings)
@@ -621,6 +679,8 @@ def audit_corpus(corpus_dir=None, progress: bool = False, limit: int | None = No
                                   row["formula"], structure, groups)
         text = amcsd_cif_text(row["source_id"]) if row["source"] == "amcsd" else None
         findings.extend(audit_material(material, _labels_from_rows(rows), text).findings)
+    findings.extend(duplicate_disagreements(pq.read_table(corpus_dir / "materials.parquet", columns=[
+        "material_id", "source", "name", "formula", "space_group_number"]).to_pylist(), absorber_rows))
     summary = audit_summary(findings)
     summary.update(materials=len(material_rows), audited=len(material_rows) - len(missing) - len(mismatched),
                    structures_missing=len(missing), site_mismatch=len(mismatched))

@@ -12,6 +12,7 @@ from typing import Any
 
 from sfn_stream.core.simulation import FeffSettings
 
+from ._audit import AUDIT_DIR, AUDIT_TABLE
 from ._calibration import corpus_settings, omnixas_cu_offset
 from ._campaign import (
     CampaignConfig,
@@ -108,9 +109,12 @@ def prepared_materials(
 def assemble_from_workdir(config: CampaignConfig, out_dir: str | Path = CORPUS_DIR) -> dict[str, Any]:
     """Write the corpus folder from what the campaign in ``config.workdir`` has finished so far."""
     materials, rejections, sources = load_prepared(Path(config.workdir) / PREPARED)
+    # the committed findings table belongs to the committed corpus; another folder gets its own copy
+    default = Path(out_dir).resolve() == Path(CORPUS_DIR).resolve()
+    audit_table = AUDIT_DIR / AUDIT_TABLE if default else Path(out_dir) / AUDIT_TABLE
     return assemble_corpus(materials, reference_materials(config.metals), rejections, config.store.records(),
                            config.settings, out_dir, sources=sources, metals=config.metals,
-                           omnixas_cu_offset=omnixas_cu_offset())
+                           omnixas_cu_offset=omnixas_cu_offset(), audit_table=audit_table)
 
 
 def build_corpus(

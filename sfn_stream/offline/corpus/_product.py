@@ -36,7 +36,7 @@ from sfn_stream.core import paths
 from sfn_stream.core.files import file_sha256
 from sfn_stream.core.simulation import FeffSettings
 from sfn_stream.offline.splits import SPLITS, pinned_splits, stratified_splits
-from ._audit import amcsd_cif_text, audit_material, audit_summary
+from ._audit import amcsd_cif_text, audit_material, audit_summary, duplicate_disagreements, write_findings
 from ._items import ITEM_VERSIONS, SEED_KIND
 from ._metal_references import METAL_REFERENCES, metal_reference_rows, write_metal_references
 from ._sources import DFT_PROVENANCE
@@ -243,13 +243,15 @@ def assemble_corpus(
     sources: Mapping[str, str] | None = None,
     metals: Sequence[str] = CORPUS_METALS,
     omnixas_cu_offset: float | None = None,
+    audit_table: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write the corpus folder from a campaign's results; returns the manifest.
 
     A material enters once one of its metals has a complete spectrum (all inequivalent sites), or
     an OmniXAS Cu spectrum. Existing ``splits.json`` assignments in ``out_dir`` are kept.
     ``omnixas_cu_offset``: the energy offset of the OmniXAS settings (FEFF fcc Cu at SCF 7 A, FMS 9 A),
-    stored on the OmniXAS Cu rows; None leaves it empty there.
+    stored on the OmniXAS Cu rows; None leaves it empty there. ``audit_table``: where the label audit's
+    findings for the materials in the corpus go (CSV; None: not written).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -282,6 +284,10 @@ def assemble_corpus(
             material_rows.append(_material_row(material, labels, results.teacher.get(material.material_id)))
             in_corpus.append(material)
     _refuse_lost_labels(out_dir, absorber_rows)
+    findings += duplicate_disagreements(material_rows, absorber_rows)
+    findings = [f for f in findings if f.material_id in {m.material_id for m in in_corpus}]
+    if audit_table is not None:
+        write_findings(findings, audit_table)
     # the shared assignment wins over the corpus's own earlier one: one split for the corpus and every model
     previous = {**read_splits(out_dir), **pinned_splits()}
     strata = _strata(material_rows, absorber_rows)
@@ -312,7 +318,7 @@ def assemble_corpus(
         "rejections": rejection_tally(rejections),
         # content hashes of the snapshots whose material spectra seeded this campaign (sfn_stream.offline.corpus._seed)
         "seeded_from": list(results.seeded_from),
-        "label_audit": audit_summary([f for f in findings if f.material_id in {m.material_id for m in in_corpus}]),
+        "label_audit": audit_summary(findings),
     }
     manifest.update(corpus_counts(material_rows, absorber_rows))
     manifest["metal_references"] = sorted(row["element"] for row in metal_rows)
