@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from sfn_stream.offline.metrics import fit_temperature, negative_log_likelihood
+from sfn_stream.offline.metrics import (
+    calibrated_ece_floor,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+)
 
 
 def _softmax(x):
@@ -31,3 +36,14 @@ def test_weights_move_the_fitted_temperature_towards_the_weighted_group():
     assert balanced > plain  # group B's overconfidence now counts as much as group A's 200 examples
     assert negative_log_likelihood(probabilities_at(balanced), labels, weights) <= \
         negative_log_likelihood(probabilities_at(plain), labels, weights) + 1e-9
+
+
+def test_the_calibrated_ece_floor_is_large_on_twenty_examples_and_shrinks_with_more():
+    rng = np.random.default_rng(1)
+    probs = _softmax(rng.normal(0, 2, (2000, 4)))
+    small, large = calibrated_ece_floor(probs[:20]), calibrated_ece_floor(probs)
+    assert small > 0.1 > 0.03 > large > 0
+    # labels drawn from the probabilities themselves land near the floor, labels always class 0 far above it
+    labels = (rng.random((2000, 1)) > np.cumsum(probs, 1)).sum(1)
+    assert abs(expected_calibration_error(probs, labels) - large) < 0.02
+    assert expected_calibration_error(probs, np.zeros(2000, dtype=int)) > large + 0.2

@@ -48,6 +48,22 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     return float(ece)
 
 
+def calibrated_ece_floor(probs: np.ndarray, n_bins: int = 15, draws: int = 200, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model would show on this many examples: labels drawn from the
+    model's own probabilities, ECE averaged over ``draws``. On a few dozen examples it is far above zero
+    (finite-sample bias of binned ECE), so a measured ECE is read against it, not against 0."""
+    probs = np.asarray(probs, dtype=float)
+    if len(probs) == 0:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(probs / probs.sum(1, keepdims=True), axis=1)
+    values = []
+    for _ in range(draws):
+        labels = (rng.random((len(probs), 1)) > cumulative).sum(1).clip(max=probs.shape[1] - 1)
+        values.append(expected_calibration_error(probs, labels, n_bins))
+    return float(np.mean(values))
+
+
 def _confidence_bins(confidence: np.ndarray, n_bins: int, closed: str) -> np.ndarray:
     """Bin of each confidence; -1 for none (a confidence of 0 with right-closed bins)."""
     if closed == "left":

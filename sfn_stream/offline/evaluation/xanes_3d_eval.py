@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from sfn_stream.offline.metrics import (
+    calibrated_ece_floor,
     expected_calibration_error,
     label_metrics,
     regression_metrics,
@@ -166,7 +167,8 @@ def _class_scores(units, predictions, task, absorber_of, baselines: CompositionB
         true_index = np.array([classes.index(t) if t in classes else -1 for t in true])
         metrics = label_metrics(true, pred)
         entry["model"] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                          "ece": expected_calibration_error(probs, true_index), "confusion": metrics["confusion"]}
+                          "ece": expected_calibration_error(probs, true_index),
+                          "ece_if_calibrated": calibrated_ece_floor(probs), "confusion": metrics["confusion"]}
     rule = [baselines.rule(units[i], task, mode) for i in keep]
     majority = [baselines.majority(units[i].absorber, task) for i in keep]
     for name, pred in (("composition_rule", rule), ("majority_class", majority)):
@@ -310,6 +312,9 @@ def _means(table: Mapping[str, Any]) -> dict[str, Any]:
             out[f"{task}_accuracy_{who}"] = float(np.mean(values)) if values else math.nan
         values = [r[task]["model"]["ece"] for r in rows if r.get(task)]
         out[f"{task}_ece_model_max"] = float(np.max(values)) if values else math.nan
+        # how far each metal's ECE lies above what a perfectly calibrated model would show at its n
+        excess = [r[task]["model"]["ece"] - r[task]["model"].get("ece_if_calibrated", 0.0) for r in rows if r.get(task)]
+        out[f"{task}_ece_excess_max"] = float(np.max(excess)) if excess else math.nan
     values = [r["density"]["model"]["mae"] for r in rows if r.get("density")]
     out["density_mae_model"] = float(np.mean(values)) if values else math.nan
     return out
@@ -413,6 +418,9 @@ def format_report(report: Mapping[str, Any]) -> list[str]:
                      f"{mean['coordination_number_accuracy_composition_rule']:5.3f} "
                      f"{mean['coordination_number_accuracy_majority_class']:5.3f} {'':5s} | {mean['density_mae_model']:7.3f}"
                      "   (ECE column: max over metals)")
+        lines.append(f"{'':12s}        ECE above what a perfectly calibrated model shows at each metal's n (max over "
+                     f"metals): oxidation state {mean.get('oxidation_state_ece_excess_max', math.nan):+.3f}, "
+                     f"CN {mean.get('coordination_number_ece_excess_max', math.nan):+.3f}")
         lines.extend(_property_lines(block["per_absorber"]))
     multi = report.get("multi_edge") or {}
     if multi.get("n_units"):
@@ -518,6 +526,10 @@ def card_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
                                          "majority_class": _r(mean["coordination_number_accuracy_majority_class"])},
         "density_mae_g_cm3": _r(mean["density_mae_model"]),
         "ece_pooled_feff10": {task: _r(pooled[task]["model"]["ece"]) for task in ELEMENT_TASKS if pooled.get(task)},
+        "ece_pooled_feff10_if_calibrated": {task: _r(pooled[task]["model"].get("ece_if_calibrated"))
+                                            for task in ELEMENT_TASKS if pooled.get(task)},
+        "ece_max_per_metal": {task: _r(mean[f"{task}_ece_model_max"]) for task in ELEMENT_TASKS},
+        "ece_max_excess_over_calibrated_floor": {task: _r(mean.get(f"{task}_ece_excess_max")) for task in ELEMENT_TASKS},
         "how": "unweighted mean over the nine metals' FEFF10 test units, one edge each, no stoichiometry",
     }
     for key, block in report["results"].items():
@@ -529,6 +541,7 @@ def card_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
                 if t:
                     entry[task] = {"n": t["n"], "model_accuracy": _r(t["model"]["accuracy"]),
                                    "model_macro_f1": _r(t["model"]["macro_f1"]), "model_ece": _r(t["model"]["ece"]),
+                                   "ece_if_calibrated": _r(t["model"].get("ece_if_calibrated")),
                                    "composition_rule_accuracy": _r(t["composition_rule"]["accuracy"]),
                                    "majority_class_accuracy": _r(t["majority_class"]["accuracy"])}
                     if "cu_bundle" in t:
