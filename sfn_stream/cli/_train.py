@@ -17,6 +17,10 @@ def add_parser(sub) -> None:
     parser.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     parser.add_argument("--members", type=int, help="xanes-3d: ensemble members (default 3)")
     parser.add_argument("--budget", type=float, help="xanes-3d: wall-clock budget in seconds for all members (default 1800)")
+    parser.add_argument("--sticks", type=Path,
+                        help="xrd-search-match: stick table (default: data/xrd_sticks/xrd_sticks.npz)")
+    parser.add_argument("--splits-dir", type=Path,
+                        help="xrd-search-match: folder of xrd_{train,val,test}.txt for --sticks (default: data/splits)")
     parser.add_argument("--splits-only", action="store_true",
                         help="xanes-3d: (re)write data/splits/xanes_3d_splits.json from data/corpus and stop")
     parser.set_defaults(run=run)
@@ -54,8 +58,9 @@ def run(args) -> int:
 def _build_xrd_search_match(args) -> int:
     from sfn_stream.offline.training import build_search_match_bundle
 
+    options = {key: value for key, value in (("sticks", args.sticks), ("splits_dir", args.splits_dir)) if value}
     try:
-        bundle = build_search_match_bundle(args.out, seed=args.seed)
+        bundle = build_search_match_bundle(args.out, seed=args.seed, **options)
     except (FileNotFoundError, ValueError) as err:
         raise CliError(str(err)) from err
     console().print(f"wrote {bundle.path} ({bundle.id}); k={bundle.card['calibration']['k']}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,13 @@ SYMPREC = 0.1
 DEFAULT_STICK_TABLE = paths.DATA_DIR / "xrd_sticks" / "xrd_sticks.npz"
 
 
-def structure_record(key: str, structure, *, timeout_s: float = 30.0,
-                     calculator: str = "pymatgen") -> tuple[dict | None, str | None]:
-    """Stick pattern + crystal-system label of one structure, or (None, reason)."""
+def structure_record(key: str, structure, *, timeout_s: float = 30.0, calculator: str = "pymatgen",
+                     duplicate_of: Callable[[str, int], str | None] | None = None) -> tuple[dict | None, str | None]:
+    """Stick pattern + crystal-system label of one structure, or (None, reason).
+
+    ``duplicate_of(reduced formula, space group)``: the id of an entry the structure duplicates, or None;
+    asked before the (slow) stick pattern, a duplicate is rejected as ``duplicate: <id>``.
+    """
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     try:
@@ -32,6 +37,9 @@ def structure_record(key: str, structure, *, timeout_s: float = 30.0,
             sga = SpacegroupAnalyzer(structure, symprec=SYMPREC)
             crystal_system = sga.get_crystal_system()
             spacegroup = sga.get_space_group_number()
+            existing = duplicate_of(structure.composition.reduced_formula, int(spacegroup)) if duplicate_of else None
+            if existing is not None:
+                return None, f"duplicate: {existing}"
             sticks = stick_pattern(structure, calculator=calculator)
     except TimeLimitExceeded:
         return None, "timeout"
@@ -128,6 +136,204 @@ def _write_table(out_path, records, rejected, sources, timeout_s, started, *, fi
     return table
 
 
+# --- extension of a built table with further sources -----------------------------------------
+
+# Sources an existing table can be extended with (``extend_stick_table``), and what each one is.
+EXTENSION_SOURCES = {
+    "matminer_mp": ("Materials Project structures of ../shared/data/matminer_mp (matminer 0.3.3 datasets "
+                    "flla_2015, dielectric_constant, elastic_tensor; DFT-relaxed POSCARs)"),
+    "amcsd_disordered": ("AMCSD CIFs of larixite with partial occupancy (rejected as 'disordered' by the base "
+                         "build; pymatgen's XRDCalculator weights scattering factors by site occupancy)"),
+}
+DEDUPLICATION = ("a structure with the reduced formula and space group of an entry already in the table (or added "
+                 "before it) is rejected as 'duplicate: <id>'; the existing entry is kept")
+
+
+def source_of(key: str) -> str:
+    """The base build's source of a table id: ``amcsd`` or ``mp``."""
+    return "amcsd" if key.startswith("amcsd:") else "mp"
+
+
+def _iter_extension_structures(sources: tuple[str, ...], known: set[str], limit: int | None):
+    """(key, source, Structure | None, reject reason) of the new structures of ``sources``.
+
+    ``known`` ids (the base table and its rejections other than 'disordered') are not read again;
+    a matminer_mp id already in the table (the omnixas_cu structures) is a duplicate by id.
+    Raises SharedDataMissing (before yielding anything) when matminer_mp is asked for without ../shared.
+    """
+    if "matminer_mp" in sources:
+        from pymatgen.core import Structure
+
+        from sfn_stream.offline.shared import matminer_mp_materials
+
+        items = sorted(matminer_mp_materials().items())
+        for mp_id, record in items[:limit] if limit else items:
+            if mp_id in known:
+                yield mp_id, "matminer_mp", None, f"duplicate: {mp_id}"
+                continue
+            try:
+                yield mp_id, "matminer_mp", Structure.from_str(record["poscar"], fmt="poscar"), None
+            except Exception as err:  # noqa: BLE001 - recorded as a rejection, the build goes on
+                yield mp_id, "matminer_mp", None, f"poscar_unreadable: {type(err).__name__}"
+    if "amcsd_disordered" in sources:
+        from ._amcsd import amcsd_ids, iter_amcsd_structures
+
+        ids = [i for i in amcsd_ids() if f"amcsd:{i}" not in known]
+        n = 0
+        for entry in iter_amcsd_structures(ids, ordered_only=False):
+            # the base build's screening, but for the occupancy: only disordered structures belong to this source
+            if entry.structure is None or entry.structure.is_ordered:
+                continue
+            yield f"amcsd:{entry.amcsd_id}", "amcsd_disordered", entry.structure, None
+            n += 1
+            if limit and n >= limit:
+                break
+
+
+def extend_stick_table(
+    out_path: str | Path,
+    *,
+    base: str | Path = DEFAULT_STICK_TABLE,
+    sources: tuple[str, ...] = tuple(EXTENSION_SOURCES),
+    timeout_s: float | None = None,
+    limit: int | None = None,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+) -> StickTable:
+    """``base`` plus the structures of the extension ``sources``, deduplicated, written to ``out_path``.
+
+    The base entries come first and unchanged (same ids, order and sticks), so indices and split files
+    of the base stay valid. A new structure is screened as the base build did (readable, space group,
+    at least one reflection, ``timeout_s`` per structure: the base's own by default) and rejected as
+    ``duplicate: <id>`` when its reduced formula and space group are already in the table. The table
+    is written every ``checkpoint_every`` structures with ``complete: false``; a later call with the
+    same base resumes from it. ``<out>.rejected.json`` holds the base's rejections (those of the new
+    sources replaced by their outcome here) and the ids added per source.
+    """
+    from sfn_stream.core.files import file_sha256
+
+    unknown = set(sources) - set(EXTENSION_SOURCES)
+    if unknown:
+        raise ValueError(f"unknown extension sources {sorted(unknown)} (expected {', '.join(EXTENSION_SOURCES)})")
+    base, out_path = Path(base), Path(out_path)
+    if base.resolve() == out_path.resolve():
+        raise ValueError("write the extended table to another path than its base")
+    table = StickTable.load(base)
+    base_sha = file_sha256(base)
+    timeout_s = float(timeout_s if timeout_s is not None else table.info.get("timeout_s", 30.0))
+    base_rejected_path = base.with_suffix(".rejected.json")
+    base_rejected = json.loads(base_rejected_path.read_text())["rejected"] if base_rejected_path.is_file() else {}
+    records = [_record_of(table, i) for i in range(len(table))]
+    group_ids = {}
+    for r in records:
+        group_ids.setdefault((r["formula"], r["spacegroup"]), r["id"])
+    added: dict[str, list[str]] = {s: [] for s in sources}
+    rejected_new: dict[str, str] = {}
+    done: set[str] = set()
+    previous = _resumable(out_path, base_sha, sources)
+    if previous is not None:
+        part, sidecar = previous
+        for i in range(len(table), len(part)):
+            r = _record_of(part, i)
+            records.append(r)
+            group_ids.setdefault((r["formula"], r["spacegroup"]), r["id"])
+        added.update({s: list(ids) for s, ids in sidecar["added_by_source"].items() if s in added})
+        rejected_new = dict(sidecar["rejected_by_extension"])
+        done = {r["id"] for r in records[len(table):]} | set(rejected_new)
+    known = set(table.ids) | {k for k, reason in base_rejected.items() if reason != "disordered"}
+    state = {"base": base, "base_sha": base_sha, "base_info": table.info, "base_rejected": base_rejected,
+             "sources": sources, "timeout_s": timeout_s, "started": time.time()}
+    iterator = _iter_extension_structures(sources, known, limit)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="xrd sticks (extension)", mininterval=30)
+    n_new = 0
+    for key, source, structure, reason in iterator:
+        if key in done:
+            continue
+        done.add(key)
+        if structure is not None:
+            record, reason = structure_record(key, structure, timeout_s=timeout_s,
+                                              duplicate_of=lambda f, sg: group_ids.get((f, sg)))
+            if record is not None:
+                records.append(record)
+                group_ids[(record["formula"], record["spacegroup"])] = key
+                added[source].append(key)
+        if reason is not None:
+            rejected_new[key] = f"{source}: {reason}"
+        n_new += 1
+        if n_new % checkpoint_every == 0:
+            _write_extended(out_path, records, added, rejected_new, state, final=False)
+    return _write_extended(out_path, records, added, rejected_new, state, final=True)
+
+
+def _reason_kind(reason: str) -> str:
+    """'calculation_failed' of 'calculation_failed: TypeError' or 'amcsd_disordered: calculation_failed: TypeError'."""
+    head, _, rest = reason.partition(": ")
+    return (rest if head in EXTENSION_SOURCES else reason).split(":")[0]
+
+
+def _record_of(table: StickTable, i: int) -> dict:
+    return {"id": str(table.ids[i]), "formula": str(table.formulas[i]), "spacegroup": int(table.spacegroups[i]),
+            "crystal_system": str(table.crystal_systems[i]), "sticks": table.sticks(i)}
+
+
+def _resumable(out_path: Path, base_sha: str, sources) -> tuple[StickTable, dict] | None:
+    """The partial table at ``out_path`` (and its sidecar) when it extends the same base with the same sources."""
+    sidecar = out_path.with_suffix(".rejected.json")
+    if not (out_path.is_file() and sidecar.is_file()):
+        return None
+    part = StickTable.load(out_path)
+    extension = part.info.get("extension") or {}
+    if part.info.get("complete") or extension.get("base_sha256") != base_sha or extension.get("sources") != list(sources):
+        return None
+    return part, json.loads(sidecar.read_text())
+
+
+def _write_extended(out_path: Path, records, added, rejected_new, state, *, final: bool) -> StickTable:
+    base_info = state["base_info"]
+    rejected = {k: v for k, v in state["base_rejected"].items() if k not in rejected_new}
+    for key in (k for ids in added.values() for k in ids):
+        rejected.pop(key, None)
+    rejected.update(rejected_new)
+    by_source: dict[str, Counter] = {s: Counter() for s in state["sources"]}
+    for reason in rejected_new.values():
+        source, _, why = reason.partition(": ")
+        by_source[source][why.split(":")[0]] += 1
+    counts = Counter(source_of(r["id"]) for r in records[: base_info.get("n_structures", 0)])
+    counts.update({s: len(ids) for s, ids in added.items()})
+    info = {
+        "sources": list(base_info.get("sources", [])) + [s for s in state["sources"] if s not in base_info.get("sources", [])],
+        "n_structures": len(records),
+        "n_by_source": dict(counts),
+        "n_rejected": len(rejected),
+        "rejected_by_reason": dict(sorted(Counter(_reason_kind(v) for v in rejected.values()).items())),
+        "timeout_s": state["timeout_s"],
+        "symprec": SYMPREC,
+        "complete": final,
+        "elapsed_s": round(base_info.get("elapsed_s", 0.0) + time.time() - state["started"], 1),
+        "crystal_systems": dict(Counter(r["crystal_system"] for r in records)),
+        "extension": {
+            "base": state["base"].name, "base_sha256": state["base_sha"], "base_n_structures": base_info.get("n_structures"),
+            "sources": list(state["sources"]), "descriptions": {s: EXTENSION_SOURCES[s] for s in state["sources"]},
+            "n_added": {s: len(ids) for s, ids in added.items()},
+            "rejected_by_source": {s: dict(sorted(c.items())) for s, c in by_source.items()},
+            "deduplication": DEDUPLICATION,
+            "build": "python -m sfn_stream.offline.training._xrd extend",
+            "elapsed_s": round(time.time() - state["started"], 1),
+        },
+    }
+    table = StickTable.from_records(records, info)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".tmp.npz")
+    table.save(tmp)
+    tmp.replace(out_path)
+    sidecar = {"info": info, "rejected": rejected, "rejected_by_extension": rejected_new, "added_by_source": added}
+    out_path.with_suffix(".rejected.json").write_text(json.dumps(sidecar, indent=1))
+    return table
+
+
 # --- splits ----------------------------------------------------------------------------------
 
 
@@ -150,6 +356,40 @@ def write_split_files(table: StickTable, splits: dict[str, np.ndarray], folder: 
         path.write_text("".join(f"{table.ids[i]}\n" for i in sorted(idx, key=lambda i: table.ids[i])))
         paths[name] = str(path)
     return paths
+
+
+def extend_split_files(table: StickTable, committed_dir: str | Path, out_dir: str | Path | None = None,
+                       seed: int = 0) -> dict[str, np.ndarray]:
+    """Splits of a table extended beyond the one the committed files in ``committed_dir`` were made for.
+
+    A committed structure keeps its split. A new structure whose reduced formula the committed splits
+    hold goes to a split that holds it: train when train does, else test when test does, else val (so
+    no formula of the test or val split alone reaches train, and the committed formula-disjoint test
+    structures stay formula-disjoint). The new formulas are assigned as :func:`assign_splits` assigns
+    groups (:func:`hashed_splits`, the same ``seed`` and fractions), one group per formula, so every new
+    formula lies in one split. Writes the files to ``out_dir`` when given; returns indices per split.
+    """
+    committed: dict[str, str] = {}
+    for name in SPLITS:
+        path = Path(committed_dir) / f"xrd_{name}.txt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the committed splits of the base table are needed")
+        committed.update(dict.fromkeys(path.read_text().split(), name))
+    formula_splits: dict[str, set[str]] = {}
+    for key, formula in zip(table.ids, table.formulas):
+        if key in committed:
+            formula_splits.setdefault(str(formula), set()).add(committed[key])
+    new_formulas = sorted({str(f) for key, f in zip(table.ids, table.formulas)
+                           if key not in committed and str(f) not in formula_splits})
+    hashed = hashed_splits(new_formulas, seed)
+    formula_split = {new_formulas[i]: name for name, idx in hashed.items() for i in idx}
+    for formula, held in formula_splits.items():
+        formula_split[formula] = next(name for name in ("train", "test", "val") if name in held)
+    which = np.array([committed.get(key) or formula_split[str(f)] for key, f in zip(table.ids, table.formulas)])
+    splits = {name: np.flatnonzero(which == name) for name in SPLITS}
+    if out_dir is not None:
+        write_split_files(table, splits, out_dir)
+    return splits
 
 
 def read_split_files(table: StickTable, folder: str | Path) -> dict[str, np.ndarray] | None:
@@ -473,14 +713,49 @@ def _logits(model, x: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, len(CRYSTAL_SYSTEMS)))
 
 
-if __name__ == "__main__":  # python -m sfn_stream.offline.training._xrd build|train [path]
+def _extend_main(argv) -> int:
+    import sys
+
+    """python -m sfn_stream.offline.training._xrd extend OUT.npz [--base FILE] [--sources a,b] [--splits-dir DIR]"""
+    import argparse
+
+    from sfn_stream.offline.shared import SharedDataMissing
+
+    parser = argparse.ArgumentParser(prog="python -m sfn_stream.offline.training._xrd extend",
+                                     description="extend a stick table with further sources (deduplicated)")
+    parser.add_argument("out", type=Path, help="extended table (.npz); resumes a partial one with the same base")
+    parser.add_argument("--base", type=Path, default=DEFAULT_STICK_TABLE)
+    parser.add_argument("--sources", default=",".join(EXTENSION_SOURCES), help="of: " + ", ".join(EXTENSION_SOURCES))
+    parser.add_argument("--timeout", type=float, help="seconds per structure (default: the base build's)")
+    parser.add_argument("--limit", type=int, help="at most this many structures per source (a trial)")
+    parser.add_argument("--splits-dir", type=Path,
+                        help="also write xrd_{train,val,test}.txt for the extended table here (extend_split_files)")
+    parser.add_argument("--committed-splits", type=Path, default=paths.SPLITS_DIR,
+                        help="split files of the base table (default: data/splits)")
+    args = parser.parse_args(argv)
+    sources = tuple(s for s in args.sources.split(",") if s)
+    try:
+        table = extend_stick_table(args.out, base=args.base, sources=sources, timeout_s=args.timeout, limit=args.limit)
+    except SharedDataMissing as err:
+        sys.exit(f"the extension needs the shared development data: {err}")
+    print(json.dumps(table.info["extension"], indent=1))
+    if args.splits_dir:
+        splits = extend_split_files(table, args.committed_splits, args.splits_dir)
+        print(json.dumps({name: len(idx) for name, idx in splits.items()}))
+    return 0
+
+
+if __name__ == "__main__":  # python -m sfn_stream.offline.training._xrd build|train|extend [path]
     import sys
 
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "build":
         build_stick_table(sys.argv[2] if len(sys.argv) > 2 else DEFAULT_STICK_TABLE)
+    elif command == "extend":
+        sys.exit(_extend_main(sys.argv[2:]))
     elif command == "train":
         bundle = train_xrd_bundle(sys.argv[2] if len(sys.argv) > 2 else paths.models_dir() / "xrd-crystal-system")
         print(bundle.id)
     else:
-        sys.exit("usage: python -m sfn_stream.offline.training._xrd build [sticks.npz] | train [bundle_dir]")
+        sys.exit("usage: python -m sfn_stream.offline.training._xrd build [sticks.npz] | train [bundle_dir] | "
+                 "extend OUT.npz [--base ...] [--sources ...] [--splits-dir ...]")

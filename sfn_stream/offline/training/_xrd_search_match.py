@@ -163,6 +163,7 @@ def _card(table, sticks, sha, splits, reference, val, fit, metrics) -> dict[str,
                            f"{REFERENCE_FWHM_DEG} deg, no noise, SNIP + normalisation as measured data) per structure "
                            "of the TRAIN split of the stick table",
             "stick_table": Path(sticks).name, "sha256": sha,
+            "sources": table.info.get("sources"), "n_by_source": table.info.get("n_by_source"),
             "build": "sfn-stream train xrd-search-match (python -m sfn_stream.offline.training._xrd_search_match)",
             "splits": "data/splits/xrd_{train,val,test}.txt",
             "n_structures": {name: len(idx) for name, idx in splits.items()},
