@@ -162,6 +162,27 @@ def test_sandbox_stops_a_call_past_its_limit_and_recovers():
         assert sandbox.call(math.sqrt, 16.0, timeout=10) == 4.0
 
 
+def _autogroup_writable() -> bool:
+    try:
+        current = Path("/proc/self/autogroup").read_text().split()[-1]
+        Path("/proc/self/autogroup").write_text(current)  # the same value back: nothing changes
+        return True
+    except (OSError, IndexError):
+        return False
+
+
+def test_sandbox_work_yields_the_cpu_to_other_sessions_when_niced():
+    import linecache
+    import os
+
+    with Sandbox(nice=7) as sandbox:
+        assert sandbox.call(os.nice, 0, timeout=30) == min(19, os.nice(0) + 7)  # relative to this process
+        if not _autogroup_writable():
+            pytest.skip("no writable /proc/self/autogroup here: process nice only")
+        # the sandbox leads a session of its own; under autogroup scheduling its group must be niced too
+        assert sandbox.call(linecache.getline, "/proc/self/autogroup", 1, timeout=30).split()[-1] == "7"
+
+
 # --- campaign, resumption, failures, product ---------------------------------------------------
 
 
