@@ -133,7 +133,9 @@ def _campaign_options(parser) -> None:
     parser.add_argument("--metals", help="comma-separated absorbers (default Ti..Zn)")
     parser.add_argument("--settings", help="FEFF settings: a calibration candidate name (default: the chosen one)")
     parser.add_argument("--timeout", type=float, help="seconds per FEFF site (default 1200)")
-    parser.add_argument("--nice", type=int, default=0, help="niceness of the worker sandboxes (and of their sessions under Linux autogroup scheduling, so the campaign yields the CPUs to other work)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="niceness of the worker sandboxes (and of their sessions under Linux autogroup "
+                             "scheduling, so that the campaign yields the CPUs to other work)")
     parser.add_argument("--no-fallback", action="store_true",
                         help="do not retry a failed FEFF site with the fallback settings")
     parser.add_argument("--kinds", help="item kinds to run, comma-separated (default: feff,labels,sticks,teacher)")
