@@ -666,9 +666,10 @@ def train_xrd_bundle(
         "created": datetime.date.today().isoformat(),
         "training_data": {
             "description": (
-                "pymatgen XRDCalculator stick patterns (LP factor removed) of ordered AMCSD structures "
-                "shipped in larixite and of the omnixas_cu Materials Project structures; profiles "
-                "synthesised with augmentation at training time"
+                "pymatgen XRDCalculator stick patterns (LP factor removed) of the stick table's sources "
+                f"({', '.join(table.info.get('sources', ['amcsd', 'mp']))}: ordered AMCSD structures shipped in "
+                "larixite, the omnixas_cu Materials Project structures, and any extension in "
+                "table_info.extension); profiles synthesised with augmentation at training time"
             ),
             "stick_table": table_path.name if table_path else None,
             "sha256": sha,
