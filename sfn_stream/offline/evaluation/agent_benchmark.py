@@ -361,13 +361,16 @@ def evaluate(samples: Sequence[Sample], fusion: ModelFusion, calibration: EdgeCa
     latencies: list[float] = []
     max_k = max(len(s.metals) for s in samples)
     curves: dict[str, list[list[float]]] = {s: [[] for _ in range(max_k + 1)] for s in STRATEGIES}
-    per_sample = []
+    per_sample, unlabelled = [], []
     for sample in _progress(samples, progress, "samples"):
         n = len(sample.metals)
         covered = fusion.covered(sample.metals)
         accuracy = _AccuracyOf(sample, beliefs, calibration)
 
         full = accuracy(sample.metals)
+        if math.isnan(full):  # every label withheld by the audit (misread structure): nothing to score
+            unlabelled.append(sample.material_id)
+            continue
         agent, stop_at, agent_seconds = agent_order(sample, beliefs, calibration, options, covered, latencies)
         record = {"material_id": sample.material_id, "formula": sample.formula, "metals": sample.metals, "n_edges": n,
                   "all_edge_accuracy": full, "n_labels": correct_labels(sample, beliefs.of(sample, [], calibration))[1],
@@ -386,7 +389,7 @@ def evaluate(samples: Sequence[Sample], fusion: ModelFusion, calibration: EdgeCa
                 record["random_at_agent_stop_accuracy"] = float(np.mean([accuracy(o[:stop_at])
                                                                          for o in strategy_orders]))
         per_sample.append(record)
-    return _summarise(per_sample, curves, latencies, max_k)
+    return {**_summarise(per_sample, curves, latencies, max_k), "skipped_without_labels": unlabelled}
 
 
 class _AccuracyOf:
@@ -577,6 +580,8 @@ def _print(r: Mapping[str, Any]) -> None:
     agent = r["agent"]
     print(f"sfn-stream bench agent: {r['n_samples']} {r['split']}-split samples (edges per sample: "
           f"{r['edges_per_sample']}), bundle {r['bundle_id']}")
+    if r.get("skipped_without_labels"):
+        print(f"  left out, every label withheld by the label audit: {', '.join(r['skipped_without_labels'])}")
     print("accuracy (oxidation state + CN labels) after k edges:")
     for strategy, values in r["accuracy_after_k_edges"].items():
         print(f"  {strategy:7s} " + "  ".join(f"k={k}: {v:.3f}" for k, v in enumerate(values) if v is not None))
