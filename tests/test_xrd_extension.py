@@ -103,3 +103,26 @@ def test_extend_stick_table_with_matminer_mp_and_disordered_amcsd(tmp_path):
     assert not set(groups) & {(r["formula"], r["spacegroup"]) for r in records}
     with pytest.raises(ValueError, match="unknown extension sources"):
         extend_stick_table(tmp_path / "x.npz", base=base, sources=("pyxtal",))
+
+
+def test_the_pxrd_splits_follow_the_shared_assignment_formula_by_formula(tmp_path):
+    from sfn_stream.offline.training import shared_split_files
+
+    cscl = Structure(Lattice.cubic(4.1), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    table = StickTable.from_records([
+        record("mp-1", rock_salt()),  # a corpus test material the PXRD split had in train
+        record("amcsd:7", cscl),  # NaCl in another space group, not in the corpus: follows the formula to test
+        record("mp-2", rock_salt(6.29, "K", "Cl")),  # corpus train, PXRD test before
+        record("amcsd:8", rock_salt(6.6, "Rb", "Cl")),  # no corpus formula: keeps its committed split
+        record("amcsd:9", rock_salt(4.0, "Li", "F")),  # the corpus holds LiF (as a material the table lacks) in val
+    ])
+    committed = tmp_path / "splits"
+    committed.mkdir()
+    (committed / "xrd_train.txt").write_text("mp-1\namcsd:7\namcsd:9\n")
+    (committed / "xrd_val.txt").write_text("amcsd:8\n")
+    (committed / "xrd_test.txt").write_text("mp-2\n")
+    shared = {"mp-1": "test", "mp-2": "train", "mp-99": "val"}
+    splits = shared_split_files(table, shared, committed, tmp_path / "out", shared_formulas={"LiF": "val"})
+    split_of = {str(table.ids[i]): name for name, idx in splits.items() for i in idx}
+    assert split_of == {"mp-1": "test", "amcsd:7": "test", "mp-2": "train", "amcsd:8": "val", "amcsd:9": "val"}
+    assert (tmp_path / "out" / "xrd_test.txt").read_text().split() == ["amcsd:7", "mp-1"]

@@ -71,16 +71,23 @@ def _build_xrd_search_match(args) -> int:
 def _train_xanes_3d(args, options) -> int:
     from sfn_stream.core.networks import models_dir
     from sfn_stream.offline.training import (
+        DEFAULT_STICK_TABLE,
         XANES_3D_BUNDLE,
         read_corpus_materials,
+        read_unified_splits,
+        sync_xrd_splits,
         train_xanes3d_bundle,
         write_unified_splits,
     )
 
     if args.splits_only:
-        data = write_unified_splits(read_corpus_materials(progress=True))
+        materials = read_corpus_materials(progress=True)
+        data = write_unified_splits(materials)
         console().print(f"wrote data/splits/xanes_3d_splits.json: {data['counts']}, "
                         f"{data['n_test_chemical_system']} in the chemical-system test")
+        if DEFAULT_STICK_TABLE.is_file():  # the PXRD table's splits follow the same assignment
+            xrd = sync_xrd_splits(materials, read_unified_splits())
+            console().print(f"wrote data/splits/xrd_{{train,val,test}}.txt: {xrd['counts']}, changed {xrd['moved']}")
         return 0
     bundle = train_xanes3d_bundle(args.out or models_dir() / XANES_3D_BUNDLE, members=args.members,
                                   wall_budget_s=args.budget, **options)

@@ -58,6 +58,8 @@ from ._xrd import (
     labels_of,
     measured_dev_set,
     read_split_files,
+    shared_split_files,
+    sync_xrd_splits,
     synthesize_set,
     train_xrd_bundle,
 )
@@ -109,6 +111,8 @@ __all__ = [
     "read_split_files",
     "read_splits",
     "read_unified_splits",
+    "shared_split_files",
+    "sync_xrd_splits",
     "recorded_energy_offset",
     "split_of",
     "synthesize_set",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -390,6 +390,73 @@ def extend_split_files(table: StickTable, committed_dir: str | Path, out_dir: st
     if out_dir is not None:
         write_split_files(table, splits, out_dir)
     return splits
+
+
+def corpus_id(key: str) -> str:
+    """The corpus material id of a stick-table id (``amcsd:123`` -> ``amcsd-00123``; mp-ids as they are)."""
+    return f"amcsd-{int(key[6:]):05d}" if key.startswith("amcsd:") else key
+
+
+def shared_split_files(table: StickTable, shared: Mapping[str, str], committed_dir: str | Path,
+                       out_dir: str | Path | None = None, *,
+                       shared_formulas: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+    """The stick table's splits from the one assignment the corpus and the XANES models share.
+
+    A structure that is a corpus material takes the corpus's split; every other structure of a formula the
+    corpus holds follows that formula (test before val before train, so a corpus test formula never reaches
+    the library; ``shared_formulas``, formula -> split of the corpus's materials, covers the corpus materials
+    that the table lacks); the remaining formulas keep the split the committed files give their structures, test
+    before val before train within a formula, so each formula lies in one split. Writes the files to
+    ``out_dir`` when given; returns indices per split.
+    """
+    committed = read_split_files(table, committed_dir)
+    if committed is None:
+        raise FileNotFoundError(f"xrd_{{train,val,test}}.txt are missing in {committed_dir}")
+    before = np.empty(len(table), dtype=object)
+    for name, idx in committed.items():
+        before[idx] = name
+    from pymatgen.core import Composition
+
+    reduced = {f: Composition(f).reduced_formula for f in {str(f) for f in table.formulas}}
+    formulas = [reduced[str(f)] for f in table.formulas]
+    corpus_formula: dict[str, set[str]] = {}
+    for formula, split in (shared_formulas or {}).items():
+        corpus_formula.setdefault(Composition(formula).reduced_formula, set()).add(split)
+    other_formula: dict[str, set[str]] = {}
+    for key, formula, old in zip(table.ids, formulas, before):
+        split = shared.get(corpus_id(str(key)))
+        if split is not None:
+            corpus_formula.setdefault(formula, set()).add(split)
+        elif old is not None:
+            other_formula.setdefault(formula, set()).add(old)
+
+    def first(held: set[str]) -> str:
+        return next(name for name in ("test", "val", "train") if name in held)
+
+    which = [first(corpus_formula[f]) if f in corpus_formula else first(other_formula.get(f, {"train"}))
+             for f in formulas]
+    which = np.array(which)
+    splits = {name: np.flatnonzero(which == name) for name in SPLITS}
+    if out_dir is not None:
+        write_split_files(table, splits, out_dir)
+    return splits
+
+
+def sync_xrd_splits(materials, unified: Mapping[str, list[str]], table_path: str | Path | None = None,
+                    splits_dir: str | Path | None = None) -> dict[str, object]:
+    """Rewrite ``xrd_{train,val,test}.txt`` from the shared assignment (:func:`shared_split_files`);
+    ``materials``: the corpus's (their formulas), ``unified``: split -> material ids. Returns the counts
+    per split and how many structures changed split."""
+    splits_dir = Path(splits_dir or paths.SPLITS_DIR)
+    table = StickTable.load(table_path or DEFAULT_STICK_TABLE)
+    shared = {mid: name for name in SPLITS for mid in unified.get(name, ())}
+    formulas = {m.formula: shared[m.material_id] for m in materials if m.material_id in shared}
+    before = read_split_files(table, splits_dir) or {}
+    old = {int(i): name for name, idx in before.items() for i in idx}
+    splits = shared_split_files(table, shared, splits_dir, splits_dir, shared_formulas=formulas)
+    moved = Counter(f"{old.get(int(i))}->{name}" for name, idx in splits.items() for i in idx
+                    if old.get(int(i)) != name)
+    return {"counts": {name: int(len(idx)) for name, idx in splits.items()}, "moved": dict(moved)}
 
 
 def read_split_files(table: StickTable, folder: str | Path) -> dict[str, np.ndarray] | None:
