@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     parser.add_argument("--members", type=int, help="xanes-3d: ensemble members (default 3)")
-    parser.add_argument("--budget", type=float, help="xanes-3d: wall-clock budget in seconds for all members (default 3600)")
+    parser.add_argument("--budget", type=float,
+                        help="xanes-3d: wall-clock budget in seconds for all members (default 3600)")
     parser.add_argument("--sticks", type=Path,
                         help="xrd-search-match: stick table (default: data/xrd_sticks/xrd_sticks.npz)")
     parser.add_argument("--splits-dir", type=Path,

@@ -90,8 +90,8 @@ RULES = {
                      "covalent bonds); the other metals from the charge balance with Cu+",
     "bv_kept": "bond valence kept (it sees the bond lengths; charge balance ranks by ICSD frequency only)",
     "implausible_geometry": f"a neighbour closer than {IMPLAUSIBLE} x the covalent radii sum (O: {MIN_METAL_OXYGEN} "
-                            f"A), or a metal closer than {CATION_PAIR} x the sum and no farther than the site's nearest anion: misread "
-                            "structure, oxidation state and CN withheld",
+                            f"A), or a metal closer than {CATION_PAIR} x the sum and no farther than the site's "
+                            "nearest anion: misread structure, oxidation state and CN withheld",
     "crystalnn_zero": "CrystalNN found no neighbour: the cutoff count is taken",
     "metallic_cn": f"no formal oxidation state and CrystalNN below {METALLIC_CN_MIN} (it counts the few non-metal "
                    "neighbours; the all-neighbour count mixes metal shells, often beyond 12): CN withheld",
@@ -524,13 +524,13 @@ def duplicate_disagreements(material_rows: Sequence[Mapping], absorber_rows: Seq
     from pymatgen.core import Composition
 
     materials = {r["material_id"]: r for r in material_rows}
+    phase_of = {mid: (Composition(r["formula"]).reduced_formula, int(r["space_group_number"]))
+                for mid, r in materials.items() if r.get("space_group_number") is not None}
     phases: dict[tuple, dict[str, list]] = {}
     for row in absorber_rows:
-        material = materials.get(row["material_id"])
-        if material is None or material.get("space_group_number") is None:
-            continue
-        phase = (Composition(material["formula"]).reduced_formula, int(material["space_group_number"]))
-        phases.setdefault(phase, {}).setdefault(row["element"], []).append(row)
+        phase = phase_of.get(row["material_id"])
+        if phase is not None:
+            phases.setdefault(phase, {}).setdefault(row["element"], []).append(row)
     found = []
     for per_element in phases.values():
         for element, rows in per_element.items():

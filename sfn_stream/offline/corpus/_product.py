@@ -285,7 +285,8 @@ def assemble_corpus(
             in_corpus.append(material)
     _refuse_lost_labels(out_dir, absorber_rows)
     findings += duplicate_disagreements(material_rows, absorber_rows)
-    findings = [f for f in findings if f.material_id in {m.material_id for m in in_corpus}]
+    kept = {m.material_id for m in in_corpus}
+    findings = [f for f in findings if f.material_id in kept]
     if audit_table is not None:
         write_findings(findings, audit_table)
     # the shared assignment wins over the corpus's own earlier one: one split for the corpus and every model

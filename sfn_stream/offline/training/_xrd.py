@@ -782,10 +782,9 @@ def _logits(model, x: np.ndarray, batch: int = 512) -> np.ndarray:
 
 
 def _extend_main(argv) -> int:
-    import sys
-
     """python -m sfn_stream.offline.training._xrd extend OUT.npz [--base FILE] [--sources a,b] [--splits-dir DIR]"""
     import argparse
+    import sys
 
     from sfn_stream.offline.shared import SharedDataMissing
 
