@@ -13,6 +13,7 @@ from sfn_stream.cli import main
 from sfn_stream.core import paths
 from sfn_stream.core.networks import SpecFusionNet, encode_compounds, models_dir
 from sfn_stream.core.predict import default_registry
+from sfn_stream.offline.evaluation.xanes_3d_eval import POOLED
 from sfn_stream.offline.splits import unified_splits
 from sfn_stream.offline.training import (
     METALS_3D,
@@ -150,6 +151,9 @@ def test_evaluate_xanes_reports_every_metal_in_both_modes_beside_the_baselines(c
             for task in ("oxidation_state", "coordination_number"):
                 assert {"model", "composition_rule", "majority_class"} <= set(table[metal][task])
         assert "cu_bundle" in table["Cu"]["oxidation_state"]
+        for head in ("oxidation_state", "coordination_number", "is_metal", "is_magnetic"):  # every head's calibration
+            scores = table[POOLED][head]["model"]
+            assert 0 <= scores["ece"] <= 1 and 0 < scores["ece_if_calibrated"] < 1
 
 
 @needs_bundle

@@ -187,7 +187,8 @@ def _flag_scores(units, predictions, name, baselines: CompositionBaselines):
     model = label_metrics(true.tolist(), (p_yes >= 0.5).astype(int).tolist())
     majority = label_metrics(true.tolist(), [int(baselines.majority_flag(name))] * len(true))
     return {"n": len(keep), "model": {"accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
-                                      "ece": expected_calibration_error(probs, true)},
+                                      "ece": expected_calibration_error(probs, true),
+                                      "ece_if_calibrated": calibrated_ece_floor(probs)},
             "majority_class": {"accuracy": majority["accuracy"], "macro_f1": majority["macro_f1"]}}
 
 
@@ -487,6 +488,7 @@ def _property_lines(table: Mapping[str, Any]) -> list[str]:
     )
 
     lines = ["  properties, every absorber's test units pooled (model vs training mean / majority class):"]
+    pooled = table.get(POOLED) or {}
     table = {group: row for group, row in table.items() if group != POOLED}
     for name in MATERIAL_REGRESSIONS:
         entries = [row[name] for row in table.values() if row.get(name)]
@@ -501,11 +503,21 @@ def _property_lines(table: Mapping[str, Any]) -> list[str]:
             n = sum(e["n"] for e in entries)
             acc = sum(e["model"]["accuracy"] * e["n"] for e in entries) / n
             base = sum(e["majority_class"]["accuracy"] * e["n"] for e in entries) / n
-            lines.append(f"    {name:26s} accuracy {acc:.3f} vs {base:.3f}  (n {n})")
+            ece = (pooled.get(name) or {}).get("model", {})
+            calibration = (f"; ECE {ece['ece']:.3f} (perfectly calibrated at this n: {ece['ece_if_calibrated']:.3f}),"
+                           " FEFF10 units" if "ece_if_calibrated" in ece else "")
+            lines.append(f"    {name:26s} accuracy {acc:.3f} vs {base:.3f}  (n {n}){calibration}")
     return lines
 
 
 # --- the model card's summary ---------------------------------------------------------------------
+
+
+def _class_heads() -> tuple[str, ...]:
+    """Every classification head: per element (oxidation state, CN) and per material (is-metal, is-magnetic)."""
+    from sfn_stream.offline.training import MATERIAL_CLASSIFICATIONS
+
+    return (*ELEMENT_TASKS, *MATERIAL_CLASSIFICATIONS)
 
 
 def card_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -525,9 +537,9 @@ def card_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
                                          "composition_rule": _r(mean["coordination_number_accuracy_composition_rule"]),
                                          "majority_class": _r(mean["coordination_number_accuracy_majority_class"])},
         "density_mae_g_cm3": _r(mean["density_mae_model"]),
-        "ece_pooled_feff10": {task: _r(pooled[task]["model"]["ece"]) for task in ELEMENT_TASKS if pooled.get(task)},
-        "ece_pooled_feff10_if_calibrated": {task: _r(pooled[task]["model"].get("ece_if_calibrated"))
-                                            for task in ELEMENT_TASKS if pooled.get(task)},
+        "ece_pooled_feff10": {head: _r(pooled[head]["model"]["ece"]) for head in _class_heads() if pooled.get(head)},
+        "ece_pooled_feff10_if_calibrated": {head: _r(pooled[head]["model"].get("ece_if_calibrated"))
+                                            for head in _class_heads() if pooled.get(head)},
         "ece_max_per_metal": {task: _r(mean[f"{task}_ece_model_max"]) for task in ELEMENT_TASKS},
         "ece_max_excess_over_calibrated_floor": {task: _r(mean.get(f"{task}_ece_excess_max")) for task in ELEMENT_TASKS},
         "how": "unweighted mean over the nine metals' FEFF10 test units, one edge each, no stoichiometry",
