@@ -4,12 +4,14 @@ validation edges count alike when one calculation setting dominates the validati
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sfn_stream.offline.metrics import (
     calibrated_ece_floor,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
+    reliability_table,
 )
 
 
@@ -47,3 +49,12 @@ def test_the_calibrated_ece_floor_is_large_on_twenty_examples_and_shrinks_with_m
     labels = (rng.random((2000, 1)) > np.cumsum(probs, 1)).sum(1)
     assert abs(expected_calibration_error(probs, labels) - large) < 0.02
     assert expected_calibration_error(probs, np.zeros(2000, dtype=int)) > large + 0.2
+
+
+def test_the_reliability_table_bins_what_the_ece_sums():
+    probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.6, 0.4], [0.55, 0.45]])
+    labels = np.array([0, 1, 0, 0])
+    rows = reliability_table(probs, labels)
+    assert rows == [[2, 0.575, 1.0], [1, 0.9, 0.0], [1, 0.95, 1.0]]  # 0.55 and 0.6 share the bin (0.533, 0.6]
+    ece = sum(n / 4 * abs(a - c) for n, c, a in rows)
+    assert ece == pytest.approx(expected_calibration_error(probs, labels))

@@ -136,8 +136,8 @@ def test_refusals_say_why(tmp_path, capsys, corpus):
 
 
 @needs_bundle
-def test_evaluate_xanes_reports_every_metal_in_both_modes_beside_the_baselines(capsys, corpus):
-    status = main(["evaluate", "xanes", "--no-dev", "--json"])
+def test_evaluate_xanes_reports_every_metal_in_both_modes_beside_the_baselines(capsys, corpus, tmp_path):
+    status = main(["evaluate", "xanes", "--no-dev", "--json", "--plot", str(tmp_path / "evaluation.png")])
     out = capsys.readouterr()
     assert status == 0, out.err
     report = json.loads(out.out)
@@ -154,6 +154,8 @@ def test_evaluate_xanes_reports_every_metal_in_both_modes_beside_the_baselines(c
         for head in ("oxidation_state", "coordination_number", "is_metal", "is_magnetic"):  # every head's calibration
             scores = table[POOLED][head]["model"]
             assert 0 <= scores["ece"] <= 1 and 0 < scores["ece_if_calibrated"] < 1
+            assert sum(n for n, _, _ in scores["reliability"]) == table[POOLED][head]["n"]  # every unit in a bin
+    assert (tmp_path / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @needs_bundle

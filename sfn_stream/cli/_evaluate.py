@@ -17,6 +17,9 @@ def add_xanes_parser(which) -> None:
     xanes.add_argument("--learning-curve", action="store_true",
                        help="also train one-member models on 25/50/100%% of the FEFF10 training materials (minutes)")
     xanes.add_argument("--write-card", action="store_true", help="also write the figures into the bundle's card.json")
+    xanes.add_argument("--plot", type=Path, metavar="PNG",
+                       help="also draw per-metal accuracy beside the baselines, reliability diagrams and the measured "
+                            "files into this PNG")
     xanes.set_defaults(run=run_xanes)
 
 
@@ -39,10 +42,16 @@ def run_xanes(args) -> int:
         report["learning_curve"] = learning_curve(progress=not args.json)
     if args.write_card:
         write_card_metrics(args.bundle or models_dir() / XANES_3D_BUNDLE, report)
+    if args.plot:
+        from ._evaluate_figure import evaluation_figure
+
+        evaluation_figure(args.plot, report)
     if args.json:
         print_json(report)
     else:
         print("\n".join(format_report(report)))
         if "learning_curve" in report:
             print("\n".join(format_learning_curve(report["learning_curve"])))
+        if args.plot:
+            print(f"plot: {args.plot}")
     return 0

@@ -64,6 +64,17 @@ def calibrated_ece_floor(probs: np.ndarray, n_bins: int = 15, draws: int = 200, 
     return float(np.mean(values))
 
 
+def reliability_table(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[list[float]]:
+    """The reliability diagram behind :func:`expected_calibration_error`: one row ``[n, mean confidence,
+    accuracy]`` per non-empty confidence bin (right-closed, as the XANES cards), small enough for a report."""
+    probs = np.asarray(probs, dtype=float)
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == np.asarray(labels)
+    bins = _confidence_bins(confidence, n_bins, "right")
+    return [[int((bins == b).sum()), round(float(confidence[bins == b].mean()), 4),
+             round(float(correct[bins == b].mean()), 4)] for b in range(n_bins) if (bins == b).any()]
+
+
 def _confidence_bins(confidence: np.ndarray, n_bins: int, closed: str) -> np.ndarray:
     """Bin of each confidence; -1 for none (a confidence of 0 with right-closed bins)."""
     if closed == "left":

@@ -32,6 +32,7 @@ from sfn_stream.offline.metrics import (
     expected_calibration_error,
     label_metrics,
     regression_metrics,
+    reliability_table,
 )
 
 MODES = ("elements", "formula")
@@ -168,7 +169,8 @@ def _class_scores(units, predictions, task, absorber_of, baselines: CompositionB
         metrics = label_metrics(true, pred)
         entry["model"] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                           "ece": expected_calibration_error(probs, true_index),
-                          "ece_if_calibrated": calibrated_ece_floor(probs), "confusion": metrics["confusion"]}
+                          "ece_if_calibrated": calibrated_ece_floor(probs), "confusion": metrics["confusion"],
+                          "reliability": reliability_table(probs, true_index)}
     rule = [baselines.rule(units[i], task, mode) for i in keep]
     majority = [baselines.majority(units[i].absorber, task) for i in keep]
     for name, pred in (("composition_rule", rule), ("majority_class", majority)):
@@ -188,7 +190,8 @@ def _flag_scores(units, predictions, name, baselines: CompositionBaselines):
     majority = label_metrics(true.tolist(), [int(baselines.majority_flag(name))] * len(true))
     return {"n": len(keep), "model": {"accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
                                       "ece": expected_calibration_error(probs, true),
-                                      "ece_if_calibrated": calibrated_ece_floor(probs)},
+                                      "ece_if_calibrated": calibrated_ece_floor(probs),
+                                      "reliability": reliability_table(probs, true)},
             "majority_class": {"accuracy": majority["accuracy"], "macro_f1": majority["macro_f1"]}}
 
 
