@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     xrd.add_argument("--wavelength", type=float, default=None,
                      help="X-ray wavelength in Angstrom (default: from the file, else 1.5406, Cu K-alpha)")
     xrd.add_argument("--axis", choices=("2theta", "q"), default="2theta", help="first column: 2theta (deg) or Q (1/A)")
+    xrd.add_argument("--elements", help="the sample's elements (Mn,O; of a formula only the elements are used): the "
+                                        "search-match bundle then ranks its references by chemistry too")
     xrd.add_argument("--json", action="store_true", help="print JSON")
     xrd.set_defaults(run=run_xrd)
 
@@ -99,10 +101,19 @@ def _edge_windows(edges: dict[str, Path]) -> list:
 def run_xrd(args) -> int:
     x, y, wavelength = read_powder(args.file)
     # Imported only now: it loads torch (seconds), which an unusable file should not wait for.
-    from sfn_stream.core.predict import default_registry
+    from sfn_stream.core.predict import (
+        CompositionError,
+        default_registry,
+        parse_elements,
+    )
 
     wavelength = args.wavelength or wavelength or 1.5406
-    prediction, _ = default_registry().predictor("xrd").predict_pattern(x, y, axis=args.axis, wavelength=wavelength)
+    try:
+        elements = sorted(parse_elements(parse_elements(args.elements)[0])[0]) if args.elements else None
+    except CompositionError as err:
+        raise CliError(f"--elements: {err}") from err
+    prediction, _ = default_registry().predictor("xrd").predict_pattern(x, y, axis=args.axis, wavelength=wavelength,
+                                                                        elements=elements)
     return _report(args, prediction.plain(), file=str(args.file))
 
 

@@ -23,7 +23,7 @@ from ._specfusion import (
 )
 from ._xrd_net import CRYSTAL_SYSTEMS, XrdClassifier, XrdCnnTransformer, architecture_of
 from ._xrd_peaks import N_SPACE_GROUPS, XrdPeakTransformer
-from ._xrd_search import XrdSearchMatch, xrd_model_from_bundle
+from ._xrd_search import ELEMENT_GROUPS, XrdSearchMatch, element_group_vector, xrd_model_from_bundle
 
 __all__ = [
     "EncodedBatch",
@@ -31,6 +31,8 @@ __all__ = [
     "CRYSTAL_SYSTEMS",
     "XrdClassifier",
     "XrdSearchMatch",
+    "ELEMENT_GROUPS",
+    "element_group_vector",
     "xrd_model_from_bundle",
     "XrdCnnTransformer",
     "XrdPeakTransformer",

@@ -16,6 +16,15 @@ bundle as float16). For a query pattern (``preprocess_xrd`` output):
    exp(similarity / T), mixed with a small share of the training prior; k, T and that share are fitted
    on the validation split by negative log-likelihood (kNN probability calibration as in Guo et al.
    2017 fit temperatures).
+
+Optional chemistry (``elements=``): at a beamline the sample's ELEMENTS are usually known (XRF,
+synthesis) though not its stoichiometry or phase, and search-match software filters or ranks its
+database by chemistry. Given the sample's element set, a reference's ranking score becomes
+similarity + lambda * chemistry similarity, the cosine of the two element-group presence vectors
+(:data:`ELEMENT_GROUPS`: alkali, alkaline earth, 3d, 4d, 5d, rare earth, ... metals, O, S/Se/Te,
+halogen, N, C, P, H); only the element set is used, never amounts. lambda and its own k, T and
+prior share are fitted on the validation split by NLL like the others; without elements the
+prediction is exactly the chemistry-free one.
 """
 
 from __future__ import annotations
@@ -32,6 +41,36 @@ from ._xrd_peaks import N_SPACE_GROUPS
 
 SEARCH_MATCH_CLASS = "XrdSearchMatch"
 TOP_SPACE_GROUPS = 5  # space groups a prediction reports
+
+# Element groups of the chemistry term (presence of each; an element outside them counts as "other").
+ELEMENT_GROUPS = {
+    "alkali": "Li Na K Rb Cs Fr",
+    "alkaline_earth": "Be Mg Ca Sr Ba Ra",
+    "3d_metal": "Sc Ti V Cr Mn Fe Co Ni Cu Zn",
+    "4d_metal": "Y Zr Nb Mo Tc Ru Rh Pd Ag Cd",
+    "5d_metal": "Hf Ta W Re Os Ir Pt Au Hg",
+    "rare_earth": "La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu",
+    "actinide": "Ac Th Pa U Np Pu Am Cm Bk Cf Es",
+    "p_block_metal": "Al Ga In Sn Tl Pb Bi Po",
+    "metalloid": "B Si Ge As Sb",
+    "O": "O", "chalcogen": "S Se Te", "halogen": "F Cl Br I At", "N": "N", "C": "C", "P": "P", "H": "H",
+}
+_GROUP_NAMES = (*ELEMENT_GROUPS, "other")
+_GROUP_OF = {symbol: name for name, symbols in ELEMENT_GROUPS.items() for symbol in symbols.split()}
+
+
+def element_group_vector(elements) -> np.ndarray:
+    """Unit vector of element-group presence (len(ELEMENT_GROUPS) + 1) of an element set (symbols)."""
+    from pymatgen.core import Element
+
+    symbols = {str(e).strip() for e in elements}
+    unknown = sorted(s for s in symbols if not Element.is_valid_symbol(s))
+    if not symbols or unknown:
+        raise XrdInputError(f"elements must be element symbols (e.g. ['Mn', 'O']); got {sorted(symbols)}")
+    vector = np.zeros(len(_GROUP_NAMES), dtype=np.float32)
+    for symbol in symbols:
+        vector[_GROUP_NAMES.index(_GROUP_OF.get(symbol, "other"))] = 1
+    return vector / np.linalg.norm(vector)
 
 
 def blur_and_subsample(patterns: np.ndarray, blur_points: float, subsample: int) -> np.ndarray:
@@ -51,7 +90,8 @@ class XrdSearchMatch:
 
     def __init__(self, references: np.ndarray, labels: np.ndarray, spacegroups: np.ndarray, *, blur_points: float,
                  subsample: int, dilations, k: int, temperature: float, prior_share: float, refine_top: int = 0,
-                 classes: tuple[str, ...] = CRYSTAL_SYSTEMS, reference_ids=None, bundle_id: str = ""):
+                 classes: tuple[str, ...] = CRYSTAL_SYSTEMS, reference_ids=None, bundle_id: str = "",
+                 reference_elements=None, chemistry: dict | None = None):
         import torch
 
         references = np.asarray(references, dtype=np.float32)
@@ -77,6 +117,26 @@ class XrdSearchMatch:
         self.sg_prior = np.bincount(self.spacegroups - 1, minlength=N_SPACE_GROUPS) / len(self.spacegroups)
         self._grid = np.arange(references.shape[1], dtype=float)
         self._origin = XRD_Q_MIN / (XRD_Q_STEP * self.subsample)  # Q = 0 in subsampled grid steps
+        # chemistry (optional): each reference's element set ("Mn O"), lambda and the calibration used with it
+        self.reference_elements = None
+        self._reference_groups = None
+        if reference_elements is not None:
+            if len(reference_elements) != len(references):
+                raise XrdInputError("one element set per reference is needed")
+            self.reference_elements = [" ".join(sorted(_symbols(e))) for e in reference_elements]
+            self._reference_groups = np.stack([element_group_vector(e.split()) for e in self.reference_elements])
+        self.chemistry = None
+        if chemistry is not None:
+            if self.reference_elements is None:
+                raise XrdInputError("a chemistry calibration needs the references' element sets")
+            self.chemistry = {"weight": float(chemistry["weight"]), "k": int(min(chemistry["k"], len(references))),
+                              "temperature": float(chemistry["temperature"]),
+                              "prior_share": float(chemistry["prior_share"])}
+
+    @property
+    def has_chemistry(self) -> bool:
+        """Whether predictions can use the sample's element set (``elements=``)."""
+        return self.chemistry is not None
 
     @classmethod
     def from_profiles(cls, profiles: np.ndarray, labels, spacegroups, *, blur_points: float, subsample: int,
@@ -101,7 +161,11 @@ class XrdSearchMatch:
                 k=int(weights["k"]), temperature=float(weights["temperature"]),
                 prior_share=float(weights["prior_share"]),
                 classes=tuple(bundle.card["tasks"]["crystal_system"]["classes"]),
-                reference_ids=weights.get("reference_ids"), bundle_id=bundle.id)
+                reference_ids=weights.get("reference_ids"), bundle_id=bundle.id,
+                reference_elements=weights.get("reference_elements"),
+                chemistry={name: float(weights[f"chemistry_{name}"])
+                           for name in ("weight", "k", "temperature", "prior_share")}
+                if "chemistry_weight" in weights else None)
         return _SEARCHERS[key]
 
     def weights(self) -> dict[str, Any]:
@@ -113,27 +177,68 @@ class XrdSearchMatch:
                "temperature": torch.tensor(self.temperature), "prior_share": torch.tensor(self.prior_share)}
         if self.reference_ids is not None:
             out["reference_ids"] = list(self.reference_ids)
+        if self.reference_elements is not None:
+            out["reference_elements"] = list(self.reference_elements)
+        if self.chemistry is not None:
+            out.update({f"chemistry_{name}": torch.tensor(value, dtype=torch.int64 if name == "k" else torch.float64)
+                        for name, value in self.chemistry.items()})
         return out
 
     # --- search ----------------------------------------------------------------------------------
 
-    def similarities(self, patterns: np.ndarray) -> np.ndarray:
-        """(n, XRD_Q_POINTS) -> (n, n_references): best masked cosine over the dilations."""
+    def similarities(self, patterns: np.ndarray, elements=None, chemistry_weight: float | None = None) -> np.ndarray:
+        """(n, XRD_Q_POINTS) -> (n, n_references): best masked cosine over the dilations; with ``elements``
+        (one element set for every pattern, or one per pattern) the ranking score similarity + lambda *
+        chemistry similarity (lambda: the fitted one unless ``chemistry_weight`` is given)."""
         patterns = self._checked(patterns)
-        return np.stack([self._similarity(row) for row in patterns])
+        chemistry = self.chemistry_similarities(elements, len(patterns))
+        if chemistry is None:
+            return np.stack([self._similarity(row) for row in patterns])
+        weight = self._chemistry_weight(chemistry_weight)
+        return np.stack([self._similarity(row, weight * c) for row, c in zip(patterns, chemistry)])
 
-    def nearest(self, patterns: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, similarities) of the ``k`` (default: the fitted k) most similar references, best first."""
-        return _top_k(self.similarities(patterns), k or self.k)
+    def nearest(self, patterns: np.ndarray, k: int | None = None, elements=None,
+                chemistry_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, scores) of the ``k`` (default: the fitted k) best-scoring references, best first."""
+        if k is None:
+            k = self.chemistry["k"] if elements is not None and self.chemistry else self.k
+        return _top_k(self.similarities(patterns, elements, chemistry_weight), k)
 
-    def _similarity(self, pattern: np.ndarray) -> np.ndarray:
+    def chemistry_similarities(self, elements, n: int) -> np.ndarray | None:
+        """(n, n_references) cosine of element-group presence vectors, or None without ``elements``.
+        ``elements``: one element set (symbols) for all ``n`` patterns, or a sequence of ``n`` sets."""
+        if elements is None:
+            return None
+        if self._reference_groups is None:
+            raise XrdInputError("this search-match bundle stores no reference element sets (rebuild it to use elements)")
+        if isinstance(elements, str):
+            raise XrdInputError("give elements as symbols (['Mn', 'O']), not as one string")
+        elements = list(elements)
+        if elements and all(isinstance(e, str) for e in elements):
+            return np.repeat((self._reference_groups @ element_group_vector(elements))[None, :], n, axis=0)
+        if len(elements) != n:
+            raise XrdInputError(f"{len(elements)} element sets for {n} patterns")
+        queries = np.stack([element_group_vector(_symbols(e)) for e in elements])
+        return queries @ self._reference_groups.T
+
+    def _chemistry_weight(self, weight: float | None) -> float:
+        if weight is not None:
+            return float(weight)
+        if self.chemistry is None:
+            raise XrdInputError("this search-match bundle has no chemistry calibration (rebuild it to use elements)")
+        return self.chemistry["weight"]
+
+    def _similarity(self, pattern: np.ndarray, bonus: np.ndarray | None = None) -> np.ndarray:
         query = blur_and_subsample(pattern[None, :], self.blur_points, self.subsample)[0]
         interval = _measured_interval(pattern, self.subsample)
         best = self._best_over(query, interval, self.dilations)
-        if self.refine_top and len(self.dilations) > 1:  # half steps, for the best candidates only
+        if bonus is not None:
+            best += bonus
+        if self.refine_top and len(self.dilations) > 1:  # half steps, for the best candidates (by score) only
             top = np.argpartition(-best, min(self.refine_top, len(best)) - 1)[:self.refine_top]
             halves = 0.5 * (self.dilations[1:] + self.dilations[:-1])
-            best[top] = np.maximum(best[top], self._best_over(query, interval, halves, top))
+            refined = self._best_over(query, interval, halves, top)
+            best[top] = np.maximum(best[top], refined if bonus is None else refined + bonus[top])
         return best
 
     def _best_over(self, query: np.ndarray, interval: tuple[int, int], dilations: np.ndarray,
@@ -159,19 +264,27 @@ class XrdSearchMatch:
 
     # --- probabilities ---------------------------------------------------------------------------
 
-    def probabilities(self, patterns: np.ndarray) -> np.ndarray:
-        """(n, XRD_Q_POINTS) -> (n, 7) calibrated crystal-system probabilities."""
-        return self.votes(*self.nearest(patterns))[0]
+    def probabilities(self, patterns: np.ndarray, elements=None) -> np.ndarray:
+        """(n, XRD_Q_POINTS) -> (n, 7) calibrated crystal-system probabilities (``elements``: the sample's
+        element set, optional)."""
+        return self._both(patterns, elements)[0]
 
-    def space_group_probabilities(self, patterns: np.ndarray) -> np.ndarray:
+    def space_group_probabilities(self, patterns: np.ndarray, elements=None) -> np.ndarray:
         """(n, XRD_Q_POINTS) -> (n, 230) probabilities; column k is space group k + 1."""
-        return self.votes(*self.nearest(patterns))[1]
+        return self._both(patterns, elements)[1]
+
+    def _both(self, patterns, elements):
+        return self.votes(*self.nearest(patterns, elements=elements), chemistry=elements is not None)
 
     def votes(self, indices: np.ndarray, similarities: np.ndarray, k: int | None = None,
-              temperature: float | None = None, prior_share: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Crystal-system and space-group probabilities from the neighbours (the fitted k, T, share by default)."""
-        k, temperature = k or self.k, temperature or self.temperature
-        share = self.prior_share if prior_share is None else prior_share
+              temperature: float | None = None, prior_share: float | None = None,
+              chemistry: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Crystal-system and space-group probabilities from the neighbours (the fitted k, T, share by default;
+        those fitted with the chemistry term when ``chemistry``)."""
+        fitted = self.chemistry if chemistry and self.chemistry else \
+            {"k": self.k, "temperature": self.temperature, "prior_share": self.prior_share}
+        k, temperature = k or fitted["k"], temperature or fitted["temperature"]
+        share = fitted["prior_share"] if prior_share is None else prior_share
         indices, similarities = indices[:, :k], similarities[:, :k]
         weights = np.exp((similarities - similarities[:, :1]) / temperature)
         weights /= weights.sum(axis=1, keepdims=True)
@@ -182,12 +295,13 @@ class XrdSearchMatch:
         np.add.at(groups, (rows, self.spacegroups[indices].ravel() - 1), weights.ravel())
         return (1 - share) * systems + share * self.prior, (1 - share) * groups + share * self.sg_prior
 
-    def predict(self, pattern: np.ndarray) -> dict[str, Any]:
-        return self.predict_batch(np.asarray(pattern)[None, :])[0]
+    def predict(self, pattern: np.ndarray, elements=None) -> dict[str, Any]:
+        return self.predict_batch(np.asarray(pattern)[None, :], elements)[0]
 
-    def predict_batch(self, patterns: np.ndarray) -> list[dict[str, Any]]:
-        """Per pattern: crystal-system probabilities (all classes) and the five most probable space groups."""
-        systems, groups = self.votes(*self.nearest(patterns))
+    def predict_batch(self, patterns: np.ndarray, elements=None) -> list[dict[str, Any]]:
+        """Per pattern: crystal-system probabilities (all classes) and the five most probable space groups.
+        ``elements``: the sample's element set (symbols), used when given (see the module docstring)."""
+        systems, groups = self._both(patterns, elements)
         out = []
         for p, g in zip(systems, groups):
             top = np.argsort(-g, kind="stable")[:TOP_SPACE_GROUPS]
@@ -215,6 +329,13 @@ def _measured_interval(pattern: np.ndarray, subsample: int) -> tuple[int, int]:
     measured range are what preprocess_xrd writes; a zero stretch at an edge inside it is taken as unmeasured)."""
     nonzero = np.flatnonzero(pattern > 0)
     return int(nonzero[0]) // subsample, int(nonzero[-1]) // subsample
+
+
+def _symbols(elements) -> list[str]:
+    """Element symbols of a set given as symbols or as one space/comma-separated string ("Mn O")."""
+    if isinstance(elements, str):
+        return [s for s in elements.replace(",", " ").split() if s]
+    return [str(s) for s in elements]
 
 
 def _top_k(similarities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -130,22 +130,38 @@ class XrdPredictor:
         self.bundle = load_bundle(bundle_path or models_dir() / XRD_BUNDLE)
         self.classifier = xrd_model_from_bundle(self.bundle)  # a network or search-match, by the card
 
-    def predict_pattern_on_grid(self, pattern, *, extra_flags=()) -> Prediction:
-        """Predict from a preprocessed :class:`~sfn_stream.core.spectra.XrdPattern`."""
+    @property
+    def uses_elements(self) -> bool:
+        """Whether the bundle ranks its references by the sample's elements too (a search-match bundle with a
+        chemistry calibration); other bundles ignore ``elements``."""
+        return bool(getattr(self.classifier, "has_chemistry", False))
+
+    def predict_pattern_on_grid(self, pattern, *, extra_flags=(), elements=None) -> Prediction:
+        """Predict from a preprocessed :class:`~sfn_stream.core.spectra.XrdPattern`. ``elements``: the sample's
+        element set (symbols, or a formula of which only the elements are used), when known; used by a
+        search-match bundle with a chemistry calibration (``inputs["elements"]`` then records it)."""
         flags = [*pattern.flags, *extra_flags]
         if not pattern.usable:
             return Prediction.failed("xrd", "insufficient_data", pattern.reason, bundle_id=self.bundle.id,
                                      flags=flags, preprocessing=pattern.to_dict())
-        raw = self.classifier.predict(np.asarray(pattern.intensity, dtype=np.float32))
+        symbols = _element_set(elements) if elements and self.uses_elements else None
+        intensity = np.asarray(pattern.intensity, dtype=np.float32)
+        raw = self.classifier.predict(intensity, elements=symbols) if symbols else self.classifier.predict(intensity)
         properties = {task: ClassPrediction.from_probabilities(v["classes"], v["probabilities"])
                       for task, v in raw.items()}
         return Prediction(kind="xrd", status=_status(flags), bundle_id=self.bundle.id, properties=properties,
-                          quality_flags=flags, messages=list(pattern.messages), preprocessing=pattern.to_dict())
+                          quality_flags=flags, messages=list(pattern.messages), preprocessing=pattern.to_dict(),
+                          inputs={"elements": symbols} if symbols else {})
 
     def predict_pattern(self, x, intensity, *, axis: str = "2theta", wavelength: float | None = None,
-                        extra_flags=()):
+                        extra_flags=(), elements=None):
         """Preprocess a 1D pattern (2theta at ``wavelength``, or Q) and predict; returns ``(prediction, pattern)``."""
         from sfn_stream.core.spectra import preprocess_xrd
 
         pattern = preprocess_xrd(x, intensity, axis=axis, wavelength=wavelength)
-        return self.predict_pattern_on_grid(pattern, extra_flags=extra_flags), pattern
+        return self.predict_pattern_on_grid(pattern, extra_flags=extra_flags, elements=elements), pattern
+
+
+def _element_set(elements) -> list[str]:
+    """Sorted element symbols of ``elements`` (symbols, "Mn,O" or a formula "MnO": only the elements are kept)."""
+    return sorted(parse_elements(parse_elements(elements)[0])[0])  # the second pass checks a formula's symbols

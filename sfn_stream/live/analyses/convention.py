@@ -4,7 +4,8 @@ The metadata convention (start document)::
 
     RE(plan, sfn={"kind": "xanes", "element": "Fe", "edge": "K", "composition": "Fe2O3",
                   "sample": "S-042"})
-    RE(plan, sfn={"kind": "xrd", "wavelength": 1.5406, "axis": "2theta", "sample": "S-042"})
+    RE(plan, sfn={"kind": "xrd", "wavelength": 1.5406, "axis": "2theta", "sample": "S-042",
+                  "composition": "Fe2O3"})   # PXRD uses only the element set of a composition
 
 ``keys`` inside ``sfn`` may name the data keys explicitly (``energy``, ``mu``, ``i0``, ``it``,
 ``if``, ``iref``, ``pattern``, ``x``); otherwise they are found by name in the descriptor

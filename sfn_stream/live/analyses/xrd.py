@@ -3,6 +3,11 @@
 The run's crystal system is the mean of the usable frames' probabilities. The mean pattern of the
 usable frames is kept for after-stop consumers (structure inference matches candidates against it),
 and so are the space groups a search-match bundle names (structure inference's space-group prior).
+
+The sample's elements, when the start document gives them (``sfn.elements`` or ``sfn.composition``;
+of a formula only the element set is used), go to the predictor: a search-match bundle with a
+chemistry calibration then ranks its references by chemistry too (docs/xrd-search-match.md). A
+composition that cannot be parsed is left out and flagged ``composition_invalid``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
-from sfn_stream.core.predict import Prediction, class_fields, class_probabilities, status_fields, summary_fields
+from sfn_stream.core.predict import (
+    CompositionError,
+    Prediction,
+    class_fields,
+    class_probabilities,
+    parse_elements,
+    status_fields,
+    summary_fields,
+)
 from sfn_stream.live.documents import exit_flag, run_summary
 from .base import BaseAnalysis, Insufficient, RunContext, bundle_classes, bundle_id, register_analysis
 
@@ -53,6 +66,20 @@ class XrdAnalysis(BaseAnalysis):
         self._probabilities: list[np.ndarray] = []
         self._space_groups: list[dict[int, float]] = []  # per usable frame; empty for a crystal-system-only bundle
         self._pattern = _MeanPattern()
+        self._elements = self._sample_elements()
+
+    def _sample_elements(self) -> list[str] | None:
+        """The sample's element set from ``sfn.elements`` / ``sfn.composition`` (None if not given or unusable)."""
+        spec = self.md.get("elements") or self.md.get("composition")
+        if not spec:
+            return None
+        try:
+            return sorted(parse_elements(parse_elements(spec)[0])[0])  # the second pass checks a formula's symbols
+        except (CompositionError, TypeError) as err:
+            logger.warning("sfn-stream: PXRD run: composition %r not used: %s", spec, err)
+            if "composition_invalid" not in self.metadata_flags:
+                self.metadata_flags.append("composition_invalid")
+            return None
 
     @classmethod
     def recognises(cls, keys: Mapping[str, str], data_keys: Mapping[str, Any]) -> bool:
@@ -85,7 +112,7 @@ class XrdAnalysis(BaseAnalysis):
             prediction, _ = predictor.predict_pattern(
                 np.asarray(x, dtype=float), np.asarray(pattern, dtype=float),
                 axis=self.md.get("axis", "2theta"), wavelength=self.md.get("wavelength"),
-                extra_flags=self.metadata_flags)
+                extra_flags=self.metadata_flags, elements=self._elements)
         except Insufficient as why:
             prediction = Prediction.failed("xrd", "insufficient_data", str(why), flags=self.metadata_flags)
         except Exception as err:

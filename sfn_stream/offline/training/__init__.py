@@ -64,7 +64,7 @@ from ._xrd import (
     train_xrd_bundle,
 )
 from ._xrd_search_match import BUNDLE_NAME as XRD_SEARCH_MATCH_BUNDLE
-from ._xrd_search_match import build_search_match_bundle
+from ._xrd_search_match import build_search_match_bundle, formula_elements
 
 __all__ = [
     "CORPUS_SOURCES",
@@ -99,6 +99,7 @@ __all__ = [
     "evaluate_measured",
     "evaluate_measured_dev",
     "evaluate_split",
+    "formula_elements",
     "iter_amcsd_structures",
     "labels_of",
     "load_training_materials",
