@@ -210,3 +210,39 @@ def test_two_edges_of_one_sample_give_one_fused_prediction(tmp_path, capsys, cor
     assert default_registry().predictor_for_edges("xanes", ["Cu", "Fe"]).bundle.card["name"] == XANES_3D_BUNDLE
     status = main(["predict", "xanes", str(fe), "--absorber", "Fe", "--elements", "Fe,O", "--edge", "Ti"])
     assert status == 2 and "EL=FILE" in capsys.readouterr().err
+
+
+def test_mixed_valence_sites_split_their_oxidation_state_target_between_the_two_states():
+    from sfn_stream.offline.training._xanes3d import OX_CLASSES, mixed_valence_target
+
+    magnetite = mixed_valence_target(OX_CLASSES.index(3), 8 / 3)  # Fe3O4: class 3 (round half up), mean 2.67
+    assert magnetite[2] == pytest.approx(1 / 3) and magnetite[3] == pytest.approx(2 / 3) and magnetite.sum() == 1
+    assert mixed_valence_target(2, 2.0).tolist() == [0, 0, 1, 0, 0, 0, 0, 0]  # integer state: one-hot
+    assert mixed_valence_target(2, None)[2] == 1  # no site average: the class
+    assert mixed_valence_target(5, 2.5)[5] == 1  # a class that is neither neighbour (an audit fix) wins
+    assert not mixed_valence_target(-1, 2.5).any()  # withheld label: no target
+
+
+@needs_corpus
+def test_a_small_multi_edge_training_run_writes_a_bundle_that_predicts(corpus, tmp_path):
+    """The whole training path on a few corpus materials (mixed-valence targets, edge dropout, calibration)."""
+    from sfn_stream.core.networks import XanesEnsemble, load_bundle
+    from sfn_stream.offline.training._xanes3d import Train3dConfig, train_xanes3d_bundle
+
+    feff = [m for m in corpus if any(e.source == "feff10" for e in m.edges.values())]
+    multi = [m for m in feff if len(m.edges) >= 2][:6]
+    train, val = feff[:40] + multi, feff[40:52]
+    config = Train3dConfig(epochs=2, examples_per_epoch=128, members=1)
+    bundle = train_xanes3d_bundle(tmp_path / "bundle", config=config, progress=False, materials=train + val,
+                                  splits={"train": [m.material_id for m in train], "val": [m.material_id for m in val],
+                                          "test": []})
+    card = load_bundle(bundle.path).card
+    assert card["architecture"]["training"]["mixed_valence_targets"] is True
+    assert set(card["calibration"]["temperatures"]) >= {"oxidation_state", "coordination_number"}
+    material = multi[0]
+    spectra = {a: (np.asarray(w.mu, np.float32), float(w.e0_shift))
+               for a, e in material.edges.items() if (w := edge_window(e)) is not None}
+    result = XanesEnsemble.from_bundle(load_bundle(bundle.path)).predict(list(material.elements), spectra)
+    for metal in spectra:
+        probabilities = result["per_element"][metal]["oxidation_state"]["probabilities"]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)

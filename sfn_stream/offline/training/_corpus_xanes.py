@@ -58,7 +58,9 @@ class CorpusMaterial:
     chemical_system: str  # sorted elements joined by '-'
     corpus_split: str
     labels: dict[str, Any]  # MATERIAL_REGRESSIONS / MATERIAL_CLASSIFICATIONS values (None = missing)
-    metal_labels: dict[str, dict[str, int | None]]  # absorber -> {"oxidation_state", "coordination_number"}
+    # absorber -> {"oxidation_state", "coordination_number"} classes, and "oxidation_state_mean" (the site-averaged
+    # bond-valence state, e.g. 2.67 for Fe3O4) where the corpus has it
+    metal_labels: dict[str, dict[str, Any]]
     edges: dict[str, EdgeSpectrum] = field(default_factory=dict)
     crystal_system: str = ""
 
@@ -96,6 +98,7 @@ def read_corpus_materials(corpus_dir: str | Path = paths.CORPUS_DIR, *, omnixas:
         material.metal_labels[row.element] = {
             "oxidation_state": _integer(row.oxidation_state_class),
             "coordination_number": _integer(row.cn_class),
+            "oxidation_state_mean": _number(getattr(row, "oxidation_state_mean", None)),
         }
         if row.spectrum_source == FEFF10 and row.energy is not None and len(row.energy):
             material.edges[row.element] = EdgeSpectrum(row.element, FEFF10, np.asarray(row.energy, float),
