@@ -232,7 +232,7 @@ def test_a_small_multi_edge_training_run_writes_a_bundle_that_predicts(corpus, t
     feff = [m for m in corpus if any(e.source == "feff10" for e in m.edges.values())]
     multi = [m for m in feff if len(m.edges) >= 2][:6]
     train, val = feff[:40] + multi, feff[40:52]
-    config = Train3dConfig(epochs=2, examples_per_epoch=128, members=1)
+    config = Train3dConfig(epochs=2, examples_per_epoch=128, members=1, mixed_valence_targets=True)
     bundle = train_xanes3d_bundle(tmp_path / "bundle", config=config, progress=False, materials=train + val,
                                   splits={"train": [m.material_id for m in train], "val": [m.material_id for m in val],
                                           "test": []})
