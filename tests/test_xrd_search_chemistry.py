@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_xrd_search_match import bundle, table  # noqa: F401 (module fixtures: the small bundle, the stick table)
 
 from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
-from sfn_stream.core.networks import XrdSearchMatch, element_group_vector, xrd_model_from_bundle
-from sfn_stream.core.predict import ModelRegistry, XrdPredictor
-from sfn_stream.core.simulation import StickTable
-from sfn_stream.core.spectra import XRD_Q_GRID, XrdInputError, two_theta_to_q
-from sfn_stream.offline.training import (
-    DEFAULT_STICK_TABLE,
-    build_search_match_bundle,
-    formula_elements,
+from sfn_stream.core.networks import (
+    XrdSearchMatch,
+    element_group_vector,
+    xrd_model_from_bundle,
 )
+from sfn_stream.core.predict import ModelRegistry, XrdPredictor
+from sfn_stream.core.spectra import XRD_Q_GRID, XrdInputError, two_theta_to_q
+from sfn_stream.offline.training import DEFAULT_STICK_TABLE, formula_elements
 
 TWO_THETA = np.arange(10.0, 90.0, 0.02)
 
@@ -86,16 +86,6 @@ def test_only_the_element_set_is_used():
 
 needs_table = pytest.mark.skipif(not DEFAULT_STICK_TABLE.is_file(), reason="no committed stick table")
 
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "xrd-search-match"
-    return build_search_match_bundle(out, max_reference=150, max_val=20, progress=False)
-
-
-@pytest.fixture(scope="module")
-def table():
-    return StickTable.load(DEFAULT_STICK_TABLE)
 
 
 def _scan(table, structure, rng):
