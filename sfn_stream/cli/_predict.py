@@ -101,15 +101,11 @@ def _edge_windows(edges: dict[str, Path]) -> list:
 def run_xrd(args) -> int:
     x, y, wavelength = read_powder(args.file)
     # Imported only now: it loads torch (seconds), which an unusable file should not wait for.
-    from sfn_stream.core.predict import (
-        CompositionError,
-        default_registry,
-        parse_elements,
-    )
+    from sfn_stream.core.predict import CompositionError, default_registry, element_set
 
     wavelength = args.wavelength or wavelength or 1.5406
     try:
-        elements = sorted(parse_elements(parse_elements(args.elements)[0])[0]) if args.elements else None
+        elements = element_set(args.elements) if args.elements else None
     except CompositionError as err:
         raise CliError(f"--elements: {err}") from err
     prediction, _ = default_registry().predictor("xrd").predict_pattern(x, y, axis=args.axis, wavelength=wavelength,

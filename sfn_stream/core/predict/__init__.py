@@ -4,7 +4,7 @@
 flat named fields (derived-stream columns, queryable summaries).
 """
 
-from ._composition import CompositionError, parse_elements
+from ._composition import CompositionError, element_set, parse_elements
 from ._predictors import XANES_BUNDLE, XRD_BUNDLE, PredictorError, XanesPredictor, XrdPredictor
 from ._results import ClassPrediction, Prediction, ValuePrediction
 from .fields import (
@@ -33,6 +33,7 @@ __all__ = [
     "class_probabilities",
     "default_registry",
     "load_predictor",
+    "element_set",
     "parse_elements",
     "probability_key",
     "register_predictor",

@@ -41,3 +41,9 @@ def parse_elements(composition: str | Sequence[str]) -> tuple[list[str], dict[st
     if len(set(symbols)) != len(symbols):
         raise CompositionError(f"repeated element in {symbols}")
     return symbols, None
+
+
+def element_set(composition: str | Sequence[str]) -> list[str]:
+    """The sorted element symbols of an element list or a formula, its amounts dropped ("Fe2O3" -> ['Fe', 'O']).
+    A formula's symbols go through the element-list check too (pymatgen accepts some that are not elements)."""
+    return sorted(parse_elements(parse_elements(composition)[0])[0])

@@ -15,7 +15,7 @@ import numpy as np
 
 from sfn_stream.core.networks import load_bundle, models_dir
 
-from ._composition import parse_elements
+from ._composition import element_set, parse_elements
 from ._results import ClassPrediction, Prediction, ValuePrediction
 
 XANES_BUNDLE = "xanes-specfusion"
@@ -144,7 +144,7 @@ class XrdPredictor:
         if not pattern.usable:
             return Prediction.failed("xrd", "insufficient_data", pattern.reason, bundle_id=self.bundle.id,
                                      flags=flags, preprocessing=pattern.to_dict())
-        symbols = _element_set(elements) if elements and self.uses_elements else None
+        symbols = element_set(elements) if elements and self.uses_elements else None
         intensity = np.asarray(pattern.intensity, dtype=np.float32)
         raw = self.classifier.predict(intensity, elements=symbols) if symbols else self.classifier.predict(intensity)
         properties = {task: ClassPrediction.from_probabilities(v["classes"], v["probabilities"])
@@ -160,8 +160,3 @@ class XrdPredictor:
 
         pattern = preprocess_xrd(x, intensity, axis=axis, wavelength=wavelength)
         return self.predict_pattern_on_grid(pattern, extra_flags=extra_flags, elements=elements), pattern
-
-
-def _element_set(elements) -> list[str]:
-    """Sorted element symbols of ``elements`` (symbols, "Mn,O" or a formula "MnO": only the elements are kept)."""
-    return sorted(parse_elements(parse_elements(elements)[0])[0])  # the second pass checks a formula's symbols

@@ -24,7 +24,7 @@ from sfn_stream.core.predict import (
     Prediction,
     class_fields,
     class_probabilities,
-    parse_elements,
+    element_set,
     status_fields,
     summary_fields,
 )
@@ -74,7 +74,7 @@ class XrdAnalysis(BaseAnalysis):
         if not spec:
             return None
         try:
-            return sorted(parse_elements(parse_elements(spec)[0])[0])  # the second pass checks a formula's symbols
+            return element_set(spec)
         except (CompositionError, TypeError) as err:
             logger.warning("sfn-stream: PXRD run: composition %r not used: %s", spec, err)
             if "composition_invalid" not in self.metadata_flags:
