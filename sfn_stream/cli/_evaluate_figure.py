@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from sfn_stream.offline.evaluation.xanes_3d_eval import POOLED
+
 BLOCK = "test/elements"
-POOLED = "all FEFF10"
 WHO = (("model", "model", "tab:blue"), ("composition_rule", "composition rule", "tab:orange"),
        ("majority_class", "majority class", "tab:gray"))
 HEADS = (("oxidation_state", "oxidation state"), ("coordination_number", "CN"), ("is_metal", "is metal"),

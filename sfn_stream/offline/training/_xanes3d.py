@@ -85,7 +85,7 @@ class Augmentation3d:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "note": "shift and broadening go through preprocess_xanes (window and e0_shift move "
                 "together); noise, normalisation errors and self-absorption damping act on the windows per batch; "
-                "view 0 is the clean window. Not done: sharpening (HERFD), metal-foil references."}
+                "view 0 is the clean window. Not done: sharpening (HERFD)."}
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def _class_index(value, classes) -> int:
 # --- training --------------------------------------------------------------------------------------
 
 
-def _loss(out, table: MaterialTable, index, target_mean, target_std, *, mixed_valence: bool = True):
+def _loss(out, table: MaterialTable, index, target_mean, target_std, *, mixed_valence: bool = False):
     import torch
     import torch.nn.functional as F
 
