@@ -191,7 +191,21 @@ def test_the_order_puts_multi_edge_then_scarce_metal_materials_first():
     assert order == ["ilmenite", "wustite", "rutile", "pyrite", "TiO", "hematite"]
     tiers = {tier: [m.name for _, m in picks] for tier, picks in campaign_tiers(kept, config).items()}
     assert tiers == {"multi_edge": ["ilmenite"], "scarce_metals": ["wustite", "rutile", "pyrite", "TiO"],
-                     "rest": ["hematite"]}
+                     "held_out": [], "rest": ["hematite"]}
+
+
+def test_held_out_materials_come_before_the_other_remaining_ones():
+    kept, _ = screen_entries([SourceEntry("amcsd", "1", "wustite", _rock_salt("Fe", 4.33)),
+                              SourceEntry("amcsd", "2", "hematite", _hematite()),
+                              SourceEntry("amcsd", "3", "pyrite", _pyrite()),
+                              SourceEntry("amcsd", "4", "rutile", _rutile())])
+    ids = {m.name: m.material_id for m in kept}
+    config = CampaignConfig(workdir=Path("."), settings=FAST, metals=("Fe", "Ti"), target_per_metal=1,
+                            held_out=frozenset({ids["hematite"]}))
+    tiers = {tier: [m.name for _, m in picks] for tier, picks in campaign_tiers(kept, config).items()}
+    # hematite, Fe's costliest, jumps the cheaper pyrite once the target tiers are done: it is a test material
+    assert tiers == {"multi_edge": [], "scarce_metals": ["wustite", "rutile"], "held_out": ["hematite"],
+                     "rest": ["pyrite"]}
 
 
 def test_the_order_prefers_a_rarer_class_among_a_metals_cheapest_materials(tmp_path):

@@ -139,6 +139,9 @@ def _campaign_options(parser) -> None:
     parser.add_argument("--no-fallback", action="store_true",
                         help="do not retry a failed FEFF site with the fallback settings")
     parser.add_argument("--kinds", help="item kinds to run, comma-separated (default: feff,labels,sticks,teacher)")
+    parser.add_argument("--no-held-out-first", action="store_true",
+                        help="after the target tiers, do not put the remaining materials of the evaluation splits "
+                             "(val, test of data/splits/xanes_3d_splits.json) before the others")
 
 
 def _config(args):
@@ -180,7 +183,16 @@ def _config(args):
     # the classes the last build's order was made with, so that status and batch-export see its order
     # (build itself takes them afresh from the labels finished so far)
     config.classes = load_order_classes(config.workdir)
+    if not getattr(args, "no_held_out_first", False):
+        config.held_out = held_out_materials()
     return config
+
+
+def held_out_materials() -> frozenset[str]:
+    """Material ids of the shared evaluation splits (empty without the split file)."""
+    from sfn_stream.offline.splits import pinned_splits
+
+    return frozenset(mid for mid, split in pinned_splits().items() if split in ("val", "test"))
 
 
 def run_build(args) -> int:
