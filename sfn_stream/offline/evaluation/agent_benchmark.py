@@ -304,6 +304,34 @@ def fit_stopping(samples: Sequence[Sample], fusion: ModelFusion, calibration: Ed
                    "the tolerance of the all-edge accuracy (the first edge is always measured)"}
 
 
+TRADEOFF_CONFIDENCES = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+TRADEOFF_BITS_PER_HOUR = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0)
+
+
+def stopping_tradeoff(samples: Sequence[Sample], beliefs: Beliefs, calibration: EdgeCalibration,
+                      fusion: ModelFusion, rule: Mapping[str, float]) -> dict[str, list[dict[str, float]]]:
+    """What stopping earlier costs, one knob of the stopping rule at a time: ``target_confidence`` (with no
+    bits/h rule) and ``min_bits_per_hour`` (at the rule's target confidence), each with the agent's mean share
+    of the sample's edges at its stop and the accuracy there. A user picks the knobs from this; a target such
+    as "within 1 % with at most 60 % of the edges" that lies above both curves is out of reach of the model's
+    confidence: it cannot tell which samples still need an edge."""
+    walks = []
+    for sample in samples:
+        path = stop_path(sample, beliefs, calibration, fusion.covered(sample.metals))
+        if path and not math.isnan(path[-1]["accuracy"]):
+            walks.append((path, len(sample.metals)))
+
+    def point(min_bits: float, confidence: float) -> dict[str, float]:
+        stops = [(stop_at(path, min_bits, confidence), n) for path, n in walks]
+        return {"target_confidence": confidence, "min_bits_per_hour": min_bits,
+                "fraction_of_edges": round(float(np.mean([s["edges"] / n for s, n in stops])), 3),
+                "mean_edges": round(float(np.mean([s["edges"] for s, _ in stops])), 3),
+                "accuracy": round(float(np.nanmean([s["accuracy"] for s, _ in stops])), 4)}
+
+    return {"target_confidence": [point(0.0, c) for c in TRADEOFF_CONFIDENCES],
+            "min_bits_per_hour": [point(b, rule["target_confidence"]) for b in TRADEOFF_BITS_PER_HOUR]}
+
+
 # -- strategies ---------------------------------------------------------------------------------------
 def agent_order(sample: Sample, beliefs: Beliefs, calibration: EdgeCalibration, options: NextEdgeOptions,
                 covered: set[str], latencies: list[float]) -> tuple[list[str], int, float]:
@@ -389,7 +417,10 @@ def evaluate(samples: Sequence[Sample], fusion: ModelFusion, calibration: EdgeCa
                 record["random_at_agent_stop_accuracy"] = float(np.mean([accuracy(o[:stop_at])
                                                                          for o in strategy_orders]))
         per_sample.append(record)
-    return {**_summarise(per_sample, curves, latencies, max_k), "skipped_without_labels": unlabelled}
+    labelled = [s for s in samples if s.material_id not in set(unlabelled)]
+    return {**_summarise(per_sample, curves, latencies, max_k), "skipped_without_labels": unlabelled,
+            "stopping_tradeoff": stopping_tradeoff(labelled, beliefs, calibration, fusion,
+                                                   options.stopping(calibration))}
 
 
 class _AccuracyOf:
@@ -479,12 +510,16 @@ def live_latency(material_ids: Sequence[str], *, progress: bool = True) -> dict[
 
 
 def plot(result: Mapping[str, Any], path: Path) -> Path:
+    """Left: accuracy after k edges per strategy. Right: what stopping earlier costs (the agent's stop over its
+    target confidence against random order at the same share of edges), with the issue's target region."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    tradeoff = result.get("stopping_tradeoff") or []
+    fig, axes = plt.subplots(1, 2 if tradeoff else 1, figsize=(11 if tradeoff else 5.5, 4), squeeze=False)
+    ax = axes[0, 0]
     ks = np.arange(result["max_edges"] + 1)
     styles = {"agent": "o-", "random": "s--", "fixed": "^-.", "all": ":"}
     for strategy, values in result["accuracy_after_k_edges"].items():
@@ -496,11 +531,45 @@ def plot(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_xticks(ks)
     ax.set_title(f"next-edge agent, {result['n_samples']} test multi-metal samples")
     ax.legend(loc="lower right")
+    if tradeoff:
+        _plot_tradeoff(axes[0, 1], result, tradeoff)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _plot_tradeoff(ax, result: Mapping[str, Any], tradeoff: Mapping[str, list]) -> None:
+    full = result["all_edge_accuracy"]
+    n = np.asarray([s["n_edges"] for s in result["samples"]], float)
+    random = result["accuracy_after_k_edges"]["random"]
+    ks = [k for k in range(1, result["max_edges"] + 1) if random[k] is not None]
+    ax.plot([float(np.mean(np.minimum(k, n) / n)) for k in ks], [random[k] for k in ks], "s--", color="C1",
+            label="random order, k edges")
+    ys = []
+    for knob, style, color, label in (("target_confidence", "o-", "C0", "agent, stop at a target confidence"),
+                                      ("min_bits_per_hour", "d-", "C2", "agent, stop below a bits/h threshold")):
+        points = tradeoff.get(knob) or []
+        ys += [t["accuracy"] for t in points]
+        ax.plot([t["fraction_of_edges"] for t in points], [t["accuracy"] for t in points], style, color=color,
+                label=label)
+        for t in points[::3]:
+            ax.annotate(f"{t[knob]:g}", (t["fraction_of_edges"], t["accuracy"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, -9))
+    agent = result["agent"]
+    ax.plot([agent["fraction_of_edges_at_stop"]], [agent["accuracy_at_stop"]], "k*", ms=12, label="fitted rule")
+    lo = min(min(ys), min(random[k] for k in ks)) - 0.01
+    hi = max(max(ys), full) + 0.01
+    ax.fill_between([0.0, 0.6], full - 0.01, hi, color="0.85", zorder=0,
+                    label="target: <= 60 % of edges, within 1 %")
+    ax.axhline(full, color="0.4", lw=0.8, ls=":")
+    ax.set_xlim(0.45, 1.02)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("share of the sample's edges measured")
+    ax.set_ylabel("accuracy at the stop")
+    ax.set_title("what stopping earlier costs")
+    ax.legend(loc="lower right", fontsize=8)
 
 
 def _progress(items, enabled: bool, what: str):
@@ -599,6 +668,13 @@ def _print(r: Mapping[str, Any]) -> None:
           f"{agent['beamtime_s_at_stop'] / 60:.1f} min vs {agent['beamtime_s_all_edges'] / 60:.1f} min for all")
     print(f"  within 1 % of all edges: {'yes' if agent['within_1pct_of_all_edges'] else 'no'}; random order "
           f"stopped after as many edges: {agent['random_order_accuracy_at_same_edges']:.3f}")
+    tradeoff = r.get("stopping_tradeoff") or {}
+    for knob, points in tradeoff.items():
+        other = ("no bits/h rule" if knob == "target_confidence"
+                 else f"target confidence {rule['target_confidence']:g}")
+        print(f"what stopping earlier costs, by {knob.replace('_', ' ')} ({other}):")
+        print("  " + "  ".join(f"{t[knob]:g}: {100 * t['fraction_of_edges']:.0f} % / {t['accuracy']:.3f}"
+                              for t in points))
     need = r["edges_to_reach_all_edge_accuracy"]
     print("edges to reach the all-edge accuracy (oracle stop): " + ", ".join(f"{s} {v:.2f}" for s, v in need.items()))
     print("per sample (agent order, edges at its stop, accuracy there / with every edge):")

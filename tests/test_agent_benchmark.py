@@ -1,0 +1,52 @@
+"""``sfn-stream bench agent``'s stopping machinery on real corpus samples and the shipped bundle: where a rule
+stops, and the trade-off table it prints (figures themselves are the command's, not asserted here)."""
+
+import math
+
+import pytest
+
+from sfn_stream.live.consumers.next_edge import EdgeCalibration, ModelFusion
+from sfn_stream.offline.evaluation.agent_benchmark import (
+    TRADEOFF_BITS_PER_HOUR,
+    AgentBenchmarkError,
+    Beliefs,
+    load_samples,
+    stop_at,
+    stopping_tradeoff,
+)
+
+
+def test_a_rule_stops_at_the_first_step_confident_enough_or_without_an_edge_worth_its_cost():
+    path = [{"edges": 1, "confidence": 0.6, "best_score": 9.0, "accuracy": 0.5},
+            {"edges": 2, "confidence": 0.8, "best_score": 3.0, "accuracy": 0.75},
+            {"edges": 3, "confidence": 0.9, "best_score": -math.inf, "accuracy": 1.0}]
+    assert stop_at(path, 0.0, 0.7)["edges"] == 2  # confident enough after two edges
+    assert stop_at(path, 10.0, 1.01)["edges"] == 1  # the open edges are worth less than 10 bits/h
+    assert stop_at(path, 5.0, 1.01)["edges"] == 2
+    assert stop_at(path, 0.0, 1.01)["edges"] == 3  # never early: the last step
+
+
+@pytest.fixture(scope="module")
+def test_samples():
+    try:
+        samples = load_samples("test")
+    except AgentBenchmarkError as err:
+        pytest.skip(f"no corpus: {err}")
+    if len(samples) < 4:
+        pytest.skip("too few multi-metal test samples in this corpus")
+    return samples[:8]
+
+
+def test_a_higher_bits_per_hour_threshold_never_measures_more_edges(test_samples):
+    fusion = ModelFusion()
+    calibration = EdgeCalibration.shipped()
+    table = stopping_tradeoff(test_samples, Beliefs(fusion), calibration, fusion, {"target_confidence": 1.01})
+    by_bits = table["min_bits_per_hour"]
+    assert [p["min_bits_per_hour"] for p in by_bits] == list(TRADEOFF_BITS_PER_HOUR)
+    shares = [p["fraction_of_edges"] for p in by_bits]
+    assert shares == sorted(shares, reverse=True)
+    smallest = min(1 / len(s.metals) for s in test_samples)
+    assert all(smallest - 1e-9 <= p["fraction_of_edges"] <= 1.0 and 0.0 <= p["accuracy"] <= 1.0
+               for points in table.values() for p in points)
+    by_confidence = [p["fraction_of_edges"] for p in table["target_confidence"]]
+    assert by_confidence == sorted(by_confidence)  # a higher target waits for more edges
