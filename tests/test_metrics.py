@@ -58,3 +58,16 @@ def test_the_reliability_table_bins_what_the_ece_sums():
     assert rows == [[2, 0.575, 1.0], [1, 0.9, 0.0], [1, 0.95, 1.0]]  # 0.55 and 0.6 share the bin (0.533, 0.6]
     ece = sum(n / 4 * abs(a - c) for n, c, a in rows)
     assert ece == pytest.approx(expected_calibration_error(probs, labels))
+
+
+def test_the_interval_of_a_mean_accuracy_narrows_with_more_units_and_holds_the_estimate():
+    from sfn_stream.offline.metrics import bootstrap_interval, mean_accuracy_interval
+
+    small = mean_accuracy_interval([(16, 20), (12, 20), (18, 20)])
+    large = mean_accuracy_interval([(160, 200), (120, 200), (180, 200)])
+    estimate = (0.8 + 0.6 + 0.9) / 3
+    assert small[0] < estimate < small[1] and large[0] < estimate < large[1]
+    assert (large[1] - large[0]) < 0.5 * (small[1] - small[0])  # ten times the units: about a third as wide
+    assert mean_accuracy_interval([(5, 5), (0, 0)]) == (1.0, 1.0)  # an empty group is left out
+    lo, hi = bootstrap_interval([0.0, 1.0] * 50)
+    assert lo < 0.5 < hi and hi - lo < 0.25

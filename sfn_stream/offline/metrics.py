@@ -194,3 +194,36 @@ def regression_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     ss_res, ss_tot = float(np.sum(err**2)), float(np.sum((true - true.mean()) ** 2))
     return {"n": int(len(true)), "mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))),
             "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan}
+
+
+# --- intervals: how far a figure on a small test set can be trusted --------------------------------
+INTERVAL_LEVEL = 0.95
+INTERVAL_DRAWS = 4000
+
+
+def mean_accuracy_interval(groups: Sequence[tuple[int, int]], level: float = INTERVAL_LEVEL,
+                           draws: int = INTERVAL_DRAWS, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the unweighted mean of per-group accuracies, resampling each group's test units
+    with replacement (a stratified bootstrap: a group of ``n`` units with ``k`` right redraws as Binomial(n, k/n)).
+    ``groups``: (right, n) per group; groups with n = 0 are left out. Efron & Tibshirani 1993, ch. 13."""
+    groups = [(int(k), int(n)) for k, n in groups if n > 0]
+    if not groups:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    n = np.array([n for _, n in groups])
+    p = np.array([k / n_ for k, n_ in groups])
+    means = (rng.binomial(n[None, :], p[None, :], size=(draws, len(groups))) / n[None, :]).mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def bootstrap_interval(values: Sequence[float], level: float = INTERVAL_LEVEL, draws: int = INTERVAL_DRAWS,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-sample ``values`` (NaNs left out)."""
+    values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(draws, values.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))

@@ -44,6 +44,7 @@ from sfn_stream.live.consumers.next_edge import (
     NextEdgeOptions,
     decide,
 )
+from sfn_stream.offline.metrics import bootstrap_interval
 
 STRATEGIES = ("agent", "random", "fixed", "all")
 MAX_ORDERS = 24  # random order: every permutation up to 4 edges, else this many drawn
@@ -457,6 +458,10 @@ def _summarise(per_sample, curves, latencies, max_k) -> dict[str, Any]:
                   "random_order_accuracy_at_same_edges": round(float(np.nanmean(
                       [r["random_at_agent_stop_accuracy"] for r in per_sample])), 4),
                   "within_1pct_of_all_edges": bool(at_stop >= full - 0.01),
+                  # paired over samples: how much the stop costs, and the share of edges, on other samples
+                  "accuracy_at_stop_minus_all_edges_ci95": [round(v, 4) for v in bootstrap_interval(
+                      [r["agent_stop_accuracy"] - r["all_edge_accuracy"] for r in per_sample])],
+                  "fraction_of_edges_at_stop_ci95": [round(v, 3) for v in bootstrap_interval(stop / n_edges)],
                   "beamtime_s_at_stop": round(float(np.mean([r["agent_beamtime_s"] for r in per_sample])), 1),
                   "beamtime_s_all_edges": round(float(np.mean([r["all_edges_beamtime_s"] for r in per_sample])), 1)},
         "edges_to_reach_all_edge_accuracy": {s: round(v, 3) for s, v in need.items()},
@@ -666,6 +671,10 @@ def _print(r: Mapping[str, Any]) -> None:
     print(f"all edges: {r['all_edge_accuracy']:.3f}; agent stops after {agent['mean_edges_at_stop']:.2f} edges "
           f"({100 * agent['fraction_of_edges_at_stop']:.0f} % of them) at {agent['accuracy_at_stop']:.3f}, "
           f"{agent['beamtime_s_at_stop'] / 60:.1f} min vs {agent['beamtime_s_all_edges'] / 60:.1f} min for all")
+    cost, share = agent.get("accuracy_at_stop_minus_all_edges_ci95"), agent.get("fraction_of_edges_at_stop_ci95")
+    if cost and share:
+        print(f"  95 % intervals over the samples: accuracy at the stop minus with every edge {cost[0]:+.3f} to "
+              f"{cost[1]:+.3f}; share of the edges {100 * share[0]:.0f}-{100 * share[1]:.0f} %")
     print(f"  within 1 % of all edges: {'yes' if agent['within_1pct_of_all_edges'] else 'no'}; random order "
           f"stopped after as many edges: {agent['random_order_accuracy_at_same_edges']:.3f}")
     tradeoff = r.get("stopping_tradeoff") or {}

@@ -31,7 +31,7 @@ from sfn_stream.core import paths
 from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
 from sfn_stream.core.simulation import StickTable, synthesize_pattern
 from sfn_stream.core.spectra import XRD_Q_GRID, two_theta_to_q
-from sfn_stream.offline.metrics import probability_metrics
+from sfn_stream.offline.metrics import bootstrap_interval, probability_metrics
 from sfn_stream.offline.shared import SharedDataMissing
 from sfn_stream.offline.training import (
     DEFAULT_STICK_TABLE,
@@ -165,7 +165,9 @@ def space_group_topk(spacegroups: np.ndarray, probs: np.ndarray) -> dict[str, fl
 
 
 def score(model, x: np.ndarray, labels: np.ndarray, spacegroups: np.ndarray | None) -> dict[str, Any]:
-    out = probability_metrics(labels, model.probabilities(x), CRYSTAL_SYSTEMS)
+    probs = model.probabilities(x)
+    out = probability_metrics(labels, probs, CRYSTAL_SYSTEMS)
+    out["accuracy_ci95"] = list(bootstrap_interval((probs.argmax(1) == np.asarray(labels)).astype(float)))
     if spacegroups is not None and getattr(model, "space_group_probabilities", None) is not None \
             and getattr(model, "has_space_group", True):
         out.update(space_group_topk(spacegroups, model.space_group_probabilities(x)))
@@ -268,11 +270,13 @@ def format_report(report: dict[str, Any], *, details: bool = True) -> list[str]:
             continue
         first = by_model[report["models"][0]]
         lines.append(f"\n{set_name} (n={first.get('n', first.get('n_usable'))})")
-        lines.append(f"  {'model':<{width}}  accuracy  macro-F1    ECE  SG top-1  SG top-5")
+        lines.append(f"  {'model':<{width}}  accuracy  (95 % interval)  macro-F1    ECE  SG top-1  SG top-5")
         for name in report["models"]:
             m = by_model[name]
             sg = "".join(f"  {m[k]:8.3f}" if k in m else "         -" for k in ("space_group_top1", "space_group_top5"))
-            lines.append(f"  {name:<{width}}  {_f(m.get('accuracy'))}  {_f(m.get('macro_f1'))}  "
+            ci = m.get("accuracy_ci95")
+            ci_text = f"({ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+            lines.append(f"  {name:<{width}}  {_f(m.get('accuracy'))}  {ci_text:>15}  {_f(m.get('macro_f1'))}  "
                          f"{_f(m.get('ece_15_bins'), 5)}{sg}")
         if details:
             lines += _details(report["models"], by_model)
