@@ -8,9 +8,12 @@ import sys
 
 from ._common import EXIT_USAGE, CliError
 
+DESCRIPTION = ("live XANES and PXRD predictions for Bluesky beamlines, written back into each run in Tiled; "
+               "the corpus, training and evaluation behind them")
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sfn-stream", description=__doc__.splitlines()[0].strip("`: "))
+    parser = argparse.ArgumentParser(prog="sfn-stream", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and warnings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
