@@ -141,6 +141,7 @@ def test_evaluate_xanes_reports_every_metal_in_both_modes_beside_the_baselines(c
     out = capsys.readouterr()
     assert status == 0, out.err
     report = json.loads(out.out)
+    assert report["corpus_content_hash"] == json.loads((paths.CORPUS_DIR / "corpus.json").read_text())["content_hash"]
     test_ids = set(read_unified_splits()["test"])
     for mode in ("elements", "formula"):
         table = report["results"][f"test/{mode}"]["per_absorber"]
@@ -151,6 +152,10 @@ def test_evaluate_xanes_reports_every_metal_in_both_modes_beside_the_baselines(c
             for task in ("oxidation_state", "coordination_number"):
                 assert {"model", "composition_rule", "majority_class"} <= set(table[metal][task])
         assert "cu_bundle" in table["Cu"]["oxidation_state"]
+        mean = report["results"][f"test/{mode}"]["mean_over_metals"]
+        for task in ("oxidation_state", "coordination_number"):  # the interval holds the nine-metal mean
+            lo, hi = mean[f"{task}_accuracy_model_ci95"]
+            assert lo <= mean[f"{task}_accuracy_model"] <= hi and hi - lo > 0
         for head in ("oxidation_state", "coordination_number", "is_metal", "is_magnetic"):  # every head's calibration
             scores = table[POOLED][head]["model"]
             assert 0 <= scores["ece"] <= 1 and 0 < scores["ece_if_calibrated"] < 1

@@ -244,6 +244,8 @@ def evaluate_xanes(bundle_path: str | Path | None = None, *, cu_bundle_path: str
         split_of,
     )
 
+    from sfn_stream.core import paths
+
     bundle = load_bundle(bundle_path or models_dir() / XANES_3D_BUNDLE)
     ensemble = XanesEnsemble.from_bundle(bundle)
     cu_bundle = load_bundle(cu_bundle_path or models_dir() / "xanes-specfusion")
@@ -253,6 +255,7 @@ def evaluate_xanes(bundle_path: str | Path | None = None, *, cu_bundle_path: str
     baselines = CompositionBaselines([m for m in materials if assignment.get(m.material_id) == "train"])
     units = test_units(materials, splits)
     report: dict[str, Any] = {"bundle": bundle.id, "cu_bundle": cu_bundle.id, "splits": "data/splits/xanes_3d_splits.json",
+                              "corpus_content_hash": _corpus_hash(paths.CORPUS_DIR),
                               "edges": "one edge per example (the absorber's own spectrum)", "results": {}}
     for mode in MODES:
         predictions = predict_units(ensemble, units, mode)
@@ -537,6 +540,7 @@ def card_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "source": "sfn-stream evaluate xanes (sfn_stream.offline.evaluation.xanes_3d_eval); one edge per example",
         "splits": report["splits"],
+        "corpus_content_hash": report.get("corpus_content_hash"),
         "note": "test sets are small (about 10 materials per metal): read per-metal figures with that in mind",
     }
     mean = report["results"]["test/elements"]["mean_over_metals"]
@@ -596,6 +600,15 @@ def card_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _corpus_hash(corpus_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((Path(corpus_dir) / "corpus.json").read_text()).get("content_hash")
+    except (OSError, ValueError):
+        return None
+
+
 def _r(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 4)
 
@@ -606,7 +619,12 @@ def write_card_metrics(bundle_path: str | Path, report: Mapping[str, Any]) -> No
 
     card_path = Path(bundle_path) / "card.json"
     card = json.loads(card_path.read_text())
-    card["metrics"] = card_metrics(report)
+    metrics = card_metrics(report)
+    earlier = card.get("metrics") or {}
+    if "learning_curve" not in metrics and "learning_curve" in earlier:  # minutes of training: kept, said so
+        metrics["learning_curve"] = {**earlier["learning_curve"],
+                                     "measured_on_corpus": earlier.get("corpus_content_hash", "an earlier snapshot")}
+    card["metrics"] = metrics
     card_path.write_text(json.dumps(card, indent=2) + "\n")
 
 
