@@ -251,3 +251,21 @@ def test_a_small_multi_edge_training_run_writes_a_bundle_that_predicts(corpus, t
     for metal in spectra:
         probabilities = result["per_element"][metal]["oxidation_state"]["probabilities"]
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_herfd_sharpening_narrows_a_white_line_and_leaves_the_other_windows_alone():
+    import torch
+
+    from sfn_stream.core.spectra import XANES_WINDOW
+    from sfn_stream.offline.training._xanes3d import Augmentation3d, _sharpen
+
+    energy = torch.linspace(XANES_WINDOW.start, XANES_WINDOW.stop, XANES_WINDOW.n_points)
+    line = 1 / (1 + torch.exp(-energy / 1.5)) + 0.6 * torch.exp(-0.5 * ((energy - 8) / 2.5) ** 2)
+    spectra = line.repeat(2, 1, 1)  # (batch 2, 1 token, points)
+    always = Augmentation3d(sharpen=0.6, sharpen_probability=1.0)
+    sharp = _sharpen(spectra, torch.Generator().manual_seed(0), always)
+    assert (sharp.amax(-1) > spectra.amax(-1) + 0.01).all()  # a taller white line
+    flat = slice(-20, None)  # the post-edge tail, where there is nothing to sharpen
+    assert torch.allclose(sharp[..., flat], spectra[..., flat], atol=1e-3)
+    never = Augmentation3d(sharpen=0.6, sharpen_probability=0.0)
+    assert torch.equal(_sharpen(spectra, torch.Generator().manual_seed(0), never), spectra)
