@@ -137,7 +137,11 @@ def test_refusals_say_why(tmp_path, capsys, corpus):
 
 @needs_bundle
 def test_evaluate_xanes_reports_every_metal_in_both_modes_beside_the_baselines(capsys, corpus, tmp_path):
-    status = main(["evaluate", "xanes", "--no-dev", "--json", "--plot", str(tmp_path / "evaluation.png")])
+    import shutil
+
+    bundle = shutil.copytree(models_dir() / XANES_3D_BUNDLE, tmp_path / "bundle")
+    status = main(["evaluate", "xanes", "--bundle", str(bundle), "--no-dev", "--json", "--write-card",
+                   "--plot", str(tmp_path / "evaluation.png")])
     out = capsys.readouterr()
     assert status == 0, out.err
     report = json.loads(out.out)
@@ -161,6 +165,11 @@ def test_evaluate_xanes_reports_every_metal_in_both_modes_beside_the_baselines(c
             assert 0 <= scores["ece"] <= 1 and 0 < scores["ece_if_calibrated"] < 1
             assert sum(n for n, _, _ in scores["reliability"]) == table[POOLED][head]["n"]  # every unit in a bin
     assert (tmp_path / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = json.loads((bundle / "card.json").read_text())  # --write-card: the summary with its interval
+    summary = card["metrics"]["summary_elements_only_test"]
+    assert summary["oxidation_state_accuracy"]["model"] == round(
+        report["results"]["test/elements"]["mean_over_metals"]["oxidation_state_accuracy_model"], 4)
+    assert len(summary["accuracy_ci95_model"]["oxidation_state"]) == 2
 
 
 @needs_bundle
@@ -269,3 +278,31 @@ def test_herfd_sharpening_narrows_a_white_line_and_leaves_the_other_windows_alon
     assert torch.allclose(sharp[..., flat], spectra[..., flat], atol=1e-3)
     never = Augmentation3d(sharpen=0.6, sharpen_probability=0.0)
     assert torch.equal(_sharpen(spectra, torch.Generator().manual_seed(0), never), spectra)
+
+
+@needs_bundle
+def test_bundles_of_one_architecture_combine_into_one_recalibrated_ensemble(tmp_path, corpus):
+    import copy
+
+    from sfn_stream.core.networks import XanesEnsemble, load_bundle, save_bundle
+    from sfn_stream.offline.training import TrainingDataError, combine_xanes3d_bundles
+
+    shipped = load_bundle(models_dir() / XANES_3D_BUNDLE)
+    combined = combine_xanes3d_bundles([shipped.path, shipped.path], tmp_path / "combined", progress=False)
+    card = combined.card
+    n = shipped.card["architecture"]["ensemble_members"]
+    assert card["architecture"]["ensemble_members"] == 2 * n == len(combined.load_weights()["members"])
+    assert [s["bundle_id"] for s in card["architecture"]["combined_from"]] == [shipped.id, shipped.id]
+    assert card["calibration"]["fitted_on"].startswith("validation") and combined.id != shipped.id
+    material = next(m for m in corpus if "Fe" in m.edges and m.edges["Fe"].source == "feff10")
+    window = edge_window(material.edges["Fe"])
+    result = XanesEnsemble.from_bundle(combined).predict(list(material.elements),
+                                                         {"Fe": (np.asarray(window.mu, np.float32), window.e0_shift)})
+    assert sum(result["per_element"]["Fe"]["oxidation_state"]["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+
+    other = copy.deepcopy(shipped.card)
+    other["architecture"]["kwargs"] = {**other["architecture"]["kwargs"], "d_model": 96}
+    other.pop("weights_sha256")
+    different = save_bundle(tmp_path / "other", other, shipped.load_weights())
+    with pytest.raises(TrainingDataError, match="architecture"):
+        combine_xanes3d_bundles([shipped.path, different.path], tmp_path / "refused", progress=False)

@@ -22,6 +22,11 @@ def add_parser(sub) -> None:
                         help="xrd-search-match: stick table (default: data/xrd_sticks/xrd_sticks.npz)")
     parser.add_argument("--splits-dir", type=Path,
                         help="xrd-search-match: folder of xrd_{train,val,test}.txt for --sticks (default: data/splits)")
+    parser.add_argument("--sharpen-probability", type=float,
+                        help="xanes-3d: share of training views sharpened as HERFD scans are (default 0: off)")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="BUNDLE",
+                        help="xanes-3d: no training; one ensemble from the members of these bundles (same "
+                             "architecture), calibrated afresh on the validation split, written to --out")
     parser.add_argument("--splits-only", action="store_true",
                         help="xanes-3d: (re)write data/splits/xanes_3d_splits.json from data/corpus and stop")
     parser.set_defaults(run=run)
@@ -70,10 +75,11 @@ def _build_xrd_search_match(args) -> int:
 
 
 def _train_xanes_3d(args, options) -> int:
-    from sfn_stream.core.networks import models_dir
+    from sfn_stream.core.networks import BundleError, models_dir
     from sfn_stream.offline.training import (
         DEFAULT_STICK_TABLE,
         XANES_3D_BUNDLE,
+        Augmentation3d,
         read_corpus_materials,
         read_unified_splits,
         sync_xrd_splits,
@@ -90,7 +96,24 @@ def _train_xanes_3d(args, options) -> int:
             xrd = sync_xrd_splits(materials, read_unified_splits())
             console().print(f"wrote data/splits/xrd_{{train,val,test}}.txt: {xrd['counts']}, changed {xrd['moved']}")
         return 0
-    bundle = train_xanes3d_bundle(args.out or models_dir() / XANES_3D_BUNDLE, members=args.members,
-                                  wall_budget_s=args.budget, **options)
+    out = args.out or models_dir() / XANES_3D_BUNDLE
+    if args.combine:
+        from sfn_stream.offline.training import (
+            TrainingDataError,
+            combine_xanes3d_bundles,
+        )
+
+        try:
+            bundle = combine_xanes3d_bundles(args.combine, out)
+        except (TrainingDataError, BundleError) as err:
+            raise CliError(str(err)) from err
+        console().print(f"wrote {bundle.path} ({bundle.id}): {bundle.card['architecture']['ensemble_members']} "
+                        "members; figures: sfn-stream evaluate xanes --bundle ...")
+        return 0
+    if args.sharpen_probability is not None:
+        if not 0 <= args.sharpen_probability <= 1:
+            raise CliError("--sharpen-probability: a share between 0 and 1")
+        options["augmentation"] = Augmentation3d(sharpen_probability=args.sharpen_probability)
+    bundle = train_xanes3d_bundle(out, members=args.members, wall_budget_s=args.budget, **options)
     console().print(f"wrote {bundle.path} ({bundle.id}); figures: sfn-stream evaluate xanes")
     return 0

@@ -610,6 +610,8 @@ def _corpus_hash(corpus_dir: Path) -> str | None:
 
 
 def _r(value):
+    if isinstance(value, (list, tuple)):
+        return [_r(v) for v in value]
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 4)
 
 

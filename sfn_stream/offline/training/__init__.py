@@ -39,6 +39,7 @@ from ._xanes3d import BUNDLE_NAME as XANES_3D_BUNDLE
 from ._xanes3d import (
     Augmentation3d,
     Train3dConfig,
+    combine_xanes3d_bundles,
     edge_window,
     load_training_materials,
     train_xanes3d_bundle,
@@ -117,6 +118,7 @@ __all__ = [
     "recorded_energy_offset",
     "split_of",
     "synthesize_set",
+    "combine_xanes3d_bundles",
     "train_xanes3d_bundle",
     "train_xanes_bundle",
     "train_xrd_bundle",
