@@ -4,6 +4,7 @@ through the registry (real corpus files, the committed bundles, the real CLI).""
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -306,3 +307,30 @@ def test_bundles_of_one_architecture_combine_into_one_recalibrated_ensemble(tmp_
     different = save_bundle(tmp_path / "other", other, shipped.load_weights())
     with pytest.raises(TrainingDataError, match="architecture"):
         combine_xanes3d_bundles([shipped.path, different.path], tmp_path / "refused", progress=False)
+
+
+def test_volume_increments_recover_the_atomic_volumes_the_densities_were_made_from():
+    from types import SimpleNamespace
+
+    from pymatgen.core import Element
+
+    from sfn_stream.offline.evaluation.xanes_3d_eval import (
+        AMU_PER_A3_IN_G_PER_CM3,
+        _fit_atomic_volumes,
+        _increment_density,
+    )
+
+    volumes = {"Fe": 11.0, "O": 17.0, "Mn": 12.5}
+    materials = []
+    for elements, fractions in ((["Fe", "O"], [1, 1]), (["Fe", "O"], [2, 3]), (["Mn", "O"], [1, 2]),
+                                (["Mn", "Fe", "O"], [1, 2, 4]), (["Mn", "O"], [3, 4])):
+        total = sum(fractions)
+        mass = sum(f / total * float(Element(e).atomic_mass) for e, f in zip(elements, fractions))
+        volume = sum(f / total * volumes[e] for e, f in zip(elements, fractions))
+        materials.append(SimpleNamespace(elements=elements, fractions=fractions,
+                                         labels={"density": mass * AMU_PER_A3_IN_G_PER_CM3 / volume}))
+    fitted = _fit_atomic_volumes(materials, ridge=1e-9)
+    assert fitted == pytest.approx(volumes, rel=1e-4)
+    assert _increment_density({"Fe": 3, "O": 4}, fitted) == pytest.approx(
+        (3 * 55.845 + 4 * 15.999) / 7 * AMU_PER_A3_IN_G_PER_CM3 / ((3 * 11 + 4 * 17) / 7), rel=1e-3)
+    assert math.isnan(_increment_density({"Fe": 1, "Pu": 1}, fitted))  # an element never seen: no guess

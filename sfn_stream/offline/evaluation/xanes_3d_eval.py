@@ -81,6 +81,11 @@ class CompositionBaselines:
             for name, value in material.labels.items():
                 if value is not None:
                     self.values[name].append(float(value))
+        self.density_by_system: dict[str, list[float]] = defaultdict(list)
+        for material in train_materials:
+            if material.labels.get("density") is not None:
+                self.density_by_system[material.chemical_system].append(float(material.labels["density"]))
+        self.atomic_volumes = _fit_atomic_volumes(train_materials)
 
     def majority(self, absorber: str, task: str):
         counts = self.by_absorber.get((absorber, task))
@@ -97,11 +102,61 @@ class CompositionBaselines:
                 return guess
         return self.element_set_rule(unit.absorber, unit.material.chemical_system, task)
 
+    def density_rule(self, material, mode: str) -> float:
+        """Density without a spectrum: with the formula, mass over the sum of fitted atomic volumes (Biltz's
+        volume increments); with elements only, the mean density of training materials of the same element set,
+        else the volume increments at equal fractions."""
+        if mode != "formula":
+            same = self.density_by_system.get(material.chemical_system)
+            if same:
+                return float(np.mean(same))
+        fractions = dict(zip(material.elements, material.fractions)) if mode == "formula" else \
+            dict.fromkeys(material.elements, 1.0)
+        return _increment_density(fractions, self.atomic_volumes)
+
     def mean(self, name: str) -> float:
         return float(np.mean(self.values[name])) if self.values.get(name) else math.nan
 
     def majority_flag(self, name: str) -> bool:
         return bool(np.mean(self.values[name]) >= 0.5) if self.values.get(name) else False
+
+
+AMU_PER_A3_IN_G_PER_CM3 = 1.66053907  # 1 amu / A^3 = 1.6605 g / cm^3
+
+
+def _fit_atomic_volumes(materials, ridge: float = 1e-3) -> dict[str, float]:
+    """Per-element volume increments (A^3 per atom) by least squares on volume per atom = sum_i x_i v_i,
+    the volume per atom of each training material from its density and formula (W. Biltz, Raumchemie der
+    festen Stoffe, 1934: molar volumes add up from element increments)."""
+    from pymatgen.core import Element
+
+    rows = [(dict(zip(m.elements, m.fractions)), float(m.labels["density"])) for m in materials
+            if m.labels.get("density") and len(m.elements) == len(m.fractions)]
+    elements = sorted({e for x, _ in rows for e in x})
+    if not rows:
+        return {}
+    column = {e: i for i, e in enumerate(elements)}
+    a, y = np.zeros((len(rows), len(elements))), np.zeros(len(rows))
+    for r, (x, density) in enumerate(rows):
+        total = sum(x.values())
+        mass = sum(f / total * float(Element(e).atomic_mass) for e, f in x.items())
+        for e, f in x.items():
+            a[r, column[e]] = f / total
+        y[r] = mass * AMU_PER_A3_IN_G_PER_CM3 / density
+    v = np.linalg.solve(a.T @ a + ridge * np.eye(len(elements)), a.T @ y)
+    return {e: float(v[column[e]]) for e in elements}
+
+
+def _increment_density(fractions: Mapping[str, float], volumes: Mapping[str, float]) -> float:
+    from pymatgen.core import Element
+
+    total = sum(fractions.values())
+    known = {e: f / total for e, f in fractions.items() if e in volumes}
+    if not known or sum(known.values()) < 0.999:
+        return math.nan
+    mass = sum(f * float(Element(e).atomic_mass) for e, f in known.items())
+    volume = sum(f * volumes[e] for e, f in known.items())
+    return mass * AMU_PER_A3_IN_G_PER_CM3 / volume if volume > 0.1 else math.nan
 
 
 @cache
@@ -196,7 +251,7 @@ def _flag_scores(units, predictions, name, baselines: CompositionBaselines):
             "majority_class": {"accuracy": majority["accuracy"], "macro_f1": majority["macro_f1"]}}
 
 
-def _value_scores(units, predictions, name, baselines: CompositionBaselines):
+def _value_scores(units, predictions, name, baselines: CompositionBaselines, mode: str = "elements"):
     keep = [i for i, u in enumerate(units) if u.label(name) is not None]
     if not keep or predictions is None or name not in predictions[0]["compound"]:
         return None
@@ -205,9 +260,15 @@ def _value_scores(units, predictions, name, baselines: CompositionBaselines):
     std = np.array([predictions[i]["compound"][name]["std"] for i in keep])
     model = regression_metrics(true, mean)
     base = regression_metrics(true, np.full_like(true, baselines.mean(name)))
-    return {"n": len(keep), "coverage": len(keep) / len(units),
-            "model": {"mae": model["mae"], "r2": model["r2"], "within_1_std": float(np.mean(np.abs(mean - true) < std))},
-            "training_mean": {"mae": base["mae"], "r2": base["r2"]}}
+    out = {"n": len(keep), "coverage": len(keep) / len(units),
+           "model": {"mae": model["mae"], "r2": model["r2"], "within_1_std": float(np.mean(np.abs(mean - true) < std))},
+           "training_mean": {"mae": base["mae"], "r2": base["r2"]}}
+    if name == "density":
+        rule = np.array([baselines.density_rule(units[i].material, mode) for i in keep])
+        rule = np.where(np.isfinite(rule), rule, baselines.mean(name))
+        scores = regression_metrics(true, rule)
+        out["composition_rule"] = {"mae": scores["mae"], "r2": scores["r2"]}
+    return out
 
 
 def evaluate_group(units, predictions, cu_predictions, baselines, mode: str, absorber_of=lambda u: u.absorber):
@@ -224,9 +285,9 @@ def evaluate_group(units, predictions, cu_predictions, baselines, mode: str, abs
             entry["cu_bundle"] = {k: cu["model"][k] for k in ("accuracy", "macro_f1", "ece")}
         out[task] = entry
     for name in MATERIAL_REGRESSIONS:
-        out[name] = _value_scores(units, predictions, name, baselines)
+        out[name] = _value_scores(units, predictions, name, baselines, mode)
     if cu_predictions is not None:
-        cu_density = _value_scores(units, cu_predictions, "density", baselines)
+        cu_density = _value_scores(units, cu_predictions, "density", baselines, mode)
         if out.get("density") and cu_density:
             out["density"]["cu_bundle"] = cu_density["model"]
     for name in MATERIAL_CLASSIFICATIONS:
@@ -237,14 +298,13 @@ def evaluate_group(units, predictions, cu_predictions, baselines, mode: str, abs
 def evaluate_xanes(bundle_path: str | Path | None = None, *, cu_bundle_path: str | Path | None = None,
                    dev: bool = True, progress: bool = False) -> dict[str, Any]:
     """Every figure of ``sfn-stream evaluate xanes`` as one JSON-able dict."""
+    from sfn_stream.core import paths
     from sfn_stream.core.networks import XanesEnsemble, load_bundle, models_dir
     from sfn_stream.offline.training import (
         XANES_3D_BUNDLE,
         load_training_materials,
         split_of,
     )
-
-    from sfn_stream.core import paths
 
     bundle = load_bundle(bundle_path or models_dir() / XANES_3D_BUNDLE)
     ensemble = XanesEnsemble.from_bundle(bundle)
@@ -329,6 +389,8 @@ def _means(table: Mapping[str, Any]) -> dict[str, Any]:
         out[f"{task}_ece_excess_max"] = float(np.max(excess)) if excess else math.nan
     values = [r["density"]["model"]["mae"] for r in rows if r.get("density")]
     out["density_mae_model"] = float(np.mean(values)) if values else math.nan
+    values = [r["density"]["composition_rule"]["mae"] for r in rows if (r.get("density") or {}).get("composition_rule")]
+    out["density_mae_composition_rule"] = float(np.mean(values)) if values else math.nan
     return out
 
 
@@ -413,12 +475,14 @@ def _best(prediction: Mapping[str, Any]) -> tuple[Any, float]:
 
 def format_report(report: Mapping[str, Any]) -> list[str]:
     lines = [f"model {report['bundle']}   Cu bundle {report['cu_bundle']}   splits {report['splits']}",
-             f"{report['edges']}; acc = accuracy, F1 = macro-F1; rule = composition-only rule, maj = majority class"]
+             f"{report['edges']}; acc = accuracy, F1 = macro-F1; rule = composition-only rule, maj = majority class; "
+             "rho: density MAE of the model, the training mean and the composition rule (formula: volume increments; "
+             "elements: the element set's training mean)"]
     for key, block in report["results"].items():
         lines.append("")
         lines.append(f"== {key} ==")
         lines.append(f"{'absorber':12s} {'n':>4s} | {'ox acc':>6s} {'F1':>5s} {'ECE':>5s} {'rule':>5s} {'maj':>5s} {'Cu-b':>5s} | "
-                     f"{'CN acc':>6s} {'F1':>5s} {'ECE':>5s} {'rule':>5s} {'maj':>5s} {'Cu-b':>5s} | {'rho MAE':>7s} {'mean':>5s}")
+                     f"{'CN acc':>6s} {'F1':>5s} {'ECE':>5s} {'rule':>5s} {'maj':>5s} {'Cu-b':>5s} | {'rho MAE':>7s} {'mean':>5s} {'rule':>5s}")
         for group, row in block["per_absorber"].items():
             lines.append(f"{group:12s} {row['n_units']:4d} | {_task_cells(row.get('oxidation_state'))} | "
                          f"{_task_cells(row.get('coordination_number'))} | {_density_cells(row.get('density'))}")
@@ -428,7 +492,8 @@ def format_report(report: Mapping[str, Any]) -> list[str]:
                      f"{mean['oxidation_state_accuracy_majority_class']:5.3f} {'':5s} | "
                      f"{mean['coordination_number_accuracy_model']:6.3f} {'':5s} {mean['coordination_number_ece_model_max']:5.3f} "
                      f"{mean['coordination_number_accuracy_composition_rule']:5.3f} "
-                     f"{mean['coordination_number_accuracy_majority_class']:5.3f} {'':5s} | {mean['density_mae_model']:7.3f}"
+                     f"{mean['coordination_number_accuracy_majority_class']:5.3f} {'':5s} | {mean['density_mae_model']:7.3f} "
+                     f"{'':5s} {_cell(mean.get('density_mae_composition_rule'))}"
                      "   (ECE column: max over metals)")
         ci_ox = mean.get("oxidation_state_accuracy_model_ci95") or [math.nan, math.nan]
         ci_cn = mean.get("coordination_number_accuracy_model_ci95") or [math.nan, math.nan]
@@ -493,7 +558,8 @@ def _cell(value) -> str:
 def _density_cells(entry) -> str:
     if not entry:
         return " " * 13
-    return f"{entry['model']['mae']:7.3f} {entry['training_mean']['mae']:5.3f}"
+    rule = (entry.get("composition_rule") or {}).get("mae")
+    return f"{entry['model']['mae']:7.3f} {entry['training_mean']['mae']:5.3f} {_cell(rule)}"
 
 
 def _property_lines(table: Mapping[str, Any]) -> list[str]:
@@ -555,6 +621,7 @@ def card_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
                                          "composition_rule": _r(mean["coordination_number_accuracy_composition_rule"]),
                                          "majority_class": _r(mean["coordination_number_accuracy_majority_class"])},
         "density_mae_g_cm3": _r(mean["density_mae_model"]),
+        "density_mae_g_cm3_composition_rule": _r(mean.get("density_mae_composition_rule")),
         "ece_pooled_feff10": {head: _r(pooled[head]["model"]["ece"]) for head in _class_heads() if pooled.get(head)},
         "ece_pooled_feff10_if_calibrated": {head: _r(pooled[head]["model"].get("ece_if_calibrated"))
                                             for head in _class_heads() if pooled.get(head)},
