@@ -29,12 +29,19 @@ def add_parser(sub) -> None:
     xrd.add_argument("--axis", choices=("2theta", "q"), default="2theta", help="first column: 2theta (deg) or Q (1/A)")
     xrd.add_argument("--elements", help="the sample's elements (Mn,O; of a formula only the elements are used): the "
                                         "search-match bundle then ranks its references by chemistry too")
+    xrd.add_argument("--bundle", type=Path, help="a PXRD bundle folder instead of the default (models/xrd-search-match), "
+                                                 "e.g. models/xrd-ensemble or models/xrd-crystal-system")
     xrd.add_argument("--json", action="store_true", help="print JSON")
     xrd.set_defaults(run=run_xrd)
 
 
 def run_xanes(args) -> int:
-    from sfn_stream.core.spectra import SpectrumFileError, absorber_from_filename, read_spectrum, xanes_channels
+    from sfn_stream.core.spectra import (
+        SpectrumFileError,
+        absorber_from_filename,
+        read_spectrum,
+        xanes_channels,
+    )
 
     try:
         channels = xanes_channels(read_spectrum(args.file))
@@ -108,8 +115,17 @@ def run_xrd(args) -> int:
         elements = element_set(args.elements) if args.elements else None
     except CompositionError as err:
         raise CliError(f"--elements: {err}") from err
-    prediction, _ = default_registry().predictor("xrd").predict_pattern(x, y, axis=args.axis, wavelength=wavelength,
-                                                                        elements=elements)
+    if args.bundle is not None:
+        from sfn_stream.core.networks import BundleError
+        from sfn_stream.core.predict import XrdPredictor
+
+        try:
+            predictor = XrdPredictor(args.bundle)
+        except BundleError as err:
+            raise CliError(f"--bundle: {err}") from err
+    else:
+        predictor = default_registry().predictor("xrd")
+    prediction, _ = predictor.predict_pattern(x, y, axis=args.axis, wavelength=wavelength, elements=elements)
     return _report(args, prediction.plain(), file=str(args.file))
 
 

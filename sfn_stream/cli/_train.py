@@ -9,9 +9,10 @@ from ._common import CliError, console
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("train", help="train a model bundle (needs ../shared)")
-    parser.add_argument("model", choices=("xanes", "xanes-3d", "xrd", "xrd-search-match"),
+    parser.add_argument("model", choices=("xanes", "xanes-3d", "xrd", "xrd-search-match", "xrd-ensemble"),
                         help="xanes: the Cu bundle; xanes-3d: one model for Ti..Zn from data/corpus; xrd: crystal system; "
-                        "xrd-search-match: kNN search-match over the committed stick table (no ../shared needed)")
+                        "xrd-search-match: kNN search-match over the committed stick table (no ../shared needed); "
+                        "xrd-ensemble: search-match and the xrd network mixed, fitted on validation")
     parser.add_argument("--out", type=Path, help="bundle folder (default: models/<bundle name>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
@@ -40,6 +41,8 @@ def run(args) -> int:
 
     if args.model == "xrd-search-match":
         return _build_xrd_search_match(args)
+    if args.model == "xrd-ensemble":
+        return _build_xrd_ensemble(args)
     options = {"seed": args.seed, "progress": True}
     if args.epochs:
         options["epochs"] = args.epochs
@@ -71,6 +74,20 @@ def _build_xrd_search_match(args) -> int:
         raise CliError(str(err)) from err
     console().print(f"wrote {bundle.path} ({bundle.id}); k={bundle.card['calibration']['k']}, "
                     f"T={bundle.card['calibration']['temperature']}")
+    return 0
+
+
+def _build_xrd_ensemble(args) -> int:
+    from sfn_stream.core.networks import BundleError
+    from sfn_stream.offline.training import build_xrd_ensemble_bundle
+
+    options = {key: value for key, value in (("sticks", args.sticks), ("splits_dir", args.splits_dir)) if value}
+    try:
+        bundle = build_xrd_ensemble_bundle(args.out, seed=args.seed, **options)
+    except (FileNotFoundError, ValueError, BundleError) as err:
+        raise CliError(str(err)) from err
+    fit = bundle.card["calibration"]
+    console().print(f"wrote {bundle.path} ({bundle.id}); network weight {fit['network_weight']}, T {fit['temperature']}")
     return 0
 
 

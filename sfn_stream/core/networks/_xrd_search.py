@@ -346,13 +346,4 @@ def _top_k(similarities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return indices, np.take_along_axis(similarities, indices, 1)
 
 
-def xrd_model_from_bundle(bundle: ModelBundle):
-    """The inference object of a PXRD bundle: search-match or a network, by the card's architecture class."""
-    if bundle.card.get("architecture", {}).get("class") == SEARCH_MATCH_CLASS:
-        return XrdSearchMatch.from_bundle(bundle)
-    from ._xrd_net import XrdClassifier
-
-    return XrdClassifier.from_bundle(bundle)
-
-
 _SEARCHERS: dict[tuple[str, str], XrdSearchMatch] = {}

@@ -64,6 +64,7 @@ from ._xrd import (
     synthesize_set,
     train_xrd_bundle,
 )
+from ._xrd_ensemble import build_xrd_ensemble_bundle
 from ._xrd_search_match import BUNDLE_NAME as XRD_SEARCH_MATCH_BUNDLE
 from ._xrd_search_match import build_search_match_bundle, formula_elements
 
@@ -94,6 +95,8 @@ __all__ = [
     "build_search_match_bundle",
     "build_stick_table",
     "build_xanes_dataset",
+    "build_xrd_ensemble_bundle",
+    "combine_xanes3d_bundles",
     "compute_omnixas_labels",
     "corpus_sources",
     "edge_window",
@@ -113,12 +116,11 @@ __all__ = [
     "read_split_files",
     "read_splits",
     "read_unified_splits",
-    "shared_split_files",
-    "sync_xrd_splits",
     "recorded_energy_offset",
+    "shared_split_files",
     "split_of",
+    "sync_xrd_splits",
     "synthesize_set",
-    "combine_xanes3d_bundles",
     "train_xanes3d_bundle",
     "train_xanes_bundle",
     "train_xrd_bundle",
