@@ -97,3 +97,22 @@ def test_predict_xrd_takes_another_bundle_and_says_which_answered(tmp_path, caps
     assert result["bundle_id"] == load_bundle(models_dir() / "xrd-ensemble").id
     assert main(["predict", "xrd", str(path), "--bundle", str(tmp_path / "nothing")]) != 0
     assert "--bundle" in capsys.readouterr().err
+
+
+def test_evaluate_xrd_writes_each_bundles_test_figures_into_its_card(folder, capsys):
+    import json
+
+    from sfn_stream.cli import main
+
+    bundle = folder / "xrd-ensemble"
+    status = main(["evaluate", "xrd", "--bundle", str(bundle), "--max-test", "12", "--max-reference", "40",
+                   "--no-measured", "--write-card", "--json"])
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    loaded = load_bundle(bundle)
+    test = loaded.card["metrics"]["test"]
+    noisy = report["sets"]["noisy_formula_disjoint"]
+    assert test["noisy_formula_disjoint"]["model"]["accuracy"] == noisy[loaded.id]["accuracy"]
+    assert test["noisy_formula_disjoint"]["model_with_elements"]["accuracy"] == noisy[f"{loaded.id} + elements"]["accuracy"]
+    assert set(test["clean"]) >= {"model", "nearest_neighbour_baseline", "majority_class"}
+    assert xrd_model_from_bundle(loaded).bundle_id == loaded.id  # the weights, and so the id, are untouched

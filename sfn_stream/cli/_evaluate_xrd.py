@@ -21,6 +21,8 @@ def add_xrd_parser(which) -> None:
                      help="at most this many training structures in the 1-NN reference (default: all)")
     xrd.add_argument("--no-measured", action="store_true", help="leave out the measured patterns (../shared)")
     xrd.add_argument("--brief", action="store_true", help="summary lines only (no per-class rows, no confusion)")
+    xrd.add_argument("--write-card", action="store_true",
+                     help="put each bundle's test figures (with the baselines') into its card's metrics.test")
     xrd.add_argument("--json", action="store_true", help="print one JSON object")
     xrd.set_defaults(run=run_xrd)
 
@@ -29,7 +31,11 @@ def run_xrd(args) -> int:
     from sfn_stream.core import paths
     from sfn_stream.core.networks import BundleError, models_dir
     from sfn_stream.core.predict import XRD_BUNDLE
-    from sfn_stream.offline.evaluation.xrd_eval import evaluate_xrd, format_report
+    from sfn_stream.offline.evaluation.xrd_eval import (
+        evaluate_xrd,
+        format_report,
+        write_card_metrics,
+    )
     from sfn_stream.offline.training import DEFAULT_STICK_TABLE
 
     for name in ("max_test", "max_reference"):
@@ -43,6 +49,9 @@ def run_xrd(args) -> int:
                               progress=not args.json)
     except (BundleError, FileNotFoundError) as err:
         raise CliError(str(err)) from err
+    if args.write_card:
+        for bundle in bundles:
+            write_card_metrics(bundle, report)
     if args.json:
         print_json(report)
     else:

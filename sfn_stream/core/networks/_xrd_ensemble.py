@@ -90,12 +90,17 @@ class XrdEnsemble:
 
     def probabilities(self, patterns: np.ndarray, elements=None) -> np.ndarray:
         """(n, XRD_Q_POINTS) -> (n, 7) crystal-system probabilities (``elements``: the sample's, optional)."""
+        return self.probabilities_and_space_groups(patterns, elements)[0]
+
+    def probabilities_and_space_groups(self, patterns: np.ndarray, elements=None) -> tuple[np.ndarray, np.ndarray]:
+        """The mixed crystal-system probabilities and search-match's space groups, from one search."""
         with_elements = elements is not None and self.has_chemistry
-        p_search = self.search.probabilities(patterns, elements=elements if with_elements else None)
+        p_search, groups = self.search.probabilities_and_space_groups(
+            patterns, elements=elements if with_elements else None)
         p_network = self.network.probabilities(patterns)
         weight, temperature = ((self.chemistry["network_weight"], self.chemistry["temperature"]) if with_elements
                                else (self.network_weight, self.temperature))
-        return mix_log_linear(p_search, p_network, weight, temperature)
+        return mix_log_linear(p_search, p_network, weight, temperature), groups
 
     def space_group_probabilities(self, patterns: np.ndarray, elements=None) -> np.ndarray:
         return self.search.space_group_probabilities(patterns, elements=elements if self.has_chemistry else None)
@@ -105,8 +110,7 @@ class XrdEnsemble:
 
     def predict_batch(self, patterns: np.ndarray, elements=None) -> list[dict[str, Any]]:
         """Per pattern: crystal-system probabilities (all classes) and the five most probable space groups."""
-        systems = self.probabilities(patterns, elements)
-        groups = self.space_group_probabilities(patterns, elements)
+        systems, groups = self.probabilities_and_space_groups(patterns, elements)
         out = []
         for p, g in zip(systems, groups):
             top = np.argsort(-g, kind="stable")[:TOP_SPACE_GROUPS]

@@ -273,6 +273,10 @@ class XrdSearchMatch:
         """(n, XRD_Q_POINTS) -> (n, 230) probabilities; column k is space group k + 1."""
         return self._both(patterns, elements)[1]
 
+    def probabilities_and_space_groups(self, patterns: np.ndarray, elements=None) -> tuple[np.ndarray, np.ndarray]:
+        """Crystal-system (n, 7) and space-group (n, 230) probabilities from one search."""
+        return self._both(patterns, elements)
+
     def _both(self, patterns, elements):
         return self.votes(*self.nearest(patterns, elements=elements), chemistry=elements is not None)
 

@@ -240,6 +240,40 @@ def evaluate_xrd(
     return report
 
 
+CARD_KEYS = ("n", "accuracy", "accuracy_ci95", "macro_f1", "ece_15_bins", "mean_confidence", "space_group_top1",
+             "space_group_top5", "per_class_accuracy")
+
+
+def write_card_metrics(bundle_path: str | Path, report: dict[str, Any]) -> None:
+    """Put this bundle's test figures, beside the baselines' (and ``+ elements`` where it has that mode), into
+    ``metrics.test`` of its card (the weights, and so the bundle id, stay as they are)."""
+    import datetime
+    import json
+
+    from sfn_stream.core.networks import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    mine = {bundle.id: "model", f"{bundle.id} + elements": "model_with_elements",
+            "1-NN blurred clean profiles": "nearest_neighbour_baseline", "majority class": "majority_class"}
+    test: dict[str, Any] = {
+        "source": f"sfn-stream evaluate xrd --write-card ({datetime.date.today().isoformat()}); test split "
+                  "(data/splits/xrd_test.txt) never used for fitting; with elements: each query given its "
+                  "structure's element set, never its formula; measured: the single-phase patterns of "
+                  "../shared/data/pxrd_experimental_dev, not tuned on",
+        "protocol": report["protocol"], "n_reference_structures": report["n_reference_structures"]}
+    for set_name, by_model in report["sets"].items():
+        if "skipped" in by_model:
+            test[set_name] = {"skipped": by_model["skipped"]}
+            continue
+        test[set_name] = {role: {k: by_model[name][k] for k in CARD_KEYS if k in by_model[name]}
+                          for name, role in mine.items() if name in by_model}
+    test["timing"] = {mine.get(name, name): t for name, t in report.get("timing", {}).items() if name in mine}
+    card_path = Path(bundle.path) / "card.json"
+    card = json.loads(card_path.read_text())
+    card.setdefault("metrics", {})["test"] = test
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+
+
 def _subsample(idx: np.ndarray, limit: int | None, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(idx, limit, replace=False)) if limit and len(idx) > limit else np.asarray(idx)
 
