@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 
 from ._bundle import BundleError, ModelBundle, load_bundle
-from ._xrd_search import SEARCH_MATCH_CLASS, XrdSearchMatch
+from ._xrd_search import SEARCH_MATCH_CLASS, XrdSearchMatch, prediction_rows
 
 ENSEMBLE_CLASS = "XrdEnsemble"
-TOP_SPACE_GROUPS = 5
 _FLOOR = 1e-6  # probabilities below this are taken as this in the log mix (a member's hard zero is not a veto)
 
 
@@ -110,14 +109,7 @@ class XrdEnsemble:
 
     def predict_batch(self, patterns: np.ndarray, elements=None) -> list[dict[str, Any]]:
         """Per pattern: crystal-system probabilities (all classes) and the five most probable space groups."""
-        systems, groups = self.probabilities_and_space_groups(patterns, elements)
-        out = []
-        for p, g in zip(systems, groups):
-            top = np.argsort(-g, kind="stable")[:TOP_SPACE_GROUPS]
-            out.append({"crystal_system": {"classes": list(self.classes), "probabilities": p.tolist()},
-                        "space_group": {"classes": [str(int(i) + 1) for i in top],
-                                        "probabilities": [float(g[i]) for i in top]}})
-        return out
+        return prediction_rows(self.classes, *self.probabilities_and_space_groups(patterns, elements))
 
 
 def xrd_model_from_bundle(bundle: ModelBundle):

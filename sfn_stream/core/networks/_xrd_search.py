@@ -305,14 +305,7 @@ class XrdSearchMatch:
     def predict_batch(self, patterns: np.ndarray, elements=None) -> list[dict[str, Any]]:
         """Per pattern: crystal-system probabilities (all classes) and the five most probable space groups.
         ``elements``: the sample's element set (symbols), used when given (see the module docstring)."""
-        systems, groups = self._both(patterns, elements)
-        out = []
-        for p, g in zip(systems, groups):
-            top = np.argsort(-g, kind="stable")[:TOP_SPACE_GROUPS]
-            out.append({"crystal_system": {"classes": list(self.classes), "probabilities": p.tolist()},
-                        "space_group": {"classes": [str(int(i) + 1) for i in top],
-                                        "probabilities": [float(g[i]) for i in top]}})
-        return out
+        return prediction_rows(self.classes, *self._both(patterns, elements))
 
     @staticmethod
     def _checked(patterns: np.ndarray) -> np.ndarray:
@@ -326,6 +319,17 @@ class XrdSearchMatch:
         if not (patterns > 0).any(axis=1).all():
             raise XrdInputError("a pattern is all zeros: nothing to match (preprocess_xrd marks such a scan unusable)")
         return patterns
+
+
+def prediction_rows(classes, systems: np.ndarray, groups: np.ndarray) -> list[dict[str, Any]]:
+    """Per pattern: crystal-system probabilities (all classes) and the five most probable space groups."""
+    out = []
+    for p, g in zip(systems, groups):
+        top = np.argsort(-g, kind="stable")[:TOP_SPACE_GROUPS]
+        out.append({"crystal_system": {"classes": list(classes), "probabilities": p.tolist()},
+                    "space_group": {"classes": [str(int(i) + 1) for i in top],
+                                    "probabilities": [float(g[i]) for i in top]}})
+    return out
 
 
 def _measured_interval(pattern: np.ndarray, subsample: int) -> tuple[int, int]:

@@ -55,6 +55,7 @@ from ._product import (
     read_corpus,
     read_manifest,
     read_splits,
+    snapshot_hash,
     verify_corpus,
 )
 from ._sandbox import ItemTimeout, Sandbox, SandboxCrashed
@@ -195,6 +196,7 @@ __all__ = [
     "read_corpus",
     "read_manifest",
     "read_splits",
+    "snapshot_hash",
     "reference_materials",
     "rejection_tally",
     "run_batch",

@@ -487,6 +487,15 @@ def read_manifest(corpus_dir: str | Path = CORPUS_DIR) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def snapshot_hash(corpus_dir: str | Path = CORPUS_DIR) -> str | None:
+    """The corpus's content hash from its manifest (None without a readable manifest): what a model card or a
+    calibration names as the snapshot it was fitted or measured on."""
+    try:
+        return read_manifest(corpus_dir).get("content_hash")
+    except (CorpusMissing, ValueError):
+        return None
+
+
 def verify_corpus(corpus_dir: str | Path = CORPUS_DIR) -> dict[str, Any]:
     """Recompute the per-file hashes; ``ok`` False names the files that changed since the manifest."""
     manifest = read_manifest(corpus_dir)

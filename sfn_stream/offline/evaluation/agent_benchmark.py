@@ -44,6 +44,7 @@ from sfn_stream.live.consumers.next_edge import (
     NextEdgeOptions,
     decide,
 )
+from sfn_stream.offline.corpus import snapshot_hash
 from sfn_stream.offline.metrics import bootstrap_interval
 
 STRATEGIES = ("agent", "random", "fixed", "all")
@@ -176,7 +177,7 @@ def calibrate(fusion: ModelFusion, *, progress: bool = True, corpus_dir: str | P
         provenance={
             "bundle_id": getattr(getattr(fusion.predictor(list(METALS_3D)), "bundle", None), "id", None),
             "split": "val (data/splits/xanes_3d_splits.json)", "n_materials": len(val),
-            "corpus_content_hash": _corpus_hash(corpus_dir),
+            "corpus_content_hash": snapshot_hash(corpus_dir),
             "n_labelled_edges": {m: {t: r["edge"]["n"] for t, r in tasks.items()} for m, tasks in reliability.items()},
             "n_cross_pairs": len(cross_before), "shrinkage_pseudo_count": SHRINKAGE,
             "how": "per metal and task, the top class's accuracy and mean probability on the validation "
@@ -186,13 +187,6 @@ def calibrate(fusion: ModelFusion, *, progress: bool = True, corpus_dir: str | P
     multi_metal = [s for s in val if len(s.metals) >= 2]
     calibration.stopping = fit_stopping(multi_metal, fusion, calibration, progress=progress)
     return calibration
-
-
-def _corpus_hash(corpus_dir: Path) -> str | None:
-    try:
-        return json.loads((corpus_dir / "corpus.json").read_text()).get("content_hash")
-    except (OSError, ValueError):
-        return None
 
 
 SHRINKAGE = 5.0  # pseudo-count pulling a metal's figures towards the pooled ones
@@ -635,7 +629,7 @@ def main(argv=None) -> int:
     if args.split == calibration.stopping.get("fitted_on"):
         print(f"sfn-stream: the stopping rule was fitted on the {args.split} split: these figures are not a test score",
               file=sys.stderr)
-    current_hash = _corpus_hash(Path(args.corpus or paths.CORPUS_DIR))
+    current_hash = snapshot_hash(Path(args.corpus or paths.CORPUS_DIR))
     if calibration.provenance.get("corpus_content_hash") not in (None, current_hash):
         print("sfn-stream: the calibration was fitted on another corpus snapshot "
               f"({str(calibration.provenance['corpus_content_hash'])[:8]}, now {str(current_hash)[:8]}): "

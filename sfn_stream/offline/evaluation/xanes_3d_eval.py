@@ -300,6 +300,7 @@ def evaluate_xanes(bundle_path: str | Path | None = None, *, cu_bundle_path: str
     """Every figure of ``sfn-stream evaluate xanes`` as one JSON-able dict."""
     from sfn_stream.core import paths
     from sfn_stream.core.networks import XanesEnsemble, load_bundle, models_dir
+    from sfn_stream.offline.corpus import snapshot_hash
     from sfn_stream.offline.training import (
         XANES_3D_BUNDLE,
         load_training_materials,
@@ -315,7 +316,7 @@ def evaluate_xanes(bundle_path: str | Path | None = None, *, cu_bundle_path: str
     baselines = CompositionBaselines([m for m in materials if assignment.get(m.material_id) == "train"])
     units = test_units(materials, splits)
     report: dict[str, Any] = {"bundle": bundle.id, "cu_bundle": cu_bundle.id, "splits": "data/splits/xanes_3d_splits.json",
-                              "corpus_content_hash": _corpus_hash(paths.CORPUS_DIR),
+                              "corpus_content_hash": snapshot_hash(paths.CORPUS_DIR),
                               "edges": "one edge per example (the absorber's own spectrum)", "results": {}}
     for mode in MODES:
         predictions = predict_units(ensemble, units, mode)
@@ -665,15 +666,6 @@ def card_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
     if dev and "files" in dev:
         out["measured_dev_elements_only"] = {who: dev[who] for who in ("model", "registry", "composition_rule")}
     return out
-
-
-def _corpus_hash(corpus_dir: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((Path(corpus_dir) / "corpus.json").read_text()).get("content_hash")
-    except (OSError, ValueError):
-        return None
 
 
 def _r(value):

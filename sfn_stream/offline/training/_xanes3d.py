@@ -27,6 +27,7 @@ from sfn_stream.core.chemistry import (
     descriptor_table,
 )
 from sfn_stream.core.spectra import XANES_DEFAULTS, XANES_WINDOW, preprocess_xanes
+from sfn_stream.offline.corpus import snapshot_hash
 from sfn_stream.offline.metrics import fit_temperature
 
 from ._corpus_xanes import (
@@ -416,6 +417,12 @@ def _is_omnixas(material: CorpusMaterial) -> bool:
     return any(e.source == OMNIXAS for e in material.edges.values())
 
 
+def _validation_table(materials: Sequence[CorpusMaterial], rng: np.random.Generator) -> MaterialTable:
+    """The validation materials' clean views (OmniXAS-only Cu capped) as training and calibration see them."""
+    pairs = [(m, material_views(m, None, rng)) for m in _cap_omnixas(materials, rng)]
+    return MaterialTable([m for m, v in pairs if v], [v for _, v in pairs if v], 1)
+
+
 def _cap_omnixas(materials: Sequence[CorpusMaterial], rng: np.random.Generator) -> list[CorpusMaterial]:
     """At most as many OmniXAS materials as FEFF10 ones (a fixed random subset), so that early stopping and
     calibration on validation are not decided by the Cu edge alone."""
@@ -547,8 +554,7 @@ def train_xanes3d_bundle(out_dir: str | Path, *, seed: int = 0, config: Train3dC
                                                                         desc="augmented views", mininterval=5)]
     train_pairs = [(m, v) for m, v in zip(parts["train"], train_views) if v]
     train = MaterialTable([m for m, _ in train_pairs], [v for _, v in train_pairs], augmentation.views + 1)
-    val_pairs = [(m, material_views(m, None, rng)) for m in _cap_omnixas(parts["val"], rng)]
-    val = MaterialTable([m for m, v in val_pairs if v], [v for _, v in val_pairs if v], 1)
+    val = _validation_table(parts["val"], rng)
     finite = torch.isfinite(train.regressions)
     target_mean = torch.tensor([float(train.regressions[finite[:, k], k].mean()) for k in range(finite.shape[1])])
     target_std = torch.tensor([float(train.regressions[finite[:, k], k].std()) or 1.0 for k in range(finite.shape[1])])
@@ -579,7 +585,7 @@ def combine_xanes3d_bundles(sources: Sequence[str | Path], out_dir: str | Path, 
     corpus and augmentation) and every member's training record."""
     import torch
 
-    from sfn_stream.core.networks import SpecFusionNet, load_bundle, save_bundle
+    from sfn_stream.core.networks import XanesEnsemble, load_bundle, save_bundle
 
     bundles = [load_bundle(path) for path in sources]
     if len(bundles) < 2:
@@ -593,19 +599,12 @@ def combine_xanes3d_bundles(sources: Sequence[str | Path], out_dir: str | Path, 
         if not torch.equal(w["descriptor_table"], weights[0]["descriptor_table"]):
             raise TrainingDataError(f"{bundle.id} was trained on other element descriptors than {first.id}")
     states = [state for w in weights for state in w["members"]]
-    members = []
-    for state in states:
-        member = SpecFusionNet(weights[0]["descriptor_table"], **first.card["architecture"]["kwargs"])
-        member.load_state_dict(state)
-        members.append(member.eval())
+    members = [member.eval() for b in bundles for member in XanesEnsemble.from_bundle(b).members]
     materials, splits = load_training_materials(progress)
     assignment = split_of(splits)
     val_materials = [m for m in materials if assignment.get(m.material_id) == "val"
                      and any(a in METALS_3D for a in m.edges)]
-    rng = np.random.default_rng(0)
-    val_pairs = [(m, material_views(m, None, rng)) for m in _cap_omnixas(val_materials, rng)]
-    val = MaterialTable([m for m, v in val_pairs if v], [v for _, v in val_pairs if v], 1)
-    calibration = fit_calibration(members, val)
+    calibration = fit_calibration(members, _validation_table(val_materials, np.random.default_rng(0)))
     card = copy.deepcopy(first.card)
     card.pop("weights_sha256", None)
     card["created"] = _dt.date.today().isoformat()
@@ -653,7 +652,7 @@ def _card(trained, config, augmentation, calibration, train: MaterialTable, val:
             "description": "data/corpus: this corpus's FEFF10 spectra of all nine 3d metals (AMCSD structures) and "
             "the OmniXAS Cu FEFF 9.9.1 spectra of Materials Project structures (a second calculation setting, read "
             "from ../shared, aligned with its own energy offset and drawn for omnixas_share of each epoch)",
-            "corpus_content_hash": _corpus_hash(),
+            "corpus_content_hash": snapshot_hash(),
             "splits": str(UNIFIED_SPLITS_FILE.relative_to(UNIFIED_SPLITS_FILE.parents[2])),
             "n_train_materials": len(train),
             "n_val_materials": len(val),
@@ -710,11 +709,4 @@ def _card(trained, config, augmentation, calibration, train: MaterialTable, val:
     }
 
 
-def _corpus_hash() -> str | None:
-    import json
-
-    from sfn_stream.core import paths
-
-    manifest = paths.CORPUS_DIR / "corpus.json"
-    return json.loads(manifest.read_text()).get("content_hash") if manifest.is_file() else None
 

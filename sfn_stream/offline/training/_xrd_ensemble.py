@@ -55,6 +55,7 @@ def build_xrd_ensemble_bundle(out: str | Path | None = None, *, models: str | Pa
     from sfn_stream.core.networks import (
         XrdEnsemble,
         load_bundle,
+        mix_log_linear,
         models_dir,
         save_bundle,
         xrd_model_from_bundle,
@@ -80,31 +81,30 @@ def build_xrd_ensemble_bundle(out: str | Path | None = None, *, models: str | Pa
     patterns = np.concatenate(list(renderings.values()))
     y = np.tile(labels[val], len(renderings))
     elements = [formula_elements(f) for f in table.formulas[val]] * len(renderings)
-    p_network = network.probabilities(patterns)
-    fit = fit_mix(search.probabilities(patterns), p_network, y)
-    chemistry = (fit_mix(search.probabilities(patterns, elements=elements), p_network, y)
-                 if getattr(search, "has_chemistry", False) else None)
+    # every member's probabilities once, for the fit and for the figures of each rendering
+    probabilities = {"": (search.probabilities(patterns), network.probabilities(patterns))}
+    if getattr(search, "has_chemistry", False):
+        probabilities["_with_elements"] = (search.probabilities(patterns, elements=elements), probabilities[""][1])
+    fits = {suffix: fit_mix(p_search, p_network, y) for suffix, (p_search, p_network) in probabilities.items()}
+    fit, chemistry = fits[""], fits.get("_with_elements")
     ensemble = XrdEnsemble(search, network, network_weight=fit["network_weight"], temperature=fit["temperature"],
                            chemistry={"network_weight": chemistry["network_weight"],
                                       "temperature": chemistry["temperature"]} if chemistry else None)
     metrics = {}
-    for name, x in renderings.items():
-        truth = labels[val]
-        for suffix, given in (("", None), ("_with_elements", [formula_elements(f) for f in table.formulas[val]])):
-            if given is not None and not ensemble.has_chemistry:
-                continue
+    for k, name in enumerate(renderings):
+        rows = slice(k * len(val), (k + 1) * len(val))
+        for suffix, (p_search, p_network) in probabilities.items():
+            mixed = mix_log_linear(p_search, p_network, fits[suffix]["network_weight"], fits[suffix]["temperature"])
             metrics[f"val_{name}{suffix}"] = {
                 "description": f"formula-disjoint val structures, {name} rendering"
-                               f"{', each given its element set' if given else ''} (used to fit the mix)",
-                **{member: _scores(model, x, truth, given) for member, model in
-                   (("ensemble", ensemble), ("search_match", search), ("network", network))}}
+                               f"{', each given its element set' if suffix else ''} (used to fit the mix)",
+                **{member: _scores(probs[rows], y[rows]) for member, probs in
+                   (("ensemble", mixed), ("search_match", p_search), ("network", p_network))}}
     card = _card(members, fit, chemistry, metrics, len(val))
     return save_bundle(out or folder / BUNDLE_NAME, card, ensemble.weights())
 
 
-def _scores(model, patterns, labels, elements) -> dict[str, Any]:
-    probs = model.probabilities(patterns, elements=elements) if elements is not None and \
-        getattr(model, "has_chemistry", False) else model.probabilities(patterns)
+def _scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     m = probability_metrics(labels, probs, CRYSTAL_SYSTEMS)
     return {key: m[key] for key in ("n", "accuracy", "macro_f1", "ece_15_bins")}
 
