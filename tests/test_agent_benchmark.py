@@ -10,7 +10,9 @@ from sfn_stream.offline.evaluation.agent_benchmark import (
     TRADEOFF_BITS_PER_HOUR,
     AgentBenchmarkError,
     Beliefs,
+    correct_labels,
     load_samples,
+    measured_and_unmeasured,
     stop_at,
     stopping_tradeoff,
 )
@@ -50,3 +52,16 @@ def test_a_higher_bits_per_hour_threshold_never_measures_more_edges(test_samples
                for points in table.values() for p in points)
     by_confidence = [p["fraction_of_edges"] for p in table["target_confidence"]]
     assert by_confidence == sorted(by_confidence)  # a higher target waits for more edges
+
+
+def test_the_measured_and_unmeasured_split_adds_up_to_the_sample_accuracy(test_samples):
+    beliefs, calibration = Beliefs(ModelFusion()), EdgeCalibration.shipped()
+    rows = measured_and_unmeasured(test_samples, beliefs, calibration)
+    assert rows[0]["measured"] is None and rows[0]["n_measured"] == 0  # no edge: every metal unmeasured
+    two = [s for s in test_samples if len(s.metals) == 2]
+    full = [correct_labels(s, beliefs.of(s, s.metals, calibration)) for s in two]
+    last = measured_and_unmeasured(two, beliefs, calibration)[2]
+    assert last["n_unmeasured"] == 0 and last["n_measured"] == sum(n for _, n in full)
+    assert last["measured"] == pytest.approx(sum(r for r, _ in full) / sum(n for _, n in full), abs=1e-4)
+    for row in rows[1:-1]:  # each label of each sample is counted once per k-subset, in one of the two groups
+        assert row["n_measured"] > 0 and row["n_unmeasured"] > 0

@@ -127,10 +127,11 @@ class Beliefs:
         return self._cache[key]
 
 
-def correct_labels(sample: Sample, beliefs: Mapping[str, MetalBelief]) -> tuple[int, int]:
-    """(correct, labelled) over the sample's metals x tasks."""
+def correct_labels(sample: Sample, beliefs: Mapping[str, MetalBelief],
+                   metals: Sequence[str] | None = None) -> tuple[int, int]:
+    """(correct, labelled) over the sample's metals (or those given) x tasks."""
     right = total = 0
-    for metal in sample.metals:
+    for metal in sample.metals if metals is None else metals:
         for task in TASKS:
             truth = sample.labels.get(metal, {}).get(task)
             if truth is None:
@@ -138,6 +139,28 @@ def correct_labels(sample: Sample, beliefs: Mapping[str, MetalBelief]) -> tuple[
             total += 1
             right += int(beliefs[metal].top(task)[0] == int(truth))
     return right, total
+
+
+def measured_and_unmeasured(samples: Sequence[Sample], beliefs: Beliefs, calibration: EdgeCalibration
+                            ) -> list[dict[str, Any]]:
+    """Per number k of measured edges, label accuracy of the metals measured and of those not measured, over
+    every k-subset of each sample's edges: what an edge says about its own metal and about the others (an
+    agent can stop early only as far as one edge informs the rest)."""
+    import itertools
+
+    max_k = max(len(s.metals) for s in samples)
+    tally = [{"measured": [0, 0], "unmeasured": [0, 0]} for _ in range(max_k + 1)]
+    for sample in samples:
+        for k in range(len(sample.metals) + 1):
+            for subset in itertools.combinations(sample.metals, k):
+                belief = beliefs.of(sample, list(subset), calibration)
+                for metal in sample.metals:
+                    right, total = correct_labels(sample, belief, metals=[metal])
+                    cell = tally[k]["measured" if metal in subset else "unmeasured"]
+                    cell[0] += right
+                    cell[1] += total
+    return [{"edges": k, **{group: (round(r / n, 4) if n else None) for group, (r, n) in row.items()},
+             **{f"n_{group}": n for group, (_, n) in row.items()}} for k, row in enumerate(tally)]
 
 
 # -- calibration (validation split only) ----------------------------------------------------------------
@@ -414,6 +437,7 @@ def evaluate(samples: Sequence[Sample], fusion: ModelFusion, calibration: EdgeCa
         per_sample.append(record)
     labelled = [s for s in samples if s.material_id not in set(unlabelled)]
     return {**_summarise(per_sample, curves, latencies, max_k), "skipped_without_labels": unlabelled,
+            "measured_and_unmeasured": measured_and_unmeasured(labelled, beliefs, calibration),
             "stopping_tradeoff": stopping_tradeoff(labelled, beliefs, calibration, fusion,
                                                    options.stopping(calibration))}
 
@@ -678,6 +702,12 @@ def _print(r: Mapping[str, Any]) -> None:
         print(f"what stopping earlier costs, by {knob.replace('_', ' ')} ({other}):")
         print("  " + "  ".join(f"{t[knob]:g}: {100 * t['fraction_of_edges']:.0f} % / {t['accuracy']:.3f}"
                               for t in points))
+    split = r.get("measured_and_unmeasured") or []
+    if split:
+        print("what an edge tells: accuracy of the measured / the other metals, every k-subset of the edges:")
+        print("  " + "  ".join(f"k={row['edges']}: " + " / ".join("-" if row[g] is None else f"{row[g]:.3f}"
+                                                               for g in ("measured", "unmeasured"))
+                              for row in split))
     need = r["edges_to_reach_all_edge_accuracy"]
     print("edges to reach the all-edge accuracy (oracle stop): " + ", ".join(f"{s} {v:.2f}" for s, v in need.items()))
     print("per sample (agent order, edges at its stop, accuracy there / with every edge):")
