@@ -64,6 +64,21 @@ def test_synthesize_pattern_shape_range_and_determinism():
     assert {"wavelength", "zero_shift_deg", "crystallite_size_A"} <= set(details["conditions"])
 
 
+def test_noise_free_share_renders_clean_patterns_and_leaves_the_default_stream_alone():
+    sticks = stick_pattern(rock_salt())
+    clean = synthesize_pattern(sticks, XRD_Q_GRID, np.random.default_rng(5), augmentation={"p_noise_free": 1.0},
+                               return_details=True)
+    covered = clean["covered"]
+    assert clean["conditions"]["gaussian_noise"] == 0 and clean["conditions"]["background_fraction"] == 0
+    assert clean["raw"][covered].max() == pytest.approx(1.0)  # the bare profile: no counts, no noise
+    assert clean["raw"][covered].min() >= 0
+    noisy = synthesize_pattern(sticks, XRD_Q_GRID, np.random.default_rng(5), return_details=True)
+    assert noisy["raw"][noisy["covered"]].max() > 100  # counts
+    np.testing.assert_array_equal(  # the option off draws nothing: earlier renderings are reproduced
+        synthesize_pattern(sticks, XRD_Q_GRID, np.random.default_rng(5), augmentation={"p_noise_free": 0.0}),
+        noisy["pattern"])
+
+
 def test_synthesized_peaks_sit_at_the_bragg_positions():
     sticks = stick_pattern(rock_salt())
     conditions = dict(

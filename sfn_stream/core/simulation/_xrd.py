@@ -187,6 +187,10 @@ AUGMENTATION: dict[str, Any] = {
     "peak_counts": (3.0, 5.5),  # log10 of the tallest peak's counts (Poisson noise)
     "gaussian_noise": (0.0, 0.01),  # sigma, fraction of the tallest peak
     "max_sticks": 300,  # strongest reflections kept per pattern (speed)
+    # Share of patterns with no background and no noise (a clean simulated pattern, as the paper's clean
+    # protocol and pattern-matching software produce). 0 by default: the draw is skipped, so the random
+    # stream of every rendering made before this option is unchanged.
+    "p_noise_free": 0.0,
 }
 
 
@@ -213,7 +217,7 @@ def _sample_conditions(rng: np.random.Generator, aug: dict) -> dict[str, Any]:
         span = rng.uniform(0.3, 0.7) * 6.0
         q_lo = rng.uniform(0.5, max(0.5, 6.5 - span))
         q_hi = q_lo + span
-    return {
+    conditions = {
         "source": source,
         "wavelength": wavelength,
         "wavelength2": wavelength2,
@@ -232,6 +236,9 @@ def _sample_conditions(rng: np.random.Generator, aug: dict) -> dict[str, Any]:
         "peak_counts": 10 ** _uniform(rng, aug["peak_counts"]),
         "gaussian_noise": _uniform(rng, aug["gaussian_noise"]),
     }
+    if aug.get("p_noise_free", 0.0) and rng.random() < aug["p_noise_free"]:
+        conditions.update(background_fraction=0.0, gaussian_noise=0.0, peak_counts=None)
+    return conditions
 
 
 def _march_dollase(hkl: np.ndarray, r: float, rng) -> np.ndarray:
@@ -321,9 +328,12 @@ def synthesize_pattern(
         raw = render_peaks(q_grid, q, intensity, fwhm, cond["eta"])
     raw = raw / max(raw.max(), 1e-12)
     raw = raw + cond["background_fraction"] * _background_shape(q_grid, rng)
-    counts = raw * cond["peak_counts"]
-    noisy = rng.poisson(np.clip(counts, 0, None)).astype(float)
-    noisy += rng.normal(0, cond["gaussian_noise"] * cond["peak_counts"], len(q_grid))
+    if cond["peak_counts"] is None:  # noise-free (p_noise_free)
+        noisy = raw.copy()
+    else:
+        counts = raw * cond["peak_counts"]
+        noisy = rng.poisson(np.clip(counts, 0, None)).astype(float)
+        noisy += rng.normal(0, cond["gaussian_noise"] * cond["peak_counts"], len(q_grid))
     noisy = np.where(covered, noisy, 0.0)
     pattern, _ = finish_on_grid(noisy, covered)
     if return_details:

@@ -595,6 +595,7 @@ def train_xrd_bundle(
     evaluate_measured_set: bool = True,
     threads: int = 2,
     time_budget_s: float | None = None,
+    augmentation: dict | None = None,
     progress: bool = True,
 ):
     """Train the crystal-system classifier on augmented simulated patterns; write and return the bundle.
@@ -603,7 +604,9 @@ def train_xrd_bundle(
     :func:`assign_splits` (seeded, grouped by formula + space group) and written there.
     ``time_budget_s`` (for a shared CPU): the learning-rate schedule runs on the larger of the step
     fraction and the elapsed-time fraction, and training stops when either reaches 1; the card
-    records the steps taken.
+    records the steps taken. ``augmentation``: overrides of ``AUGMENTATION`` for the training batches
+    only (validation and test renderings keep the defaults, so runs stay comparable), e.g.
+    ``{"p_noise_free": 0.1}``.
     """
     import datetime
 
@@ -673,7 +676,7 @@ def train_xrd_bundle(
             if progress_fraction(step) >= 1:
                 break
             batch = order[b * batch_size : (b + 1) * batch_size]
-            x = torch.from_numpy(synthesize_set(table, batch, rng))
+            x = torch.from_numpy(synthesize_set(table, batch, rng, augmentation))
             y = torch.from_numpy(labels[batch])
             loss = loss_fn(model(x), y)
             opt.zero_grad()
@@ -746,7 +749,7 @@ def train_xrd_bundle(
             "n_train_used": len(train_idx),
             "train_class_counts": {c: int(n) for c, n in zip(CRYSTAL_SYSTEMS, counts)},
             "splits": "data/splits/xrd_{train,val,test}.txt (grouped by reduced formula + space group, seeded hash)",
-            "augmentation": json_safe(AUGMENTATION),
+            "augmentation": json_safe({**AUGMENTATION, **(augmentation or {})}),
             "seed": seed,
         },
         "label_sources": {"crystal_system": f"pymatgen SpacegroupAnalyzer(symprec={SYMPREC}).get_crystal_system()"},
