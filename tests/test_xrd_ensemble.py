@@ -99,14 +99,15 @@ def test_predict_xrd_takes_another_bundle_and_says_which_answered(tmp_path, caps
     assert "--bundle" in capsys.readouterr().err
 
 
-def test_evaluate_xrd_writes_each_bundles_test_figures_into_its_card(folder, capsys):
+def test_evaluate_xrd_writes_each_bundles_test_figures_into_its_card_and_a_plot(folder, capsys, tmp_path):
     import json
 
     from sfn_stream.cli import main
 
     bundle = folder / "xrd-ensemble"
+    plot = tmp_path / "figures" / "xrd.png"
     status = main(["evaluate", "xrd", "--bundle", str(bundle), "--max-test", "12", "--max-reference", "40",
-                   "--no-measured", "--write-card", "--json"])
+                   "--no-measured", "--write-card", "--json", "--plot", str(plot)])
     assert status == 0
     report = json.loads(capsys.readouterr().out)
     loaded = load_bundle(bundle)
@@ -116,3 +117,5 @@ def test_evaluate_xrd_writes_each_bundles_test_figures_into_its_card(folder, cap
     assert test["noisy_formula_disjoint"]["model_with_elements"]["accuracy"] == noisy[f"{loaded.id} + elements"]["accuracy"]
     assert set(test["clean"]) >= {"model", "nearest_neighbour_baseline", "majority_class"}
     assert xrd_model_from_bundle(loaded).bundle_id == loaded.id  # the weights, and so the id, are untouched
+    assert sum(n for n, _, _ in noisy[loaded.id]["reliability"]) == noisy[loaded.id]["n"]  # every pattern in a bin
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -24,6 +24,9 @@ def add_xrd_parser(which) -> None:
     xrd.add_argument("--write-card", action="store_true",
                      help="put each bundle's test figures (with the baselines') into its card's metrics.test")
     xrd.add_argument("--json", action="store_true", help="print one JSON object")
+    xrd.add_argument("--plot", type=Path, metavar="PNG",
+                     help="also draw accuracy per test set beside the targets, reliability, the first bundle's "
+                          "confusion matrix and the networks' learning curves into this PNG")
     xrd.set_defaults(run=run_xrd)
 
 
@@ -52,8 +55,14 @@ def run_xrd(args) -> int:
     if args.write_card:
         for bundle in bundles:
             write_card_metrics(bundle, report)
+    if args.plot:
+        from ._evaluate_xrd_figure import xrd_evaluation_figure
+
+        xrd_evaluation_figure(args.plot, report, bundles)
     if args.json:
         print_json(report)
     else:
         print("\n".join(format_report(report, details=not args.brief)))
+        if args.plot:
+            print(f"plot: {args.plot}")
     return 0

@@ -31,7 +31,7 @@ from sfn_stream.core import paths
 from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
 from sfn_stream.core.simulation import StickTable, synthesize_pattern
 from sfn_stream.core.spectra import XRD_Q_GRID, two_theta_to_q
-from sfn_stream.offline.metrics import bootstrap_interval, probability_metrics
+from sfn_stream.offline.metrics import bootstrap_interval, probability_metrics, reliability_table
 from sfn_stream.offline.shared import SharedDataMissing
 from sfn_stream.offline.training import (
     DEFAULT_STICK_TABLE,
@@ -168,6 +168,7 @@ def score(model, x: np.ndarray, labels: np.ndarray, spacegroups: np.ndarray | No
     probs = model.probabilities(x)
     out = probability_metrics(labels, probs, CRYSTAL_SYSTEMS)
     out["accuracy_ci95"] = list(bootstrap_interval((probs.argmax(1) == np.asarray(labels)).astype(float)))
+    out["reliability"] = reliability_table(probs, labels)
     if spacegroups is not None and getattr(model, "space_group_probabilities", None) is not None \
             and getattr(model, "has_space_group", True):
         out.update(space_group_topk(spacegroups, model.space_group_probabilities(x)))
