@@ -200,6 +200,7 @@ def run_build(args) -> int:
         CORPUS_DIR,
         CampaignMissing,
         LabelsPending,
+        MaterialsMissing,
         SeedError,
         SnapshotMissing,
         run_corpus_build,
@@ -230,7 +231,7 @@ def run_build(args) -> int:
         raise CliError(f"--seed-from {err}") from err
     except SeedError as err:
         raise CliError(f"{err}; use --no-seed to build without it") from err
-    except (CampaignMissing, LabelsPending) as err:
+    except (CampaignMissing, LabelsPending, MaterialsMissing) as err:
         raise CliError(str(err)) from err
     if build.summary is None:
         _print_manifest(build.manifest, out_dir, args.json)

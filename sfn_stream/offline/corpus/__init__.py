@@ -48,6 +48,7 @@ from ._product import (
     LABEL_PROVENANCE,
     CorpusMissing,
     LabelsPending,
+    MaterialsMissing,
     assemble_corpus,
     content_hash,
     corpus_counts,
@@ -100,6 +101,7 @@ from ._sources import DFT_PROVENANCE, MATMINER_DESCRIPTION, MATMINER_SOURCE, mat
 
 __all__ = [
     "LabelsPending",
+    "MaterialsMissing",
     "campaign_tiers",
     "label_classes",
     "load_order_classes",

@@ -283,6 +283,7 @@ def assemble_corpus(
             absorber_rows += rows
             material_rows.append(_material_row(material, labels, results.teacher.get(material.material_id)))
             in_corpus.append(material)
+    _refuse_lost_materials(out_dir, material_rows)
     _refuse_lost_labels(out_dir, absorber_rows)
     findings += duplicate_disagreements(material_rows, absorber_rows)
     kept = {m.material_id for m in in_corpus}
@@ -389,6 +390,29 @@ def edge_completeness(material_rows: Sequence[dict], absorber_rows: Sequence[dic
     return {"materials_with_all_edges": len(complete), "multi_metal_materials": len(multi),
             "multi_metal_with_all_edges": len(multi & complete),
             "multi_metal_with_all_edges_feff10": len(multi & complete_feff10)}
+
+
+class MaterialsMissing(RuntimeError):
+    """Materials of the previous snapshot are not in this campaign: a snapshot now would drop them."""
+
+
+def _refuse_lost_materials(out_dir: Path, material_rows) -> None:
+    """A campaign without ``../shared`` prepares no OmniXAS or matminer_mp material (it says so once and goes
+    on); a snapshot it wrote over the committed corpus would drop those materials with their spectra."""
+    previous_path = Path(out_dir) / "materials.parquet"
+    if not previous_path.is_file():
+        return
+    import pandas as pd
+
+    previous = pd.read_parquet(previous_path, columns=["material_id", "source"])
+    kept = {row["material_id"] for row in material_rows}
+    lost = previous[~previous["material_id"].isin(kept)]
+    if len(lost):
+        by_source = ", ".join(f"{source} {n}" for source, n in lost["source"].value_counts().items())
+        raise MaterialsMissing(f"{len(lost)} materials of the corpus in {out_dir} are not in this campaign "
+                               f"({by_source}; e.g. {lost['material_id'].iloc[0]}): a snapshot would drop them. "
+                               "Is ../shared beside the checkout (the OmniXAS and matminer_mp materials come from "
+                               "it)? Build there, or write the snapshot elsewhere (--out)")
 
 
 class LabelsPending(RuntimeError):
