@@ -63,13 +63,18 @@ def _reliability(ax, pooled: Mapping[str, Any]) -> None:
         rows = model.get("reliability")
         if not rows:
             continue
-        n, confidence, accuracy = (np.array(c) for c in zip(*rows))
-        ax.plot(confidence, accuracy, "o-", ms=3, lw=1,
-                label=f"{label} (ECE {model['ece']:.3f}; calibrated at this n: {model['ece_if_calibrated']:.3f})")
-        ax.scatter(confidence, accuracy, s=4 + 60 * n / n.max(), alpha=0.3)
+        reliability_curve(ax, rows,
+                          f"{label} (ECE {model['ece']:.3f}; calibrated at this n: {model['ece_if_calibrated']:.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top-class probability)", ylabel="accuracy",
            title="reliability, every FEFF10 test unit (marker size: units per bin)")
     ax.legend(fontsize=7, loc="upper left")
+
+
+def reliability_curve(ax, rows, label: str) -> None:
+    """One reliability line from ``reliability_table`` rows ``[n, confidence, accuracy]``, markers sized by n."""
+    n, confidence, accuracy = (np.array(c) for c in zip(*rows))
+    line, = ax.plot(confidence, accuracy, "o-", ms=3, lw=1, label=label)
+    ax.scatter(confidence, accuracy, s=4 + 60 * n / n.max(), alpha=0.3, color=line.get_color())
 
 
 def _measured(ax, dev: Mapping[str, Any] | None) -> None:

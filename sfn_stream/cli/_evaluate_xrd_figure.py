@@ -17,6 +17,8 @@ import numpy as np
 
 from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
 
+from ._evaluate_figure import reliability_curve
+
 NOISY = "noisy_formula_disjoint"
 SETS = ((NOISY, "noisy\nformula-disjoint"), ("clean", "clean"), ("structure_type_disjoint", "structure-type-\ndisjoint"),
         ("measured", "measured\npatterns"))
@@ -72,10 +74,7 @@ def _reliability(ax, report: Mapping[str, Any]) -> None:
         rows = entry.get("reliability")
         if not rows or "@" not in name:  # bundles only: the baselines' one-hot answers say nothing here
             continue
-        n, confidence, accuracy = (np.array(c) for c in zip(*rows))
-        line, = ax.plot(confidence, accuracy, "o-", ms=3, lw=1,
-                        label=f"{_short(name)} (ECE {entry['ece_15_bins']:.3f})")
-        ax.scatter(confidence, accuracy, s=4 + 60 * n / n.max(), alpha=0.3, color=line.get_color())
+        reliability_curve(ax, rows, f"{_short(name)} (ECE {entry['ece_15_bins']:.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top-class probability)", ylabel="accuracy",
            title="reliability, noisy formula-disjoint test (marker size: patterns per bin)")
     ax.legend(fontsize=7, loc="upper left")
