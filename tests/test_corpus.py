@@ -302,6 +302,36 @@ def test_failures_are_listed_for_the_materials_of_the_corpus_only(campaign, tmp_
         assert [row["material_id"] for row in csv.DictReader(fh)] == ["amcsd-00011"]
 
 
+def test_a_label_item_that_failed_keeps_the_committed_labels(corpus, campaign, tmp_path):
+    """A label item that timed out under load (or fails for good) neither blocks the snapshot (LabelsPending)
+    nor drops the committed corpus's labels: they are carried over, audited again, and named in the manifest."""
+    import shutil
+
+    import pandas as pd
+
+    out, _ = corpus
+    config, materials = campaign["config"], campaign["materials"]
+    committed = tmp_path / "committed"
+    shutil.copytree(out, committed)
+    failed = {**Item("labels", "amcsd-00013", "labels1").to_dict(), "ok": False,
+              "error": "ItemTimeout: compute_labels ran past 300 s and was stopped", "seconds": 300.0}
+    records = [r for r in config.store.records() if r["key"] != failed["key"]] + [failed]
+    manifest = assemble_corpus(materials, [], [], records, FAST, committed)
+    assert manifest["labels_carried_over"] == ["amcsd-00013"]
+    columns = ["oxidation_state_class", "oxidation_state_mean", "oxidation_method", "cn_class", "cn_mean", "cn_mixed"]
+    before = pd.read_parquet(out / "absorbers.parquet").set_index("element")[columns]
+    after = pd.read_parquet(committed / "absorbers.parquet").set_index("element")[columns]
+    pd.testing.assert_frame_equal(after, before)
+    systems = pd.read_parquet(committed / "materials.parquet").set_index("name")[["crystal_system", "density"]]
+    pd.testing.assert_frame_equal(systems, pd.read_parquet(out / "materials.parquet").set_index("name")[
+        ["crystal_system", "density"]])
+    # without a committed corpus there is nothing to carry: the material enters unlabelled
+    fresh = assemble_corpus(materials, [], [], records, FAST, tmp_path / "fresh")
+    assert fresh["labels_carried_over"] == []
+    assert pd.isna(pd.read_parquet(tmp_path / "fresh" / "absorbers.parquet").set_index("element").loc[
+        "Fe", "oxidation_state_class"])
+
+
 def test_dataset_info_on_a_missing_corpus_is_a_clear_error(tmp_path, capsys):
     assert main(["dataset", "info", str(tmp_path)]) == 2
     assert "dataset build" in capsys.readouterr().err

@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,8 +262,9 @@ def assemble_corpus(
     refs["omnixas_cu_energy_offset"] = omnixas_cu_offset
     offsets = {el: entry["energy_offset"] for el, entry in refs["energy_offsets"].items()}
     material_rows, absorber_rows, in_corpus, findings = [], [], [], []
+    carried = committed_labels(out_dir, failed_label_items(results))
     for material in materials:
-        labels = results.labels.get(material.material_id)
+        labels = results.labels.get(material.material_id) or carried.get(material.material_id)
         if labels is not None:  # the label audit's rules decide (sfn_stream.offline.corpus._audit)
             audit = audit_material(material, labels,
                                    amcsd_cif_text(material.source_id) if material.source == "amcsd" else None)
@@ -321,6 +323,8 @@ def assemble_corpus(
         # content hashes of the snapshots whose material spectra seeded this campaign (sfn_stream.offline.corpus._seed)
         "seeded_from": list(results.seeded_from),
         "label_audit": audit_summary(findings),
+        # materials whose label item failed in this campaign: their labels are the previous snapshot's
+        "labels_carried_over": sorted(set(carried) & {row["material_id"] for row in material_rows}),
     }
     manifest.update(corpus_counts(material_rows, absorber_rows))
     manifest["metal_references"] = sorted(row["element"] for row in metal_rows)
@@ -413,6 +417,50 @@ def _refuse_lost_materials(out_dir: Path, material_rows) -> None:
                                f"({by_source}; e.g. {lost['material_id'].iloc[0]}): a snapshot would drop them. "
                                "Is ../shared beside the checkout (the OmniXAS and matminer_mp materials come from "
                                "it)? Build there, or write the snapshot elsewhere (--out)")
+
+
+def failed_label_items(results: CampaignResults) -> set[str]:
+    """Materials whose label item failed in this campaign (a timeout under load, an analyser error)."""
+    return {r["material_id"] for r in results.failures if r["kind"] == "labels"}
+
+
+def committed_labels(out_dir: Path, material_ids: set[str]) -> dict[str, dict]:
+    """The previous snapshot's labels of ``material_ids``, shaped as ``compute_labels`` returns them.
+
+    A label item that fails for good (or until ``--retry-failed``) would otherwise block every snapshot
+    (LabelsPending) or drop the committed labels; the structure has not changed, so its labels stand. The
+    label audit runs on them again. Materials the previous snapshot did not label are left out."""
+    materials_path, absorbers_path = Path(out_dir) / "materials.parquet", Path(out_dir) / "absorbers.parquet"
+    if not material_ids or not (materials_path.is_file() and absorbers_path.is_file()):
+        return {}
+    import pandas as pd
+
+    compound = ("formula", "elements", "density", "crystal_system", "space_group_symbol", "space_group_number")
+    site = ("n_sites", "n_inequivalent", "oxidation_state_class", "oxidation_state_mean", "oxidation_method",
+            "cn_class", "cn_mean", "cn_mixed", "site_cns")
+    materials = pd.read_parquet(materials_path, columns=["material_id", *compound])
+    absorbers = pd.read_parquet(absorbers_path, columns=["material_id", "element", *site])
+    materials = materials[materials["material_id"].isin(material_ids) & materials["density"].notna()]
+    absorbers = absorbers[absorbers["material_id"].isin(set(materials["material_id"]))]
+    out: dict[str, dict] = {}
+    for row in materials.itertuples(index=False):
+        out[row.material_id] = {**{c: _plain(getattr(row, c)) for c in compound}, "absorbers": {}}
+    for row in absorbers.itertuples(index=False):
+        labels = {c: _plain(getattr(row, c)) for c in site}
+        labels["site_cns"] = tuple(labels["site_cns"] or ())
+        out[row.material_id]["absorbers"][row.element] = {"element": row.element, "oxidation_reason": None, **labels}
+    return out
+
+
+def _plain(value):
+    """A parquet cell as compute_labels would have written it (numpy scalars and arrays to Python, NaN to None)."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
 
 class LabelsPending(RuntimeError):
