@@ -65,3 +65,25 @@ def test_the_measured_and_unmeasured_split_adds_up_to_the_sample_accuracy(test_s
     assert last["measured"] == pytest.approx(sum(r for r, _ in full) / sum(n for _, n in full), abs=1e-4)
     for row in rows[1:-1]:  # each label of each sample is counted once per k-subset, in one of the two groups
         assert row["n_measured"] > 0 and row["n_unmeasured"] > 0
+
+
+def test_hindsight_bounds_every_order_of_the_sample(test_samples):
+    """The hindsight figures are what knowing the labels would buy: no order's first edge is more accurate,
+    and no order reaches the all-edge accuracy with fewer edges."""
+    import itertools
+
+    from sfn_stream.offline.evaluation.agent_benchmark import _AccuracyOf, _hindsight
+
+    beliefs, calibration = Beliefs(ModelFusion()), EdgeCalibration.shipped()
+    for sample in test_samples:
+        accuracy = _AccuracyOf(sample, beliefs, calibration)
+        full = accuracy(sample.metals)
+        if math.isnan(full):
+            continue
+        bound = _hindsight(sample, accuracy, full)
+        assert 0 <= bound["hindsight_edges"] <= len(sample.metals)
+        for order in itertools.permutations(sample.metals):
+            assert accuracy([order[0]]) <= bound["hindsight_single_edge_accuracy"]
+            if bound["hindsight_edges"]:
+                shorter = list(order[:bound["hindsight_edges"] - 1])
+                assert accuracy(shorter) < full - 1e-9  # none reaches it with one edge fewer

@@ -434,12 +434,24 @@ def evaluate(samples: Sequence[Sample], fusion: ModelFusion, calibration: EdgeCa
             if strategy == "random":  # the agent's edge count, in random order: what its ordering adds
                 record["random_at_agent_stop_accuracy"] = float(np.mean([accuracy(o[:stop_at])
                                                                          for o in strategy_orders]))
+        record.update(_hindsight(sample, accuracy, full))
         per_sample.append(record)
     labelled = [s for s in samples if s.material_id not in set(unlabelled)]
     return {**_summarise(per_sample, curves, latencies, max_k), "skipped_without_labels": unlabelled,
             "measured_and_unmeasured": measured_and_unmeasured(labelled, beliefs, calibration),
             "stopping_tradeoff": stopping_tradeoff(labelled, beliefs, calibration, fusion,
                                                    options.stopping(calibration))}
+
+
+def _hindsight(sample: Sample, accuracy: _AccuracyOf, full: float) -> dict[str, float]:
+    """What a strategy that knew the labels would do with this model: the best single edge's accuracy, and the
+    fewest edges of any order that reach the all-edge accuracy. No agent can reach these (it sees no labels);
+    they bound what ordering and stopping could gain, apart from what the model knows."""
+    orders = itertools.permutations(sample.metals)
+    needed = min(next(k for k in range(len(sample.metals) + 1) if accuracy(list(o[:k])) >= full - 1e-9)
+                 for o in itertools.islice(orders, 720))
+    return {"hindsight_single_edge_accuracy": max(accuracy([m]) for m in sample.metals),
+            "hindsight_edges": needed}
 
 
 class _AccuracyOf:
@@ -485,6 +497,13 @@ def _summarise(per_sample, curves, latencies, max_k) -> dict[str, Any]:
         "edges_to_reach_all_edge_accuracy": {s: round(v, 3) for s, v in need.items()},
         "edges_to_reach_note": "per sample, the fewest edges of that order whose accuracy equals the sample's "
                                "all-edge accuracy (an oracle stop: the agent's own stop is under 'agent')",
+        "hindsight": {
+            "single_edge_accuracy": round(float(np.mean([r["hindsight_single_edge_accuracy"] for r in per_sample])), 4),
+            "edges": round(float(np.mean([r["hindsight_edges"] for r in per_sample])), 3),
+            "fraction_of_edges": round(float(np.mean([r["hindsight_edges"] / r["n_edges"] for r in per_sample])), 3),
+            "note": "with the labels known (no agent can): the best single edge of each sample, and the fewest edges "
+                    "of any order reaching its all-edge accuracy; the gap to the agent is what knowing which edge "
+                    "(and when to stop) would be worth with this model"},
         "agent_fewer_edges_than_random_pct": (round(100 * (1 - need["agent"] / need["random"]), 1)
                                               if need["random"] > 0 else None),
         "suggestion_latency_ms": {"p50": round(float(np.percentile(ms, 50)), 2),
@@ -710,6 +729,12 @@ def _print(r: Mapping[str, Any]) -> None:
                               for row in split))
     need = r["edges_to_reach_all_edge_accuracy"]
     print("edges to reach the all-edge accuracy (oracle stop): " + ", ".join(f"{s} {v:.2f}" for s, v in need.items()))
+    hindsight = r.get("hindsight")
+    if hindsight:
+        print(f"in hindsight (labels known, no agent can): the best single edge {hindsight['single_edge_accuracy']:.3f} "
+              f"(agent's first {r['accuracy_after_k_edges']['agent'][1]:.3f}, random "
+              f"{r['accuracy_after_k_edges']['random'][1]:.3f}); the best order and stop "
+              f"{hindsight['edges']:.2f} edges ({100 * hindsight['fraction_of_edges']:.0f} %)")
     print("per sample (agent order, edges at its stop, accuracy there / with every edge):")
     for sample in r["samples"]:
         print(f"  {sample['material_id']} {sample['formula']:14s} {'>'.join(sample['agent_order']):8s} "
