@@ -10,7 +10,7 @@ from sfn_stream.core.predict import default_registry
 from sfn_stream.core.spectra import preprocess_xanes
 from sfn_stream.live.analyses import SAMPLE_STREAM
 from sfn_stream.live.catalog import runs_where, samples_where
-from sfn_stream.live.plugin import SfnPlugin, make_tiled_writer
+from sfn_stream.live.plugin import XANES_STREAM, SfnPlugin, make_tiled_writer
 from sfn_stream.simulated_beamline import corpus_beamline, measure_edge
 from tests.test_next_edge import two_metal_sample  # noqa: F401  (fixture: a two-metal test material)
 
@@ -68,13 +68,21 @@ def test_each_edge_run_carries_the_sample_result_of_every_edge_so_far(RE, client
 
 
 def test_one_metal_samples_and_plugins_without_fusion_write_no_sample_stream(RE, client, two_metal_sample):
+    """... and the run's own stream carries every sample property the 3d bundle predicts, as its stop does."""
     sample = two_metal_sample
-    first = sample.metals[0]
+    first = next(m for m in sample.metals if m != "Cu")  # Cu goes to the Cu bundle, which predicts density only
     name = f"t-no-fusion-{sample.material_id}"
     (uid,) = _measure(RE, SfnPlugin(make_tiled_writer(client), fuse_samples=False), sample, [first], name)
     run = client[uid]
-    assert SAMPLE_STREAM not in run and "sample_edges" not in run.metadata["stop"]["sfn"]
-    assert run.metadata["stop"]["sfn"]["absorber"] == first
+    summary = run.metadata["stop"]["sfn"]
+    assert SAMPLE_STREAM not in run and "sample_edges" not in summary
+    assert summary["absorber"] == first
+    row = run[XANES_STREAM].read()
+    properties = ("density", "band_gap", "formation_energy_per_atom", "fermi_level", "is_metal", "is_magnetic")
+    for name in properties:
+        assert name in summary, name
+        stored = row[name].values[0]
+        assert stored == summary[name] or np.isclose(float(stored), float(summary[name]), atol=1e-3), name
 
 
 def test_the_sample_metals_are_its_composition_s_and_its_measured_edges_in_z_order():

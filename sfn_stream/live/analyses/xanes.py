@@ -47,7 +47,8 @@ _USABLE = ("ok", "flagged")
 
 @register_analysis
 class XanesAnalysis(BaseAnalysis):
-    """Oxidation state, coordination number and density of one K-edge scan (predicted at the stop).
+    """Oxidation state and coordination number of one K-edge scan's absorber, and every sample property its bundle
+    predicts (density; from the 3d bundle also band gap, formation energy, Fermi level, is-metal, is-magnetic).
 
     After the stop: ``prediction`` (a :class:`~sfn_stream.core.predict.Prediction`), ``absorber``, ``window``
     and, for a run of a multi-metal sample, ``sample_fusion`` (the sample-level result, a
@@ -189,7 +190,8 @@ def xanes_row(prediction: Prediction, absorber: str, classes: Mapping[str, Seque
     row: dict[str, Any] = {"absorber": absorber, **status_fields(prediction, as_text=True)}
     for task, labels in classes.items():
         row.update(class_fields(task, per_element.get(task), labels))
-    row.update(value_fields("density", prediction.properties.get("density")))
+    row.update(value_fields("density", prediction.properties.get("density")))  # also on a failed prediction's row
+    row.update(property_fields(prediction.properties))
     pre = prediction.preprocessing or {}
     for name in ("e0", "e0_shift", "edge_step"):
         value = pre.get(name)
@@ -217,8 +219,16 @@ def sample_row(fused: Prediction, metal: str, source_run: str, classes: Mapping[
         row.update(class_fields(task, per_element.get(task), labels))
     state = row.get("oxidation_state")
     row["species"] = _species(metal, state) if per_element.get("oxidation_state") is not None else ""
-    for name in sorted(fused.properties):
-        value = fused.properties[name]
+    row.update(property_fields(fused.properties))
+    return row
+
+
+def property_fields(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """Every sample-level property the bundle predicted (density, band gap, is-metal ...): value and spread of a
+    regression, class and probabilities of a flag."""
+    row: dict[str, Any] = {}
+    for name in sorted(properties):
+        value = properties[name]
         if isinstance(value, ValuePrediction):
             row.update(value_fields(name, value))
         else:
