@@ -43,7 +43,7 @@ def test_predict_xanes_json_names_predictions_plainly(tmp_path, beamline, capsys
         assert 0.0 <= predictions[name]["confidence"] <= 1.0
         assert sum(predictions[name]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert predictions["density"]["std"] > 0
-    assert result["bundle_id"].startswith("xanes-specfusion@")
+    assert result["bundle_id"].startswith("xanes-specfusion-3d@")  # an element list: the 3d bundle answers Cu
     assert result["preprocessing"]["calibration"] == "reference_foil"
     assert isinstance(result["quality_flags"], list)
 

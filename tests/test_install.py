@@ -59,7 +59,7 @@ def test_predict_finds_the_installed_bundle(installed):
     result = _sfn_stream(installed, "predict", "xanes", str(FIXTURE), "--elements", "Cu,O", "--json")
     assert result.returncode == 0, result.stderr
     prediction = json.loads(result.stdout)
-    assert prediction["bundle_id"].startswith("xanes-specfusion@")
+    assert prediction["bundle_id"].startswith("xanes-specfusion-3d@")  # elements only: the 3d bundle answers Cu
     assert prediction["status"] in ("ok", "flagged")
 
 

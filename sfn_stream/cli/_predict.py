@@ -62,7 +62,7 @@ def run_xanes(args) -> int:
         if extra_edges:
             predictor = default_registry().predictor_for_edges("xanes", [absorber, *extra_edges])
         else:
-            predictor = default_registry().predictor("xanes", absorber)
+            predictor = default_registry().predictor("xanes", absorber, args.elements)
         predictor.check_request(absorber, [absorber] if not args.elements else _elements(args.elements))
         energy = channels.pop("energy")
         prediction, window = predictor.predict_scan(energy, absorber=absorber, composition=composition,

@@ -7,7 +7,9 @@
 
 Each bundle's card says what it covers: ``kind`` and, for XANES, ``supported_absorbers``. Several XANES
 bundles may coexist (one per metal, or one for all): the one covering the absorber with the fewest
-absorbers wins. An absorber no bundle covers goes to the kind's default bundle, whose own check then
+absorbers wins, except for a request that gives the sample's elements without their amounts (what a
+beamline usually knows): a card listing the absorber under ``preferred_for_elements_only`` wins then (the
+measured reason sits in that card's ``registry`` note). An absorber no bundle covers goes to the kind's default bundle, whose own check then
 says that the edge is not supported yet. A new kind of model registers its predictor class with
 :func:`register_predictor`; its predictor takes a bundle path.
 """
@@ -47,6 +49,7 @@ class BundleCard:
     name: str
     kind: str
     supported_absorbers: tuple[str, ...] = ()
+    preferred_for_elements_only: tuple[str, ...] = ()
 
     def covers(self, absorber: str | None) -> bool:
         return absorber is not None and absorber in self.supported_absorbers
@@ -72,11 +75,14 @@ class ModelRegistry:
             self._cards = _read_cards(self.directory)
         return self._cards
 
-    def bundle_path(self, kind: str, absorber: str | None = None) -> Path:
-        """The bundle that answers ``kind`` (for ``absorber``): the narrowest card covering the absorber,
-        else the kind's default bundle (which may not exist: loading it then says so)."""
+    def bundle_path(self, kind: str, absorber: str | None = None, composition=None) -> Path:
+        """The bundle that answers ``kind`` (for ``absorber``): the narrowest card covering the absorber (for
+        an element list or no ``composition``, one preferring the absorber in that mode first), else the kind's
+        default bundle (which may not exist: loading it then says so)."""
         of_kind = [card for card in self.cards() if card.kind == kind]
         covering = [card for card in of_kind if card.covers(absorber)]
+        if covering and _elements_only(composition):
+            covering = [card for card in covering if absorber in card.preferred_for_elements_only] or covering
         if covering:
             return min(covering, key=lambda card: (len(card.supported_absorbers), card.name)).path
         default = _default_bundle(kind)
@@ -99,12 +105,13 @@ class ModelRegistry:
         best = min(covering, key=lambda card: (len(card.supported_absorbers), card.name))
         return load_predictor(kind, best.path)
 
-    def predictor(self, kind: str, absorber: str | None = None):
-        """The predictor for ``kind`` (and ``absorber``), loaded on first use."""
+    def predictor(self, kind: str, absorber: str | None = None, composition=None):
+        """The predictor for ``kind`` (and ``absorber``; ``composition``, an element list or a formula, decides
+        between bundles that prefer one input mode), loaded on first use."""
         if kind in self._given:
             return self._given[kind]
         self._check_covered(kind, absorber)
-        return load_predictor(kind, self.bundle_path(kind, absorber))
+        return load_predictor(kind, self.bundle_path(kind, absorber, composition))
 
     def _check_covered(self, kind: str, absorber: str | None) -> None:
         """Say which absorbers the folder's bundles cover when none covers ``absorber``."""
@@ -187,6 +194,19 @@ def _modification_times(path: Path) -> tuple:
     return tuple(stamps)
 
 
+def _elements_only(composition) -> bool:
+    """Whether a request knows the sample's elements but not their amounts (no composition counts as such; an
+    unparsable one is left to the predictor to refuse)."""
+    if composition is None:
+        return True
+    from ._composition import CompositionError, parse_elements
+
+    try:
+        return parse_elements(composition)[1] is None
+    except CompositionError:
+        return False
+
+
 def _read_cards(directory: Path) -> list[BundleCard]:
     cards = []
     for card_path in sorted(directory.glob(f"*/{CARD_FILE}")):
@@ -198,5 +218,6 @@ def _read_cards(directory: Path) -> list[BundleCard]:
             continue
         cards.append(BundleCard(path=card_path.parent, name=str(card.get("name", card_path.parent.name)),
                                 kind=str(card["kind"]),
-                                supported_absorbers=tuple(card.get("supported_absorbers") or ())))
+                                supported_absorbers=tuple(card.get("supported_absorbers") or ()),
+                                preferred_for_elements_only=tuple(card.get("preferred_for_elements_only") or ())))
     return cards

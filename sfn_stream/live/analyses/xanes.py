@@ -114,7 +114,7 @@ class XanesAnalysis(BaseAnalysis):
                 raise Insufficient("no energy readings were recorded")
             if absorber is None:
                 raise Insufficient("no absorber given (sfn.element) and no K edge lies in the scanned range")
-            predictor = self.models.predictor("xanes", absorber)
+            predictor = self.models.predictor("xanes", absorber, composition)
             started = time.perf_counter()
             prediction, window = predictor.predict_scan(
                 columns["energy"], columns.get("mu"), i0=columns.get("i0"), it=columns.get("it"),

@@ -434,7 +434,7 @@ def evaluate_dev(ensemble, baselines: CompositionBaselines) -> dict[str, Any]:
             row["oxidation_state"], row["oxidation_state_p"] = _best(per["oxidation_state"])
             row["cn"], row["cn_p"] = _best(per["coordination_number"])
             try:
-                chosen = default_registry().predictor("xanes", absorber)
+                chosen = default_registry().predictor("xanes", absorber, elements)
                 prediction = chosen.predict_window(window, elements)
                 row["registry_bundle"] = prediction.bundle_id
                 row["registry_oxidation_state"] = prediction.per_element[absorber]["oxidation_state"].value

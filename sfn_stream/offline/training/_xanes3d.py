@@ -50,11 +50,18 @@ from ._xanes_splits import (
 
 BUNDLE_NAME = "xanes-specfusion-3d"
 BUNDLE_VERSION = "0.1.0"
-# Why Cu stays with the Cu bundle (written into the card; the figures are in the card's metrics).
-REGISTRY_NOTE = ("the model registry picks the narrowest card covering an absorber, so Cu scans keep going to "
-                 "models/xanes-specfusion (Cu only); this bundle answers Ti, V, Cr, Mn, Fe, Co, Ni, Zn. On the Cu "
-                 "test units it is not better in every mode (see metrics: better CN in elements-only mode, worse "
-                 "oxidation state and CN in formula mode on the OmniXAS Cu test), so the Cu bundle's behaviour is kept.")
+# Which Cu requests this bundle answers, and why (written into the card; the figures are in its metrics).
+REGISTRY_NOTE = (
+    "the model registry picks the narrowest card covering an absorber, except that a request giving the "
+    "sample's elements without their amounts (or none) goes to a card listing the absorber under "
+    "preferred_for_elements_only. This bundle lists all nine metals there, so Cu scans with an element "
+    "list come here and Cu scans with a formula go to models/xanes-specfusion (Cu only). Measured "
+    "(evaluate xanes, snapshot 977b76a0, Cu test units, this bundle vs the Cu bundle): elements only, "
+    "FEFF10 Cu oxidation state 0.80 vs 0.70 and CN 0.83 vs 0.58, OmniXAS Cu 0.73 vs 0.72 and 0.77 vs "
+    "0.58, measured development files 33/39 vs 31/39 oxidation states and 30/37 vs 29/37 CN with every "
+    "other metal here; with the formula, OmniXAS Cu 0.75 vs 0.77 and 0.77 vs 0.80 (FEFF10 Cu 0.80 vs "
+    "0.77, CN 0.82 both), so the Cu bundle keeps formula requests."
+)
 MAX_TOKENS = 5  # the corpus holds 2-5 element compounds
 OX_CLASSES = tuple(range(8))
 MIXED_VALENCE_MIN = 0.05  # a site-averaged oxidation state further than this from an integer is mixed valence
@@ -648,6 +655,7 @@ def _card(trained, config, augmentation, calibration, train: MaterialTable, val:
         "supported_absorbers": list(METALS_3D),
         "predicts_unmeasured_metals": True,
         "registry": REGISTRY_NOTE,
+        "preferred_for_elements_only": list(METALS_3D),
         "covers": "K-edge XANES of Ti, V, Cr, Mn, Fe, Co, Ni, Cu, Zn in 2-5 element compounds, and the "
         "metals themselves (foils: one FEFF10 spectrum per metal, listed under training_data.metal_references; "
         "intermetallics carry no oxidation-state label). Input: the sample's "
