@@ -63,6 +63,12 @@ def test_extend_split_files_keeps_committed_and_follows_formulas(tmp_path):
     assert split_of["m0"] == split_of["m8"]  # one new formula (LiF), two space groups: one split
     again = read_split_files(table, tmp_path / "out")
     assert {k: list(v) for k, v in again.items()} == {k: list(v) for k, v in splits.items()}
+    # the shared assignment wins for a new structure that is a corpus material, with its formula's other new
+    # structures; a committed structure keeps its split whatever the shared file says
+    for split in ("test", "val"):
+        other = {name: {str(table.ids[i]) for i in idx} for name, idx in
+                 extend_split_files(table, committed, shared={"m0": split, "b0": "test"}).items()}
+        assert {"m0", "m8"} <= other[split] and "b0" in other["train"]
 
 
 @pytest.mark.skipif(not have_shared(), reason="needs ../shared (matminer_mp)")
