@@ -7,9 +7,10 @@
 
 Each bundle's card says what it covers: ``kind`` and, for XANES, ``supported_absorbers``. Several XANES
 bundles may coexist (one per metal, or one for all): the one covering the absorber with the fewest
-absorbers wins, except for a request that gives the sample's elements without their amounts (what a
+absorbers wins, except for a request that lists the sample's elements without their amounts (what a
 beamline usually knows): a card listing the absorber under ``preferred_for_elements_only`` wins then (the
-measured reason sits in that card's ``registry`` note). An absorber no bundle covers goes to the kind's default bundle, whose own check then
+measured reason sits in that card's ``registry`` note). Without a composition, or with the absorber alone,
+the narrowest card still wins: which bundle is better there was not measured. An absorber no bundle covers goes to the kind's default bundle, whose own check then
 says that the edge is not supported yet. A new kind of model registers its predictor class with
 :func:`register_predictor`; its predictor takes a bundle path.
 """
@@ -77,11 +78,11 @@ class ModelRegistry:
 
     def bundle_path(self, kind: str, absorber: str | None = None, composition=None) -> Path:
         """The bundle that answers ``kind`` (for ``absorber``): the narrowest card covering the absorber (for
-        an element list or no ``composition``, one preferring the absorber in that mode first), else the kind's
+        an element list naming more than the absorber, one preferring the absorber in that mode first), else the kind's
         default bundle (which may not exist: loading it then says so)."""
         of_kind = [card for card in self.cards() if card.kind == kind]
         covering = [card for card in of_kind if card.covers(absorber)]
-        if covering and _elements_only(composition):
+        if covering and _elements_only(composition, absorber):
             covering = [card for card in covering if absorber in card.preferred_for_elements_only] or covering
         if covering:
             return min(covering, key=lambda card: (len(card.supported_absorbers), card.name)).path
@@ -194,17 +195,19 @@ def _modification_times(path: Path) -> tuple:
     return tuple(stamps)
 
 
-def _elements_only(composition) -> bool:
-    """Whether a request knows the sample's elements but not their amounts (no composition counts as such; an
-    unparsable one is left to the predictor to refuse)."""
+def _elements_only(composition, absorber: str | None = None) -> bool:
+    """Whether a request lists the sample's elements, more than the absorber, without their amounts. None or the
+    absorber alone says nothing of the sample (the 3d bundle reads "Cu" alone as the metal); an unparsable
+    composition is left to the predictor to refuse."""
     if composition is None:
-        return True
+        return False
     from ._composition import CompositionError, parse_elements
 
     try:
-        return parse_elements(composition)[1] is None
+        elements, fractions = parse_elements(composition)
     except CompositionError:
         return False
+    return fractions is None and bool(set(elements) - {absorber})
 
 
 def _read_cards(directory: Path) -> list[BundleCard]:

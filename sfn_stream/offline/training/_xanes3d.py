@@ -52,15 +52,16 @@ BUNDLE_NAME = "xanes-specfusion-3d"
 BUNDLE_VERSION = "0.1.0"
 # Which Cu requests this bundle answers, and why (written into the card; the figures are in its metrics).
 REGISTRY_NOTE = (
-    "the model registry picks the narrowest card covering an absorber, except that a request giving the "
-    "sample's elements without their amounts (or none) goes to a card listing the absorber under "
-    "preferred_for_elements_only. This bundle lists all nine metals there, so Cu scans with an element "
-    "list come here and Cu scans with a formula go to models/xanes-specfusion (Cu only). Measured "
-    "(evaluate xanes, snapshot 977b76a0, Cu test units, this bundle vs the Cu bundle): elements only, "
-    "FEFF10 Cu oxidation state 0.80 vs 0.70 and CN 0.83 vs 0.58, OmniXAS Cu 0.73 vs 0.72 and 0.77 vs "
-    "0.58, measured development files 33/39 vs 31/39 oxidation states and 30/37 vs 29/37 CN with every "
-    "other metal here; with the formula, OmniXAS Cu 0.75 vs 0.77 and 0.77 vs 0.80 (FEFF10 Cu 0.80 vs "
-    "0.77, CN 0.82 both), so the Cu bundle keeps formula requests."
+    "the model registry picks the narrowest card covering an absorber, except that a request listing the "
+    "sample's elements (more than the absorber) without their amounts goes to a card listing the absorber "
+    "under preferred_for_elements_only. This bundle lists all nine metals there, so Cu scans with an "
+    "element list come here and Cu scans with a formula, or with no composition, go to "
+    "models/xanes-specfusion (Cu only; without a composition this bundle would read the sample as the "
+    "metal). Measured (evaluate xanes, snapshot 977b76a0, Cu test units, this bundle vs the Cu bundle): "
+    "elements only, FEFF10 Cu oxidation state 0.80 vs 0.70 and CN 0.83 vs 0.58, OmniXAS Cu 0.73 vs 0.72 "
+    "and 0.77 vs 0.58, measured development files 33/39 vs 31/39 oxidation states and 30/37 vs 29/37 CN "
+    "with every other metal here; with the formula, OmniXAS Cu 0.75 vs 0.77 and 0.77 vs 0.80 (FEFF10 Cu "
+    "0.80 vs 0.77, CN 0.82 both), so the Cu bundle keeps formula requests."
 )
 MAX_TOKENS = 5  # the corpus holds 2-5 element compounds
 OX_CLASSES = tuple(range(8))
