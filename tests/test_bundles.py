@@ -40,7 +40,8 @@ def test_a_card_without_the_hash_refuses_to_load(tmp_path):
 
 def test_cli_says_why_and_exits_2(tampered_models):
     code = "import sys; from sfn_stream.cli import main; sys.exit(main(sys.argv[1:]))"
-    result = subprocess.run([sys.executable, "-c", code, "predict", "xanes", str(FIXTURE), "--elements", "CuO"],  # a formula: the (tampered) Cu bundle
+    # a formula: the request goes to the (tampered) Cu bundle
+    result = subprocess.run([sys.executable, "-c", code, "predict", "xanes", str(FIXTURE), "--elements", "CuO"],
                             env={**_environ(), "SFN_STREAM_MODELS": str(tampered_models)},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr

@@ -64,7 +64,8 @@ def _accuracy_by_set(ax, report: Mapping[str, Any]) -> None:
     ax.plot([], [], "k--", lw=1, label="target (issue 13)")
     ax.set_xticks(x, [label for _, label in sets], fontsize=8)
     ax.set(ylim=(0, 1.05), ylabel="crystal-system accuracy", title="accuracy per test set (95 % interval)")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)  # below: bars and targets stay visible
+    # the legend below the axes: bars and targets stay visible
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
 
 
 def _reliability(ax, report: Mapping[str, Any]) -> None:

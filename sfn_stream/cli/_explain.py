@@ -102,7 +102,10 @@ def _explain_file(path: Path, args, composition, flags, extra_edges) -> dict:
     try:
         registry = default_registry()
         absorbers = [window.absorber, *(w.absorber for w in others)]
-        predictor = registry.predictor_for_edges("xanes", absorbers) if others else registry.predictor("xanes", window.absorber, composition)
+        if others:
+            predictor = registry.predictor_for_edges("xanes", absorbers)
+        else:
+            predictor = registry.predictor("xanes", window.absorber, composition)
         explanation = explain_windows(predictor, [window, *others], composition or window.absorber, steps=args.steps)
     except (PredictorError, ValueError) as err:
         raise CliError(f"{path}: {err}") from err

@@ -10,8 +10,8 @@ bundles may coexist (one per metal, or one for all): the one covering the absorb
 absorbers wins, except for a request that lists the sample's elements without their amounts (what a
 beamline usually knows): a card listing the absorber under ``preferred_for_elements_only`` wins then (the
 measured reason sits in that card's ``registry`` note). Without a composition, or with the absorber alone,
-the narrowest card still wins: which bundle is better there was not measured. An absorber no bundle covers goes to the kind's default bundle, whose own check then
-says that the edge is not supported yet. A new kind of model registers its predictor class with
+the narrowest card still wins: which bundle is better there was not measured. An absorber no bundle covers
+goes to the kind's default bundle, whose own check then says that the edge is not supported yet. A new kind of model registers its predictor class with
 :func:`register_predictor`; its predictor takes a bundle path.
 """
 
@@ -78,8 +78,8 @@ class ModelRegistry:
 
     def bundle_path(self, kind: str, absorber: str | None = None, composition=None) -> Path:
         """The bundle that answers ``kind`` (for ``absorber``): the narrowest card covering the absorber (for
-        an element list naming more than the absorber, one preferring the absorber in that mode first), else the kind's
-        default bundle (which may not exist: loading it then says so)."""
+        an element list naming more than the absorber, one preferring the absorber in that mode first), else
+        the kind's default bundle (which may not exist: loading it then says so)."""
         of_kind = [card for card in self.cards() if card.kind == kind]
         covering = [card for card in of_kind if card.covers(absorber)]
         if covering and _elements_only(composition, absorber):

@@ -821,10 +821,9 @@ def _extend_main(argv) -> int:
         sys.exit(f"the extension needs the shared development data: {err}")
     print(json.dumps(table.info["extension"], indent=1))
     if args.splits_dir:
-        from ._xanes_splits import UNIFIED_SPLITS_FILE, read_unified_splits
+        from ._xanes_splits import UNIFIED_SPLITS_FILE, read_unified_splits, split_of
 
-        unified = read_unified_splits() if UNIFIED_SPLITS_FILE.is_file() else {}
-        shared = {mid: name for name in SPLITS for mid in unified.get(name, ())}
+        shared = split_of(read_unified_splits()) if UNIFIED_SPLITS_FILE.is_file() else {}
         splits = extend_split_files(table, args.committed_splits, args.splits_dir, shared=shared)
         print(json.dumps({name: len(idx) for name, idx in splits.items()}))
     return 0
