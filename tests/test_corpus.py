@@ -359,6 +359,39 @@ def test_splits_keep_formulas_together_and_earlier_assignments_fixed():
     assert grown["m999"] == splits[rows[0][0]]
 
 
+
+def test_a_new_formula_takes_the_split_the_pxrd_files_give_it_and_an_old_one_keeps_its_own(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    from sfn_stream.core.simulation import StickTable
+    from sfn_stream.offline.splits import pxrd_formula_splits
+    from sfn_stream.offline.training._xrd import structure_record
+
+    def rock_salt(cation, anion, a=5.0):
+        record, reason = structure_record(f"x:{cation}{anion}", Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(a), [cation, anion], [[0, 0, 0], [0.5, 0.5, 0.5]]))
+        assert reason is None
+        return record
+
+    table_path = StickTable.from_records([rock_salt("Ni", "O"), rock_salt("Co", "O"), rock_salt("Mn", "O")]).save(
+        tmp_path / "sticks.npz")
+    (tmp_path / "xrd_train.txt").write_text("x:MnO\n")
+    (tmp_path / "xrd_val.txt").write_text("")
+    (tmp_path / "xrd_test.txt").write_text("x:NiO\nx:CoO\n")
+    hints = pxrd_formula_splits(tmp_path, table_path)
+    assert hints == {"NiO": "test", "CoO": "test", "MnO": "train"}
+    assert pxrd_formula_splits(tmp_path / "absent", table_path) == {}
+
+    old = [(f"m{i}", "CoO", ["Co|cubic"]) for i in range(3)]
+    previous = {mid: "train" for mid, *_ in old}
+    new = [("n1", "NiO", ["Ni|cubic"]), ("n2", "CoO", ["Co|cubic"]), ("n3", "MnO", ["Mn|cubic"])]
+    # without hints, a lone new formula goes where the strata balance sends it (train here)
+    assert stratified_splits(old + new, previous=previous)["n1"] == "train"
+    splits = stratified_splits(old + new, previous=previous, formula_hints=hints)
+    assert splits["n1"] == "test"  # the PXRD test formula stays test
+    assert splits["n2"] == "train"  # an earlier corpus material fixes CoO: formulas never span two splits
+    assert splits["n3"] == "train"
+
 # --- teacher labels --------------------------------------------------------------------------------
 
 

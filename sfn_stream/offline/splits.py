@@ -92,12 +92,17 @@ def stratified_splits(
     materials: Iterable[tuple[str, str, Sequence[str]]],
     previous: Mapping[str, str] | None = None,
     fractions: Mapping[str, float] = FRACTIONS,
+    formula_hints: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """material id -> split, for ``(material_id, formula, strata)`` triples.
 
     ``strata`` are the material's (absorber, crystal system) labels, e.g. ``["Fe|trigonal"]``.
-    ``previous`` assignments are kept as they are.
+    ``previous`` assignments are kept as they are. ``formula_hints`` (formula -> split) place a new
+    formula group that no previous material fixes, before the strata balance does: the split another
+    assignment already gave that formula (:func:`pxrd_formula_splits`), so that taking the material
+    into the shared assignment moves nothing there.
     """
+    formula_hints = {f: s for f, s in (formula_hints or {}).items() if s in SPLITS}
     previous = dict(previous or {})
     rows = list(materials)
     formula_split: dict[str, str] = {}
@@ -112,7 +117,8 @@ def stratified_splits(
     out = dict(previous)
     for formula in sorted(new, key=hash_order):
         members = [(material_id, strata) for material_id, _, strata in new[formula]]
-        split = formula_split.get(formula) or _neediest_for_strata(members, counts, fractions)
+        split = (formula_split.get(formula) or formula_hints.get(formula)
+                 or _neediest_for_strata(members, counts, fractions))
         formula_split[formula] = split
         for material_id, strata in members:
             out[material_id] = split
@@ -180,3 +186,32 @@ def pinned_splits(path=UNIFIED_SPLITS_FILE) -> dict[str, str]:
         return {}
     data = json.loads(path.read_text())
     return {mid: split for split in SPLITS for mid in data.get(split, ())}
+
+
+def pxrd_formula_splits(splits_dir=paths.SPLITS_DIR, table_path=None) -> dict[str, str]:
+    """Reduced formula -> split in the committed PXRD split files (``xrd_{train,val,test}.txt`` over the stick
+    table; test before val before train where a formula's structures differ, as the split sync orders them).
+    Empty when the files or the table are absent."""
+    from pathlib import Path
+
+    from pymatgen.core import Composition
+
+    from sfn_stream.core.simulation import StickTable
+
+    splits_dir = Path(splits_dir)
+    table_path = Path(table_path or paths.DATA_DIR / "xrd_sticks" / "xrd_sticks.npz")
+    files = {name: splits_dir / f"xrd_{name}.txt" for name in SPLITS}
+    if not table_path.is_file() or not all(f.is_file() for f in files.values()):
+        return {}
+    table = StickTable.load(table_path)
+    formula_of = dict(zip((str(k) for k in table.ids), (str(f) for f in table.formulas)))
+    reduced: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for name in ("train", "val", "test"):  # later (stricter) splits overwrite earlier ones
+        for key in files[name].read_text().split():
+            formula = formula_of.get(key)
+            if formula is not None:
+                if formula not in reduced:
+                    reduced[formula] = Composition(formula).reduced_formula
+                out[reduced[formula]] = name
+    return out

@@ -36,7 +36,7 @@ import numpy as np
 from sfn_stream.core import paths
 from sfn_stream.core.files import file_sha256
 from sfn_stream.core.simulation import FeffSettings
-from sfn_stream.offline.splits import SPLITS, pinned_splits, stratified_splits
+from sfn_stream.offline.splits import SPLITS, pinned_splits, pxrd_formula_splits, stratified_splits
 from ._audit import amcsd_cif_text, audit_material, audit_summary, duplicate_disagreements, write_findings
 from ._items import ITEM_VERSIONS, SEED_KIND
 from ._metal_references import METAL_REFERENCES, metal_reference_rows, write_metal_references
@@ -295,8 +295,9 @@ def assemble_corpus(
     # the shared assignment wins over the corpus's own earlier one: one split for the corpus and every model
     previous = {**read_splits(out_dir), **pinned_splits()}
     strata = _strata(material_rows, absorber_rows)
+    # a new material whose formula the PXRD splits already hold takes that split: the sync then moves nothing
     splits = stratified_splits(((r["material_id"], r["formula"], strata[r["material_id"]]) for r in material_rows),
-                               previous=previous)
+                               previous=previous, formula_hints=pxrd_formula_splits())
     for row in material_rows:
         row["split"] = splits[row["material_id"]]
     _write_tables(out_dir, material_rows, absorber_rows)
