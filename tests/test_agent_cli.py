@@ -91,15 +91,20 @@ def test_measure_from_the_cli_follows_the_first_edge_then_the_agent_and_writes_d
     assert sorted(run.metadata["start"]["sfn"]["element"] for run in xanes.values()) == sorted(two_metal["metals"])
 
 
-def test_measure_with_the_progress_display_stops_where_the_user_says(capsys, monkeypatch, tiled_service, two_metal):
+def test_measure_with_the_progress_display_stops_where_the_user_says(capsys, monkeypatch, tiled_service, client,
+                                                                      two_metal):
     monkeypatch.setenv("SFN_TILED_API_KEY", tiled_service.api_key)
     name = f"t-cli-progress-{two_metal['material_id']}"
     status = main(["agent", "measure", "--material", two_metal["material_id"], "--tiled", tiled_service.uri,
-                   "--sample-name", name, "--max-edges", "1", "--no-pxrd", *EVERY_EDGE])
+                   "--sample-name", name, "--max-edges", "1", "--no-pxrd", "--elements-only", *EVERY_EDGE])
     assert status == 0
     captured = capsys.readouterr()
     assert "edges measured" in captured.err and "(1/2)" in captured.err  # the bar and a decision's line
+    assert "elements only" in captured.err
     assert f"{name}: 1 of 2 edges measured" in captured.out.replace("\n", " ")
+    (run,) = client.search(Key("start.sfn.kind") == "xanes").search(Key("start.sfn.sample") == name).values()
+    told = run.metadata["start"]["sfn"]["composition"]
+    assert "," in told and set(told.split(",")) >= set(two_metal["metals"])  # the element list, no formula
 
 
 @pytest.mark.parametrize("argv, message", [

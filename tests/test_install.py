@@ -68,4 +68,9 @@ def test_demo_runs_from_the_installed_package(installed):
     result = _sfn_stream(installed, "demo")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Cu oxidation state" in result.stdout
-    assert (installed[2] / "sfn-demo" / "summary.json").is_file()
+    summary = json.loads((installed[2] / "sfn-demo" / "summary.json").read_text())
+    # the multi-metal part runs from the sample shipped in the package, elements only, to the agent's "done"
+    agent = summary["agent"]
+    assert agent["metals"] == ["V", "Ni", "Cu"] and agent["steps"][0]["trigger"] == "pxrd"
+    assert agent["steps"][-1]["done"] and 1 <= len(agent["edges_measured"]) <= 3
+    assert set(agent["predicted"]) == {"V", "Ni", "Cu"} and agent["labels_total"] == 6

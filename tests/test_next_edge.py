@@ -18,6 +18,7 @@ from tiled.queries import Key
 
 from sfn_stream.core import paths
 from sfn_stream.core.predict import PredictorError, default_registry
+from sfn_stream.live.catalog import runs_where
 from sfn_stream.live.consumers import NextEdgeAgent, NextEdgeOptions
 from sfn_stream.live.consumers.next_edge import (
     CANDIDATES_STREAM,
@@ -107,6 +108,10 @@ def test_after_the_first_edge_the_agent_suggests_the_other_and_after_both_it_is_
     assert [client[uid].metadata["start"]["sfn"]["element"] for uid in xanes_uids] == [first, second]
     assert runs[0].metadata["start"]["uid"] in client.search(Key("stop.sfn.next_edge") == second)
     assert runs[1].metadata["start"]["uid"] in client.search(Key("stop.sfn.done") == True)
+    # a query for the sample's predictions finds its measurements, not the decisions that repeat them
+    decisions = {run.metadata["start"]["uid"] for run in runs}
+    assert set(runs_where(client, sample=name)) == set(xanes_uids)
+    assert set(runs_where(client, kind="next_edge", sample=name)) == decisions
 
     # streams: what it ingested, every candidate edge's score, the fused belief per metal
     assert set(runs[0]) == {INGESTED_STREAM, CANDIDATES_STREAM, POSTERIOR_STREAM}

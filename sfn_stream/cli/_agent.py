@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     measure.add_argument("--crystal-system-confidence", type=float, default=0.6,
                          help="the PXRD crystal-system probability structure inference waits for (default 0.6)")
     measure.add_argument("--no-pxrd", action="store_true", help="skip the PXRD run")
+    measure.add_argument("--elements-only", action="store_true",
+                         help="tell the plugin the sample's elements, not its formula (as at a beamline, and as "
+                              "sfn-stream bench agent measures)")
     measure.add_argument("--seed", type=int, default=0, help="counting-noise seed of the simulated detectors")
     measure.add_argument("--json", action="store_true", help="print one JSON object (no progress display)")
     measure.set_defaults(run=run_measure)
@@ -125,6 +128,7 @@ def run_measure(args) -> int:
         raise CliError(f"{err.args[0]} (sfn-stream agent list-samples lists the usable ones)") from err
     except (OSError, ImportError) as err:
         raise CliError(f"the corpus cannot be read: {err}") from err
+    sample.elements_only = args.elements_only
     if len(sample.metals) < 2:
         raise CliError(f"{material} ({sample.formula}) has {len(sample.metals)} computed 3d-metal edge(s); the agent "
                        "needs a multi-metal sample (sfn-stream agent list-samples)")
@@ -210,7 +214,8 @@ class _Progress:
     def __init__(self, sample, name: str, where: str, rule: dict):
         from tqdm import tqdm
 
-        print(f"{name}: {sample.formula}, edges {', '.join(sample.metals)}; Tiled {where}", file=sys.stderr)
+        told = "elements only: " + sample.composition if sample.elements_only else "formula given"
+        print(f"{name}: {sample.formula} ({told}), edges {', '.join(sample.metals)}; Tiled {where}", file=sys.stderr)
         print(f"stopping rule ({rule['stopping_from']}): target confidence {rule['target_confidence']:g}, "
               f"min {rule['min_bits_per_hour']:g} bits/h", file=sys.stderr)
         self.n_metals = len(sample.metals)

@@ -1,7 +1,9 @@
 """``sfn-stream demo``: the whole path on a simulated beamline, with an embedded Tiled server.
 
 Measures the demo sample (one PXRD frame, one K-edge XANES scan), shows the predictions as
-they arrive, saves a figure, and runs example queries against Tiled.
+they arrive, saves a figure, and runs example queries against Tiled. Then a sample with three 3d metals,
+told only its elements as at a beamline, is measured with the next-edge agent: PXRD, the edge the agent
+picks, its next edges until it says done, every metal's fused prediction against the truth.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--mono-offset", type=float, default=1.5,
                         help="simulated monochromator miscalibration in eV, corrected by the reference foil")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-agent", action="store_true", help="skip the multi-metal sample measured with the agent")
     parser.set_defaults(run=run)
 
 
@@ -42,6 +45,7 @@ def run(args) -> int:
 
     from sfn_stream.simulated_beamline import load_demo_sample, powder_scan, simulated_beamline, xanes_scan
     from sfn_stream.live.catalog import TiledService
+    from sfn_stream.live.consumers import NextEdgeAgent
     from sfn_stream.live.plugin import SfnPlugin, make_tiled_writer
     from ._live import LiveDisplay, ScanProgress
 
@@ -54,7 +58,8 @@ def run(args) -> int:
     with out.status("starting the embedded Tiled server and loading the models..."):
         service = TiledService(tiled_dir)
         client = service.client()
-        plugin = SfnPlugin(make_tiled_writer(client))
+        agent = None if args.no_agent else NextEdgeAgent()
+        plugin = SfnPlugin(make_tiled_writer(client), consumers=[agent] if agent else [])
         plugin.flush()
     try:
         out.print(f"Tiled: {service.uri} (data in {tiled_dir})")
@@ -77,12 +82,16 @@ def run(args) -> int:
         figure = args.out / "demo.png"
         _save_figure(figure, client, xanes_uid, xrd_uid, sample)
         out.print(f"figure saved: [bold]{figure}[/bold]")
-        (args.out / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
         _run_queries(out, client, summaries)
+        if agent is not None:
+            summaries["agent"] = _measure_with_agent(out, RE, plugin, agent, client, args.seed)
+        (args.out / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
     finally:
         plugin.close()
         service.close()
-    failed = [k for k, s in summaries.items() if not s or s.get("status") not in ("ok", "flagged")]
+    failed = [k for k in ("xrd", "xanes") if not summaries[k] or summaries[k].get("status") not in ("ok", "flagged")]
+    if agent is not None and not summaries["agent"]["steps"]:
+        failed.append("the next-edge agent")
     if failed:
         raise CliError(f"no usable prediction for: {', '.join(failed)} (see above)", status=1)
     return 0
@@ -155,3 +164,57 @@ def _save_figure(path: Path, client, xanes_uid: str, xrd_uid: str, sample) -> No
     from ._figure import demo_figure
 
     demo_figure(path, client[xanes_uid], client[xrd_uid], sample)
+
+
+def _measure_with_agent(out, RE, plugin, agent, client, seed: int) -> dict:
+    """The shipped three-metal sample, elements only, measured edge by edge as the agent decides."""
+    from rich.table import Table
+
+    from sfn_stream.simulated_beamline import load_demo_agent_sample
+    from sfn_stream.simulated_beamline.agent_session import format_step, measure_with_agent, predicted_labels
+
+    sample = load_demo_agent_sample(elements_only=True)
+    name = "demo-" + sample.formula
+    out.rule(f"Next-edge agent: {sample.formula}, told only its elements ({sample.composition})")
+    out.print(f"{sample.provenance.get('material', sample.material_id)}.", style="dim")
+    rule = agent.options.describe(agent.agent.calibration)
+    out.print(f"PXRD, then the {', '.join(sample.metals)} K edges in the order the agent picks, until it is done "
+              f"(every metal at confidence {rule['target_confidence']:g}, or no edge worth "
+              f"{rule['min_bits_per_hour']:g} bits per hour of beamtime; {rule['stopping_from']})", style="dim")
+    result = measure_with_agent(RE, plugin, agent, sample, name=name, seed=seed,
+                                on_step=lambda step: out.print("  " + format_step(step, len(sample.metals)),
+                                                               highlight=False))
+    predicted = predicted_labels(agent, name)
+    final = result.final
+    confidence = final.metal_confidence if final else {}
+    table = Table(title=f"{sample.formula}: fused predictions after {len(result.edges_measured)} of "
+                        f"{len(sample.metals)} edges ({', '.join(result.edges_measured) or '-'}) vs the structure",
+                  title_justify="left")
+    for column in ("metal", "edge measured", "oxidation state", "truth", "CN", "truth "):
+        table.add_column(column)
+    truth = sample.truth.get("metals", {})
+    for metal in sample.metals:
+        p, t, c = predicted.get(metal, {}), truth.get(metal, {}), confidence.get(metal, {})
+        table.add_row(metal, "yes" if metal in result.edges_measured else "no",
+                      _with_confidence(p.get("oxidation_state"), c.get("oxidation_state")),
+                      str(t.get("oxidation_state")), _with_confidence(p.get("coordination_number"),
+                                                                     c.get("coordination_number")),
+                      str(t.get("coordination_number")))
+    out.print(table)
+    pxrd_run = next((step.trigger_run for step in result.steps if step.trigger == "pxrd"), None)
+    pxrd = plugin.summaries.get(pxrd_run) or {}
+    if pxrd.get("crystal_system"):
+        out.print(f"crystal system (PXRD): {pxrd['crystal_system']} ({_pct(pxrd.get('crystal_system_confidence'))}), "
+                  f"truth {sample.truth.get('crystal_system')}")
+    right, total = result.labels_right(predicted)
+    out.print(f"{right}/{total} labels right: one sample, an example and not a score (`sfn-stream bench agent` "
+              "measures the agent on every test-split sample)", style="dim")
+    out.print(f"[bold]the agent's decisions[/bold]: {len(result.steps)} runs in Tiled, "
+              f"client.search(Key('start.sfn.kind') == 'next_edge').search(Key('start.sfn.sample') == {name!r})")
+    return {**result.to_dict(), "predicted": predicted, "labels_right": right, "labels_total": total}
+
+
+def _with_confidence(label, confidence) -> str:
+    if label is None:
+        return "-"
+    return f"{label} ({confidence:.0%})" if confidence is not None else str(label)

@@ -27,6 +27,7 @@ from ._plans import powder_scan, xanes_scan
 
 METALS_3D = ("Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn")
 WAVELENGTH = 1.5406  # Cu K-alpha: the stick patterns are LP-free, so any wavelength replays
+DEMO_AGENT_SAMPLE_FILE = "demo_agent_sample.json"
 
 
 @dataclass
@@ -41,10 +42,36 @@ class CorpusSample:
     sticks_intensity: np.ndarray
     wavelength: float = WAVELENGTH
     truth: dict[str, Any] = field(default_factory=dict)
+    elements_only: bool = False  # tell the plugin the elements, not the formula (the usual case at a beamline)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metals(self) -> list[str]:
         return sorted(self.spectra, key=METALS_3D.index)
+
+    @property
+    def composition(self) -> str:
+        """What the runs tell the plugin of the sample: its formula, or its element list (``elements_only``)."""
+        return ",".join(self.elements) if self.elements_only else self.formula
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every edge's FEFF spectrum, the sticks, the labels and where they came from."""
+        return {"material_id": self.material_id, "formula": self.formula, "elements": list(self.elements),
+                "spectra": {m: {"energy": e.tolist(), "mu": mu.tolist(), "energy_offset": offset}
+                            for m, (e, mu, offset) in self.spectra.items()},
+                "xrd": {"wavelength": self.wavelength, "q": self.sticks_q.tolist(),
+                        "intensity": self.sticks_intensity.tolist()},
+                "truth": self.truth, "provenance": self.provenance}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, elements_only: bool = False) -> CorpusSample:
+        spectra = {m: (np.asarray(v["energy"], float), np.asarray(v["mu"], float), float(v["energy_offset"]))
+                   for m, v in raw["spectra"].items()}
+        return cls(material_id=raw["material_id"], formula=raw["formula"], elements=list(raw["elements"]),
+                   spectra=spectra, sticks_q=np.asarray(raw["xrd"]["q"], float),
+                   sticks_intensity=np.asarray(raw["xrd"]["intensity"], float),
+                   wavelength=float(raw["xrd"]["wavelength"]), truth=raw.get("truth", {}),
+                   elements_only=elements_only, provenance=raw.get("provenance", {}))
 
     def replay_spectrum(self, metal: str) -> tuple[np.ndarray, np.ndarray]:
         """Normalised mu of ``metal``'s edge on the calibrated energy scale, as the XANES detector replays it."""
@@ -103,6 +130,16 @@ def load_corpus_sample(material_id: str, corpus_dir: str | Path = paths.CORPUS_D
                         truth=truth)
 
 
+def load_demo_agent_sample(*, elements_only: bool = True) -> CorpusSample:
+    """The demo's multi-metal sample, shipped with the package (``sfn_stream/data/demo_agent_sample.json``: a
+    test-split corpus material, exported with :meth:`CorpusSample.to_dict`), so the demo needs no corpus."""
+    import json
+    from importlib import resources
+
+    raw = json.loads(resources.files("sfn_stream.data").joinpath(DEMO_AGENT_SAMPLE_FILE).read_text())
+    return CorpusSample.from_dict(raw, elements_only=elements_only)
+
+
 def corpus_beamline(sample: CorpusSample, *, seed: int = 0):
     """Monochromator, XANES detector (loaded with the sample's first edge) and powder detector."""
     first = sample.metals[0]
@@ -118,7 +155,7 @@ def corpus_beamline(sample: CorpusSample, *, seed: int = 0):
 def measure_edge(sample: CorpusSample, xas: XanesDetector, mono, metal: str, *, name: str | None = None):
     """Put ``metal``'s edge of the sample in the beam and scan across it; returns the run's uid."""
     xas.load_spectrum(*sample.replay_spectrum(metal), absorber=metal)
-    plan = xanes_scan(xas, mono, metal, composition=sample.formula, sample=name or sample.material_id)
+    plan = xanes_scan(xas, mono, metal, composition=sample.composition, sample=name or sample.material_id)
     return (yield from bpp.set_run_key_wrapper(plan, f"sfn_edge_{metal}"))
 
 
@@ -146,7 +183,7 @@ def measure_sample(sample: CorpusSample, mono, xas: XanesDetector, powder: Powde
 
     name = name or sample.material_id
     if pxrd and len(sample.sticks_q):
-        yield from powder_scan(powder, num=1, sample=name, composition=sample.formula)
+        yield from powder_scan(powder, num=1, sample=name, composition=sample.composition)
     problem = OptimizationProblem(optimizer=optimizer, actuators=[mono], sensors=[xas],
                                   evaluation_function=optimizer.evaluate,
                                   acquisition_plan=edge_acquisition(sample, xas, name=name))

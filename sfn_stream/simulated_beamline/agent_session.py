@@ -176,7 +176,7 @@ def measure_with_agent(RE, plugin, agent: NextEdgeAgent, material: str | CorpusS
     recorder = DecisionRecorder(name, on_step)
     plugin.subscribe(recorder)
     mono, xas, powder = corpus_beamline(sample, seed=seed)
-    optimizer = NextEdgeOptimizer(agent, sample=name, composition=sample.formula, first_edge=first_edge,
+    optimizer = NextEdgeOptimizer(agent, sample=name, composition=sample.composition, first_edge=first_edge,
                                   wait=plugin.flush, wait_seconds=wait_seconds, max_edges=max_edges, progress=None)
     try:
         RE(measure_sample(sample, mono, xas, powder, optimizer, name=name, pxrd=pxrd))

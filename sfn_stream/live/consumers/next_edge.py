@@ -56,7 +56,7 @@ from sfn_stream import __version__
 from sfn_stream.core.predict import PredictorError, default_registry, parse_elements
 from sfn_stream.core.serialize import json_safe
 from sfn_stream.core.spectra import k_edge_energy
-from sfn_stream.live.documents import DerivedStreams, run_summary, stop_with_summary
+from sfn_stream.live.documents import NEXT_EDGE_KIND, DerivedStreams, run_summary, stop_with_summary
 
 from .base import BaseConsumer, FinishedRun, register_consumer
 from .structure import StructureConsumer, StructureInferenceOptions
@@ -66,7 +66,6 @@ logger = logging.getLogger(__name__)
 METALS_3D = ("Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn")
 TASKS = ("oxidation_state", "coordination_number")
 NEXT_EDGE_CONSUMER = "next_edge"
-NEXT_EDGE_KIND = "next_edge"
 NEXT_EDGE_PLAN = "sfn_next_edge"
 INGESTED_STREAM = "sfn_next_edge_ingested"
 CANDIDATES_STREAM = "sfn_next_edge_candidates"

@@ -46,13 +46,12 @@ from sfn_stream import __version__
 from sfn_stream.core.predict import parse_elements
 from sfn_stream.core.serialize import json_safe
 from sfn_stream.core.structure import InferenceRequest, InferenceResult, XrdInput, infer_structures, template_index
-from sfn_stream.live.documents import DerivedStreams, run_summary, stop_with_summary
+from sfn_stream.live.documents import STRUCTURE_KIND, DerivedStreams, run_summary, stop_with_summary
 from .base import BaseConsumer, FinishedRun, register_consumer
 
 logger = logging.getLogger(__name__)
 
 STRUCTURE_STREAM = "sfn_structure_candidates"
-STRUCTURE_KIND = "structure_inference"
 STRUCTURE_PLAN = "sfn_structure_inference"
 STRUCTURE_CONSUMER = "structure"  # the consumer's name (SfnPlugin(consumers=["structure"]))
 MIN_TABLE_PROBABILITY = 0.01  # predicted states / CNs rarer than this are left out of the request

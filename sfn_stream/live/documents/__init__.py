@@ -5,8 +5,11 @@ Light on purpose (numpy and event-model only): the Tiled queries import the summ
 
 from .streams import SOURCE, DerivedStreams, data_keys_for
 from .summary import (
+    DECISION_KINDS,
     LIST_FIELDS,
     METADATA_KEY,
+    NEXT_EDGE_KIND,
+    STRUCTURE_KIND,
     exit_flag,
     failed_summary,
     run_summary,
@@ -16,8 +19,11 @@ from .summary import (
 )
 
 __all__ = [
+    "DECISION_KINDS",
     "LIST_FIELDS",
     "METADATA_KEY",
+    "NEXT_EDGE_KIND",
+    "STRUCTURE_KIND",
     "SOURCE",
     "DerivedStreams",
     "data_keys_for",

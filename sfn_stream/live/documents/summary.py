@@ -27,6 +27,14 @@ METADATA_KEY = "sfn"
 LIST_FIELDS = frozenset({"sample_species", "sample_edges", "sample_runs", "sample_metals"})
 
 
+# Runs the after-stop consumers write about other runs (decisions, inferred structures): their summaries repeat
+# the sample's predictions (species, crystal system), so a query for predictions leaves them out unless it
+# names their kind.
+NEXT_EDGE_KIND = "next_edge"
+STRUCTURE_KIND = "structure_inference"
+DECISION_KINDS = (NEXT_EDGE_KIND, STRUCTURE_KIND)
+
+
 def summary_field(field: str, metadata_key: str = METADATA_KEY) -> str:
     """The Tiled metadata key of one summary field: ``stop.<metadata_key>.<field>``."""
     return f"stop.{metadata_key}.{field}"
