@@ -74,3 +74,4 @@ def test_demo_runs_from_the_installed_package(installed):
     assert agent["metals"] == ["V", "Ni", "Cu"] and agent["steps"][0]["trigger"] == "pxrd"
     assert agent["steps"][-1]["done"] and 1 <= len(agent["edges_measured"]) <= 3
     assert set(agent["predicted"]) == {"V", "Ni", "Cu"} and agent["labels_total"] == 6
+    assert (installed[2] / "sfn-demo" / "agent.png").stat().st_size > 10_000

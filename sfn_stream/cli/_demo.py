@@ -84,7 +84,7 @@ def run(args) -> int:
         out.print(f"figure saved: [bold]{figure}[/bold]")
         _run_queries(out, client, summaries)
         if agent is not None:
-            summaries["agent"] = _measure_with_agent(out, RE, plugin, agent, client, args.seed)
+            summaries["agent"] = _measure_with_agent(out, RE, plugin, agent, client, args.seed, args.out / "agent.png")
         (args.out / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
     finally:
         plugin.close()
@@ -166,7 +166,7 @@ def _save_figure(path: Path, client, xanes_uid: str, xrd_uid: str, sample) -> No
     demo_figure(path, client[xanes_uid], client[xrd_uid], sample)
 
 
-def _measure_with_agent(out, RE, plugin, agent, client, seed: int) -> dict:
+def _measure_with_agent(out, RE, plugin, agent, client, seed: int, figure: Path) -> dict:
     """The shipped three-metal sample, elements only, measured edge by edge as the agent decides."""
     from rich.table import Table
 
@@ -209,6 +209,10 @@ def _measure_with_agent(out, RE, plugin, agent, client, seed: int) -> dict:
     right, total = result.labels_right(predicted)
     out.print(f"{right}/{total} labels right: one sample, an example and not a score (`sfn-stream bench agent` "
               "measures the agent on every test-split sample)", style="dim")
+    from ._figure import agent_figure
+
+    agent_figure(figure, client, result, sample, target=rule["target_confidence"])
+    out.print(f"figure saved: [bold]{figure}[/bold]")
     out.print(f"[bold]the agent's decisions[/bold]: {len(result.steps)} runs in Tiled, "
               f"client.search(Key('start.sfn.kind') == 'next_edge').search(Key('start.sfn.sample') == {name!r})")
     return {**result.to_dict(), "predicted": predicted, "labels_right": right, "labels_total": total}

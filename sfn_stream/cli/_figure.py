@@ -91,3 +91,43 @@ def _probability_bars(ax, xanes, xrd, stop_x, sample) -> None:
     if density is not None:
         title += f"; density {density:.2f} ± {stop_x.get('density_std') or 0:.2f} g/cm$^3$"
     ax.set_title(title)
+
+
+def agent_figure(path: Path, client, result, sample, target: float | None = None) -> None:
+    """The demo's multi-metal sample: each measured edge as Tiled holds it (normalised, on its own E - E0), and
+    every metal's calibrated confidence after each of the agent's decisions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sfn_stream.core.spectra import preprocess_xanes
+
+    colours = dict(zip(sample.metals, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for step in result.steps:
+        if step.trigger in colours and step.trigger_run:
+            primary = client[step.trigger_run]["primary"].read()
+            window = preprocess_xanes(_column(primary, "energy"), i0=_column(primary, "i0"), it=_column(primary, "it"),
+                                      iref=_column(primary, "iref"), absorber=step.trigger)
+            left.plot(np.asarray(window.energy_full) - window.e0, window.norm_full, color=colours[step.trigger],
+                      lw=1.2, label=f"{step.trigger} K edge (E0 {window.e0:.1f} eV)")
+    left.set(xlabel="E - E0 (eV)", ylabel="normalised $\\mu(E)$", xlim=(-30, 80),
+             title=f"{sample.formula}: the edges the agent chose")
+    left.legend(fontsize=8)
+    labels = [f"after {step.trigger}" for step in result.steps]
+    x = np.arange(len(result.steps))
+    for metal in sample.metals:
+        for task, style, name in (("oxidation_state", "-", "ox"), ("coordination_number", "--", "CN")):
+            y = [step.metal_confidence.get(metal, {}).get(task, np.nan) for step in result.steps]
+            right.plot(x, y, style, marker="o", color=colours[metal], label=f"{metal} {name}")
+    if target is not None:
+        right.axhline(target, color="grey", lw=0.8, ls=":", label=f"target {target:g}")
+    final = result.steps[-1] if result.steps else None
+    right.set(xticks=x, xticklabels=labels, ylim=(0, 1.05), ylabel="calibrated confidence",
+              xlabel=f"done: {final.reason}" if final is not None and final.done else "",
+              title="each metal's confidence after each decision")
+    right.legend(fontsize=8, ncol=len(sample.metals), loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
