@@ -340,3 +340,21 @@ def test_volume_increments_recover_the_atomic_volumes_the_densities_were_made_fr
     assert _increment_density({"Fe": 3, "O": 4}, fitted) == pytest.approx(
         (3 * 55.845 + 4 * 15.999) / 7 * AMU_PER_A3_IN_G_PER_CM3 / ((3 * 11 + 4 * 17) / 7), rel=1e-3)
     assert math.isnan(_increment_density({"Fe": 1, "Pu": 1}, fitted))  # an element never seen: no guess
+
+
+def test_beta_nll_is_the_gaussian_nll_at_unit_variance_and_frees_the_mean_from_small_variances():
+    import torch
+
+    from sfn_stream.offline.training._xanes3d import regression_nll
+
+    mean, target = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.5])
+    ones = torch.ones(2)
+    assert float(regression_nll(mean, target, ones, 0.5)) == pytest.approx(float(regression_nll(mean, target, ones)))
+    variance = torch.tensor([0.01, 4.0])
+    grads = {}
+    for beta in (0.0, 1.0):
+        m = mean.clone().requires_grad_(True)
+        regression_nll(m, target, variance, beta).backward()
+        grads[beta] = m.grad
+    assert abs(grads[0.0][0]) > 100 * abs(grads[0.0][1])  # the plain NLL's mean follows the small variance
+    torch.testing.assert_close(grads[1.0], (mean - target) / 2)  # beta 1: the squared error's gradient
