@@ -168,10 +168,10 @@ def _save_figure(path: Path, client, xanes_uid: str, xrd_uid: str, sample) -> No
 
 def _measure_with_agent(out, RE, plugin, agent, client, seed: int, figure: Path) -> dict:
     """The shipped three-metal sample, elements only, measured edge by edge as the agent decides."""
-    from rich.table import Table
-
     from sfn_stream.simulated_beamline import load_demo_agent_sample
     from sfn_stream.simulated_beamline.agent_session import format_step, measure_with_agent, predicted_labels
+
+    from ._figure import agent_figure
 
     sample = load_demo_agent_sample(elements_only=True)
     name = "demo-" + sample.formula
@@ -185,6 +185,26 @@ def _measure_with_agent(out, RE, plugin, agent, client, seed: int, figure: Path)
                                 on_step=lambda step: out.print("  " + format_step(step, len(sample.metals)),
                                                                highlight=False))
     predicted = predicted_labels(agent, name)
+    out.print(_agent_table(sample, result, predicted))
+    pxrd_run = next((step.trigger_run for step in result.steps if step.trigger == "pxrd"), None)
+    pxrd = plugin.summaries.get(pxrd_run) or {}
+    if pxrd.get("crystal_system"):
+        out.print(f"crystal system (PXRD): {pxrd['crystal_system']} ({_pct(pxrd.get('crystal_system_confidence'))}), "
+                  f"truth {sample.truth.get('crystal_system')}")
+    right, total = result.labels_right(predicted)
+    out.print(f"{right}/{total} labels right: one sample, an example and not a score (`sfn-stream bench agent` "
+              "measures the agent on every test-split sample)", style="dim")
+    agent_figure(figure, client, result, sample, target=rule["target_confidence"])
+    out.print(f"figure saved: [bold]{figure}[/bold]")
+    out.print(f"[bold]the agent's decisions[/bold]: {len(result.steps)} runs in Tiled, "
+              f"client.search(Key('start.sfn.kind') == 'next_edge').search(Key('start.sfn.sample') == {name!r})")
+    return {**result.to_dict(), "predicted": predicted, "labels_right": right, "labels_total": total}
+
+
+def _agent_table(sample, result, predicted):
+    """Every metal's fused oxidation state and CN (with confidence), measured or not, beside the truth."""
+    from rich.table import Table
+
     final = result.final
     confidence = final.metal_confidence if final else {}
     table = Table(title=f"{sample.formula}: fused predictions after {len(result.edges_measured)} of "
@@ -197,25 +217,10 @@ def _measure_with_agent(out, RE, plugin, agent, client, seed: int, figure: Path)
         p, t, c = predicted.get(metal, {}), truth.get(metal, {}), confidence.get(metal, {})
         table.add_row(metal, "yes" if metal in result.edges_measured else "no",
                       _with_confidence(p.get("oxidation_state"), c.get("oxidation_state")),
-                      str(t.get("oxidation_state")), _with_confidence(p.get("coordination_number"),
-                                                                     c.get("coordination_number")),
+                      str(t.get("oxidation_state")),
+                      _with_confidence(p.get("coordination_number"), c.get("coordination_number")),
                       str(t.get("coordination_number")))
-    out.print(table)
-    pxrd_run = next((step.trigger_run for step in result.steps if step.trigger == "pxrd"), None)
-    pxrd = plugin.summaries.get(pxrd_run) or {}
-    if pxrd.get("crystal_system"):
-        out.print(f"crystal system (PXRD): {pxrd['crystal_system']} ({_pct(pxrd.get('crystal_system_confidence'))}), "
-                  f"truth {sample.truth.get('crystal_system')}")
-    right, total = result.labels_right(predicted)
-    out.print(f"{right}/{total} labels right: one sample, an example and not a score (`sfn-stream bench agent` "
-              "measures the agent on every test-split sample)", style="dim")
-    from ._figure import agent_figure
-
-    agent_figure(figure, client, result, sample, target=rule["target_confidence"])
-    out.print(f"figure saved: [bold]{figure}[/bold]")
-    out.print(f"[bold]the agent's decisions[/bold]: {len(result.steps)} runs in Tiled, "
-              f"client.search(Key('start.sfn.kind') == 'next_edge').search(Key('start.sfn.sample') == {name!r})")
-    return {**result.to_dict(), "predicted": predicted, "labels_right": right, "labels_total": total}
+    return table
 
 
 def _with_confidence(label, confidence) -> str:
