@@ -17,6 +17,7 @@ DOCS_DIR = REPO_DIR / "docs"
 CORPUS_DIR = DATA_DIR / "corpus"
 SPLITS_DIR = DATA_DIR / "splits"
 LABELS_DIR = DATA_DIR / "labels"
+XRD_STICK_TABLE = DATA_DIR / "xrd_sticks" / "xrd_sticks.npz"  # the committed PXRD stick table
 PACKAGE_DATA_DIR = PACKAGE_DIR / "data"
 
 

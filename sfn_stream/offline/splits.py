@@ -199,7 +199,7 @@ def pxrd_formula_splits(splits_dir=paths.SPLITS_DIR, table_path=None) -> dict[st
     from sfn_stream.core.simulation import StickTable
 
     splits_dir = Path(splits_dir)
-    table_path = Path(table_path or paths.DATA_DIR / "xrd_sticks" / "xrd_sticks.npz")
+    table_path = Path(table_path or paths.XRD_STICK_TABLE)
     files = {name: splits_dir / f"xrd_{name}.txt" for name in SPLITS}
     if not table_path.is_file() or not all(f.is_file() for f in files.values()):
         return {}

@@ -49,7 +49,7 @@ P_WRONG_CN = 0.2
 P_WRONG_SYSTEM = 0.19
 SPACE_GROUP_PRIORS = ("none", "predicted", "oracle")
 SEARCH_MATCH_BUNDLE = "xrd-search-match"  # named, not the registry's default: only search-match names space groups
-STICK_TABLE = paths.DATA_DIR / "xrd_sticks" / "xrd_sticks.npz"  # the bundle's reference ids -> formulas
+STICK_TABLE = paths.XRD_STICK_TABLE  # the bundle's reference ids -> formulas
 MEASUREMENT = {
     "p_synchrotron": 0.0,
     "lab_anode_probabilities": {"Cu": 1.0, "Co": 0.0, "Mo": 0.0},

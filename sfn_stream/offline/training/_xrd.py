@@ -20,7 +20,7 @@ from sfn_stream.offline.splits import SPLITS, hashed_splits
 from ._omnixas import TimeLimitExceeded, time_limit
 
 SYMPREC = 0.1
-DEFAULT_STICK_TABLE = paths.DATA_DIR / "xrd_sticks" / "xrd_sticks.npz"
+DEFAULT_STICK_TABLE = paths.XRD_STICK_TABLE
 
 
 def structure_record(key: str, structure, *, timeout_s: float = 30.0, calculator: str = "pymatgen",

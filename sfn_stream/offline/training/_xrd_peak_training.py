@@ -299,7 +299,7 @@ def _card(table, sticks_path, splits, train_idx, val_idx, model, kwargs, history
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--sticks", type=Path, default=paths.DATA_DIR / "xrd_sticks" / "xrd_sticks.npz")
+    parser.add_argument("--sticks", type=Path, default=paths.XRD_STICK_TABLE)
     parser.add_argument("--splits-dir", type=Path, default=paths.SPLITS_DIR)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=100_000)
