@@ -166,8 +166,10 @@ def test_a_time_limit_ends_the_run_without_records(campaign):
     assert results.read_text() == "" and '"not_started": 2' in run.stdout
 
     started = time.monotonic()  # FEFF on fcc Cu takes ~15 s: both items are stopped while running
-    run = _batch_run(campaign, batch, results, "--workers", "2", "--time-limit", "2")
+    scratch = campaign["tmp"] / "node" / "scratch"  # a fresh node's scratch folder need not exist yet
+    run = _batch_run(campaign, batch, results, "--workers", "2", "--time-limit", "2", "--scratch", str(scratch))
     assert run.returncode == 0, run.stderr
+    assert scratch.is_dir() and not any(scratch.iterdir())  # the runs' folder made there and removed
     assert time.monotonic() - started < 12
     assert results.read_text() == "" and '"stopped_at_time_limit": 2' in run.stdout
 

@@ -137,6 +137,8 @@ def run_batch(
     sandboxes: list[Sandbox] = []
     total = len(todo)
 
+    if scratch is not None:  # a node's fresh scratch path need not exist yet
+        Path(scratch).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sfn-feff-batch-", dir=scratch) as tmp:
 
         def worker() -> None:
