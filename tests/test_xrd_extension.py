@@ -16,6 +16,7 @@ from sfn_stream.offline.training._xrd import (
     extend_stick_table,
     read_split_files,
     structure_record,
+    with_generated,
 )
 
 
@@ -132,3 +133,20 @@ def test_the_pxrd_splits_follow_the_shared_assignment_formula_by_formula(tmp_pat
     split_of = {str(table.ids[i]): name for name, idx in splits.items() for i in idx}
     assert split_of == {"mp-1": "test", "amcsd:7": "test", "mp-2": "train", "amcsd:8": "val", "amcsd:9": "val"}
     assert (tmp_path / "out" / "xrd_test.txt").read_text().split() == ["amcsd:7", "mp-1"]
+
+
+def test_generated_crystals_join_training_only_and_never_a_held_out_formula():
+    real = StickTable.from_records([record("amcsd:1", rock_salt()), record("amcsd:2", rock_salt(cation="K")),
+                                    record("amcsd:3", rock_salt(cation="Rb"))])
+    splits = {"train": np.array([0]), "val": np.array([1]), "test": np.array([2])}
+    generated = StickTable.from_records([record("pyxtal:cubic:0", rock_salt(a=6.0, cation="Cs")),
+                                         record("pyxtal:cubic:1", rock_salt(a=6.3, cation="Rb"))])
+    combined, out = with_generated(real, generated, splits)
+    # RbCl is a test formula: its generated crystal is left out, CsCl joins the training split
+    assert list(combined.ids) == ["amcsd:1", "amcsd:2", "amcsd:3", "pyxtal:cubic:0"]
+    assert combined.ids[out["train"]].tolist() == ["amcsd:1", "pyxtal:cubic:0"]
+    assert out["val"].tolist() == [1] and out["test"].tolist() == [2]
+    assert combined.info["generated"]["dropped_formula_in_val_or_test"] == 1
+    assert np.allclose(combined.sticks(3).q, generated.sticks(0).q)
+    with pytest.raises(ValueError, match="pyxtal:"):
+        with_generated(real, StickTable.from_records([record("mp-9", rock_salt(cation="Cs"))]), splits)

@@ -36,6 +36,7 @@ from sfn_stream.offline.metrics import fit_temperature, probability_metrics
 from sfn_stream.offline.splits import SPLITS as SPLIT_NAMES
 
 from ._xrd import (
+    GENERATED_PREFIX,
     assign_splits,
     labels_of,
     read_split_files,
@@ -46,7 +47,6 @@ from ._xrd import (
 BUNDLE_NAME = "xrd-peak-transformer"
 P_IMPURITY = 0.3
 IMPURITY_FRACTION = (0.02, 0.15)
-GENERATED_PREFIX = "pyxtal:"
 
 _TABLE: StickTable | None = None  # per worker process
 
