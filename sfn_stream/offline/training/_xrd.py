@@ -415,22 +415,18 @@ def with_generated(table: StickTable, generated: StickTable,
     One whose reduced formula a validation or test structure has is left out (a random crystal of a test
     formula is not the test structure, but dropping it removes the doubt; 290 of 8,383 on 4 December).
     """
+    if not all(str(key).startswith(GENERATED_PREFIX) for key in generated.ids):
+        raise ValueError(f"generated crystals must have ids starting with {GENERATED_PREFIX!r}")
     held = set(table.formulas[np.concatenate([splits["val"], splits["test"]])].tolist())
     keep = [i for i in range(len(generated)) if str(generated.formulas[i]) not in held]
-    if any(not str(generated.ids[i]).startswith(GENERATED_PREFIX) for i in keep):
-        raise ValueError(f"generated crystals must have ids starting with {GENERATED_PREFIX!r}")
-
-    def records(source: StickTable, rows) -> list[dict]:
-        return [{"id": source.ids[i], "formula": source.formulas[i], "spacegroup": int(source.spacegroups[i]),
-                 "crystal_system": source.crystal_systems[i], "sticks": source.sticks(i)} for i in rows]
-
     kept_systems = Counter(str(generated.crystal_systems[i]) for i in keep)
     info = {**table.info, "generated": {
         "source": "pyxtal crystals of python -m sfn_stream.offline.training._xrd_cache (2-3 elements, space groups "
                   "uniform within each crystal system); training split only",
         "n": len(keep), "dropped_formula_in_val_or_test": len(generated) - len(keep),
         "crystal_systems": dict(sorted(kept_systems.items()))}}
-    combined = StickTable.from_records(records(table, range(len(table))) + records(generated, keep), info)
+    combined = StickTable.from_records([_record_of(table, i) for i in range(len(table))]
+                                       + [_record_of(generated, i) for i in keep], info)
     out = {name: np.asarray(idx, dtype=int) for name, idx in splits.items()}
     out["train"] = np.concatenate([out["train"], np.arange(len(table), len(combined))])
     return combined, out
