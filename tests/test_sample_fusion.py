@@ -91,3 +91,39 @@ def test_the_sample_metals_are_its_composition_s_and_its_measured_edges_in_z_ord
     assert _sample_metals("Fe2O3", ["Fe"]) == ["Fe"]
     assert _sample_metals("Mn,Fe,O", ["Fe"]) == ["Mn", "Fe"]
     assert _sample_metals("ZnO", ["Cu"]) == ["Cu", "Zn"]
+
+
+def test_a_run_and_its_sample_result_come_from_one_forward_pass(two_metal_sample, monkeypatch):
+    """What the plugin does at a sample's second edge: the run's own prediction and the fused one in one pass,
+    the same numbers as two separate requests; a request the bundle cannot serve fails before any pass."""
+    import pytest
+    from sfn_stream.core.predict import PredictorError
+
+    sample = two_metal_sample
+    predictor = default_registry().predictor_for_edges("xanes", sample.metals)
+    windows = [preprocess_xanes(*sample.replay_spectrum(metal), absorber=metal) for metal in sample.metals]
+    separate = [predictor.predict_window(windows[0], sample.formula), predictor.predict_windows(windows, sample.formula)]
+    passes = []
+    batch = predictor.ensemble.predict_batch
+    monkeypatch.setattr(predictor.ensemble, "predict_batch", lambda compounds: passes.append(len(compounds))
+                        or batch(compounds))
+    joint = predictor.predict_many([([windows[0]], sample.formula, ()), (windows, sample.formula, ())])
+    assert passes == [2]
+    for alone, together in zip(separate, joint):
+        assert together.inputs == alone.inputs and together.quality_flags == alone.quality_flags
+        assert np.allclose(_numbers(together), _numbers(alone), atol=1e-5)
+    with pytest.raises(PredictorError, match="not among the sample's elements"):
+        predictor.predict_many([([windows[0]], sample.formula, ()), (windows, "Zn", ())])
+    assert passes == [2]
+
+
+def _numbers(prediction) -> list[float]:
+    """Every probability and value of a prediction, in a fixed order."""
+    out = []
+    for metal in sorted(prediction.per_element):
+        for task in sorted(prediction.per_element[metal]):
+            out += list(prediction.per_element[metal][task].probabilities.values())
+    for name in sorted(prediction.properties):
+        value = prediction.properties[name]
+        out += list(value.probabilities.values()) if hasattr(value, "probabilities") else [value.value, value.std]
+    return out

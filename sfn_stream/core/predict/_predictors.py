@@ -73,13 +73,48 @@ class XanesPredictor:
     def predict_windows(self, windows, composition: str | Sequence[str], *, extra_flags=()) -> Prediction:
         """One fused prediction from several edges of one sample (one window per absorber; the first is the
         run's own). An unusable extra edge is left out with a flag; an unusable first one fails the request."""
+        return self.predict_many([(windows, composition, extra_flags)])[0]
+
+    def predict_many(self, requests) -> list[Prediction]:
+        """Several :meth:`predict_windows` requests, each ``(windows, composition, extra_flags)``, in one forward
+        pass of the ensemble: a run's own edge and its sample's fused edges cost about one pass, not two.
+        Raises :class:`PredictorError` (before any pass) if any request is one the bundle cannot serve."""
+        planned = [_WindowsRequest.plan(self, *request) for request in requests]
+        compounds = [request.compound() for request in planned if request.failure is None]
+        raws = iter(self.ensemble.predict_batch(compounds))
+        return [request.failure if request.failure is not None else request.finish(next(raws), self.bundle.id)
+                for request in planned]
+
+    def preprocess_scan(self, energy, mu=None, *, absorber: str, i0=None, it=None, ifluor=None, iref=None):
+        """A scan (mu or raw channels) on the model window: a :class:`~sfn_stream.core.spectra.XanesWindow`."""
+        from sfn_stream.core.spectra import preprocess_xanes
+
+        return preprocess_xanes(energy, mu, i0=i0, it=it, ifluor=ifluor, iref=iref, absorber=absorber)
+
+    def predict_scan(self, energy, mu=None, *, absorber: str, composition, i0=None, it=None, ifluor=None,
+                     iref=None, extra_flags=()):
+        """Preprocess a scan (mu or raw channels) and predict; returns ``(prediction, window)``."""
+        window = self.preprocess_scan(energy, mu, i0=i0, it=it, ifluor=ifluor, iref=iref, absorber=absorber)
+        return self.predict_window(window, composition, extra_flags=extra_flags), window
+
+
+class _WindowsRequest:
+    """One :meth:`XanesPredictor.predict_windows` request, checked and ready for the ensemble (or failed)."""
+
+    def __init__(self, used, elements, fractions, flags, inputs, extras, failure=None):
+        self.used, self.elements, self.fractions = used, elements, fractions
+        self.flags, self.inputs, self.extras, self.failure = flags, inputs, extras, failure
+
+    @classmethod
+    def plan(cls, predictor: XanesPredictor, windows, composition, extra_flags=()) -> "_WindowsRequest":
         elements, fractions = parse_elements(composition)
         first, extras = windows[0], list(windows[1:])
         flags = [*first.flags, *extra_flags]
         inputs = {"absorber": first.absorber, "elements": elements, "fractions": fractions}
         if not first.usable:
-            return Prediction.failed("xanes", "insufficient_data", first.reason, bundle_id=self.bundle.id,
-                                     flags=flags, preprocessing=first.to_dict(), inputs=inputs)
+            failure = Prediction.failed("xanes", "insufficient_data", first.reason, bundle_id=predictor.bundle.id,
+                                        flags=flags, preprocessing=first.to_dict(), inputs=inputs)
+            return cls([], elements, fractions, flags, inputs, extras, failure)
         if len({w.absorber for w in windows}) != len(windows):
             raise PredictorError(f"one window per absorber, got {[w.absorber for w in windows]}")
         used = [first]
@@ -89,10 +124,16 @@ class XanesPredictor:
             else:
                 flags.append(f"edge_left_out:{window.absorber}")
         for window in used:
-            self.check_request(window.absorber, elements)
+            predictor.check_request(window.absorber, elements)
         if extras:
             inputs["edges"] = [w.absorber for w in used]
-        raw = self.ensemble.predict(elements, {w.absorber: (w.mu, w.e0_shift) for w in used}, fractions)
+        return cls(used, elements, fractions, flags, inputs, extras)
+
+    def compound(self):
+        """The ensemble's input: (elements, absorber -> (window, E0 shift), fractions)."""
+        return self.elements, {w.absorber: (w.mu, w.e0_shift) for w in self.used}, self.fractions
+
+    def finish(self, raw, bundle_id: str) -> Prediction:
         properties = {
             name: ValuePrediction(value=float(v["mean"]), std=float(v["std"]), unit=v.get("unit", ""))
             for name, v in raw.get("compound", {}).items()
@@ -104,20 +145,13 @@ class XanesPredictor:
                       for task, v in tasks.items()}
             for element, tasks in raw.get("per_element", {}).items()
         }
-        preprocessing = first.to_dict()
-        if extras:
-            preprocessing["other_edges"] = {w.absorber: w.to_dict() for w in extras}
-        return Prediction(kind="xanes", status=_status(flags), bundle_id=self.bundle.id, properties=properties,
-                          per_element=per_element, quality_flags=flags,
-                          messages=[m for w in used for m in w.messages], preprocessing=preprocessing, inputs=inputs)
-
-    def predict_scan(self, energy, mu=None, *, absorber: str, composition, i0=None, it=None, ifluor=None,
-                     iref=None, extra_flags=()):
-        """Preprocess a scan (mu or raw channels) and predict; returns ``(prediction, window)``."""
-        from sfn_stream.core.spectra import preprocess_xanes
-
-        window = preprocess_xanes(energy, mu, i0=i0, it=it, ifluor=ifluor, iref=iref, absorber=absorber)
-        return self.predict_window(window, composition, extra_flags=extra_flags), window
+        preprocessing = self.used[0].to_dict()
+        if self.extras:
+            preprocessing["other_edges"] = {w.absorber: w.to_dict() for w in self.extras}
+        return Prediction(kind="xanes", status=_status(self.flags), bundle_id=bundle_id, properties=properties,
+                          per_element=per_element, quality_flags=self.flags,
+                          messages=[m for w in self.used for m in w.messages], preprocessing=preprocessing,
+                          inputs=self.inputs)
 
 
 class XrdPredictor:

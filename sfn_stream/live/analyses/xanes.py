@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -92,9 +93,16 @@ class XanesAnalysis(BaseAnalysis):
         absorber, composition, flags = self._request(columns)
         if exit_flag(stop):
             flags.append(exit_flag(stop))
-        prediction, window, predictor = self._predict(columns, absorber, composition, flags)
+        started = time.perf_counter()
+        window, predictor, failure = self._preprocess(columns, absorber, composition, flags)
+        fusion = self._fusion_request(window, composition) if failure is None else None
+        if failure is None:
+            prediction, fused = self._predict(window, composition, predictor, flags, fusion)
+            self.prediction_seconds = time.perf_counter() - started
+        else:
+            prediction, fused = failure, None
         self.prediction, self.absorber, self.window = prediction, absorber, window
-        self.sample_fusion = self._fuse_with_sample(window, composition, prediction, predictor, flags)
+        self.sample_fusion = self._sample_fusion(fusion, fused, composition, prediction, predictor, flags)
         # Rows are written once every prediction is made: each one sets the forwarder sending to Tiled, which
         # would otherwise take the CPU from the fusion still to come (the stop waits for both).
         classes = {task: bundle_classes(predictor, task, default) for task, default in _DEFAULT_CLASSES.items()}
@@ -106,61 +114,78 @@ class XanesAnalysis(BaseAnalysis):
             derived_stream=self.stream, **summary_fields(prediction, absorber),
             preprocessing=_preprocessing_summary(prediction.preprocessing), **sample_fields)
 
-    def _predict(self, columns, absorber, composition, flags: list[str]):
-        """The run's own prediction, its preprocessed window and the predictor used (None where none was)."""
-        window = predictor = None
+    def _preprocess(self, columns, absorber, composition, flags: list[str]):
+        """``(window, predictor, None)``: the scan on the model window and the predictor that serves it; or
+        ``(None, predictor or None, failed prediction)`` saying why there is none."""
+        predictor = None
         try:
             if "energy" not in columns or not len(columns["energy"]):
                 raise Insufficient("no energy readings were recorded")
             if absorber is None:
                 raise Insufficient("no absorber given (sfn.element) and no K edge lies in the scanned range")
             predictor = self.models.predictor("xanes", absorber, composition)
-            started = time.perf_counter()
-            prediction, window = predictor.predict_scan(
-                columns["energy"], columns.get("mu"), i0=columns.get("i0"), it=columns.get("it"),
-                ifluor=columns.get("if"), iref=columns.get("iref"), absorber=absorber,
-                composition=composition, extra_flags=flags)
-            self.prediction_seconds = time.perf_counter() - started
-        except Insufficient as why:
-            prediction = Prediction.failed("xanes", "insufficient_data", str(why), flags=flags)
-        except PredictorError as why:
-            prediction = Prediction.failed("xanes", "error", str(why), flags=flags, bundle_id=bundle_id(predictor))
+            window = predictor.preprocess_scan(columns["energy"], columns.get("mu"), i0=columns.get("i0"),
+                                               it=columns.get("it"), ifluor=columns.get("if"),
+                                               iref=columns.get("iref"), absorber=absorber)
+            return window, predictor, None
         except Exception as err:
-            logger.exception("sfn-stream: XANES prediction failed")
-            prediction = Prediction.failed("xanes", "error", f"model failed: {type(err).__name__}: {err}",
-                                           flags=flags, bundle_id=bundle_id(predictor))
-        return prediction, window, predictor
+            return None, predictor, _failed(err, flags, predictor, "model failed")
+
+    def _predict(self, window, composition, predictor, flags: list[str], fusion: _FusionRequest | None):
+        """The run's own prediction, and the sample's fused one when the same bundle serves both: then one
+        forward pass makes the two (the decision a beamline waits on comes sooner). Else ``(own, None)``."""
+        own_request = ([window], composition, flags)
+        if fusion is not None and fusion.earlier and fusion.predictor is predictor:
+            try:
+                own, fused = predictor.predict_many([own_request, (fusion.windows, composition, flags)])
+                return own, fused
+            except Exception:  # one of the two is a request the bundle cannot serve: each says why below
+                logger.debug("sfn-stream: the joint XANES pass failed; predicting the run's edge alone", exc_info=True)
+        try:
+            return predictor.predict_window(window, composition, extra_flags=flags), None
+        except Exception as err:
+            return _failed(err, flags, predictor, "model failed"), None
 
     # -- the sample-level result ------------------------------------------------------------------
-    def _fuse_with_sample(self, window, composition, own: Prediction, own_predictor,
-                          flags: list[str]) -> SampleFusion | None:
-        """Fuse this run's edge with the sample's earlier ones (None for a run with no sample, no usable edge
-        or one 3d metal)."""
+    def _fusion_request(self, window, composition) -> _FusionRequest | None:
+        """What the sample-level result fuses: this run's edge and the sample's earlier ones, for a run of a
+        sample (``sfn.sample``) with a usable window (None otherwise)."""
         memory, sample = self.context.samples, self.sample
-        if memory is None or sample in (None, "") or window is None or not window.usable or own.status not in _USABLE:
+        if memory is None or sample in (None, "") or window is None or not window.usable:
             return None
         edge = MeasuredEdge(str(self.context.start.get("uid", "")), window.absorber, window)
         earlier = memory.edges(sample, besides=window.absorber)
-        memory.remember(sample, edge)
         metals = _sample_metals(composition, [window.absorber, *(e.absorber for e in earlier)])
-        if len(metals) < 2:
+        predictor = error = None
+        if len(metals) > 1:
+            try:
+                predictor = self.models.predictor_for_edges("xanes", metals)
+            except Exception as err:
+                error = err
+        return _FusionRequest(edge, earlier, metals, predictor, error)
+
+    def _sample_fusion(self, fusion: _FusionRequest | None, fused, composition, own: Prediction, own_predictor,
+                       flags: list[str]) -> SampleFusion | None:
+        """Remember this run's edge for the sample and return the sample-level result (None for a run with no
+        sample, no usable edge or one 3d metal). ``fused``: made already with the run's own prediction."""
+        if fusion is None or own.status not in _USABLE:
+            return None
+        self.context.samples.remember(self.sample, fusion.edge)
+        if len(fusion.metals) < 2:
             return None  # one 3d metal: the run's own prediction is the sample's
-        edges = [edge, *earlier]
-        predictor = None
-        try:
-            predictor = self.models.predictor_for_edges("xanes", metals)
-            if predictor is own_predictor and not earlier:
-                fused = own  # the very request the run's own prediction made: same bundle, window, composition, flags
-            else:
-                fused = predictor.predict_windows([e.window for e in edges], composition, extra_flags=flags)
-        except PredictorError as why:
-            fused = Prediction.failed("xanes", "error", str(why), flags=flags, bundle_id=bundle_id(predictor))
-        except Exception as err:
-            logger.exception("sfn-stream: sample-level XANES fusion failed")
-            fused = Prediction.failed("xanes", "error", f"fusion failed: {type(err).__name__}: {err}",
-                                      flags=flags, bundle_id=bundle_id(predictor))
+        predictor = fusion.predictor
+        if fused is None:
+            try:
+                if fusion.error is not None:
+                    raise fusion.error
+                if predictor is own_predictor and not fusion.earlier:
+                    fused = own  # the very request the run's own prediction made: same bundle, window, composition, flags
+                else:
+                    fused = predictor.predict_windows(fusion.windows, composition, extra_flags=flags)
+            except Exception as err:
+                fused = _failed(err, flags, predictor, "fusion failed")
         classes = {task: bundle_classes(predictor, task, default) for task, default in _DEFAULT_CLASSES.items()}
-        return SampleFusion(fused, metals, edges, classes)
+        return SampleFusion(fused, fusion.metals, fusion.edges, classes)
 
     def _write_sample_rows(self, fusion: SampleFusion) -> dict[str, Any]:
         """Rows of ``sfn_sample_predictions`` (one per 3d metal) and the summary's ``sample_*`` fields."""
@@ -181,6 +206,38 @@ class XanesAnalysis(BaseAnalysis):
         if not self.md.get("composition"):
             flags.append("composition_unknown")
         return absorber, composition, flags
+
+
+@dataclass(frozen=True)
+class _FusionRequest:
+    """A run's edge, the sample's earlier edges, the sample's 3d metals and the bundle serving them together
+    (or the error that says why none does)."""
+
+    edge: MeasuredEdge
+    earlier: list[MeasuredEdge]
+    metals: list[str]
+    predictor: Any
+    error: Exception | None
+
+    @property
+    def edges(self) -> list[MeasuredEdge]:
+        return [self.edge, *self.earlier]
+
+    @property
+    def windows(self) -> list:
+        return [e.window for e in self.edges]
+
+
+def _failed(err: Exception, flags: list[str], predictor, what: str) -> Prediction:
+    """The failed prediction an exception stands for: too little data, a request no bundle serves, or a bug
+    (logged with its traceback)."""
+    if isinstance(err, Insufficient):
+        return Prediction.failed("xanes", "insufficient_data", str(err), flags=flags)
+    if isinstance(err, PredictorError):
+        return Prediction.failed("xanes", "error", str(err), flags=flags, bundle_id=bundle_id(predictor))
+    logger.error("sfn-stream: XANES %s", what, exc_info=err)
+    return Prediction.failed("xanes", "error", f"{what}: {type(err).__name__}: {err}", flags=flags,
+                             bundle_id=bundle_id(predictor))
 
 
 def xanes_row(prediction: Prediction, absorber: str, classes: Mapping[str, Sequence], window=None,
