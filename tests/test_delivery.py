@@ -10,7 +10,7 @@ import pytest
 import stamina
 from bluesky import RunEngine
 
-from sfn_stream.live.delivery import RecordReader, Spool
+from sfn_stream.live.delivery import CallbackTarget, Forwarder, RecordReader, Spool
 from sfn_stream.live.plugin import XANES_STREAM
 from sfn_stream.offline.evaluation.fault_benchmark import FaultLab, _child_scenario, audit, run_scans
 
@@ -182,3 +182,34 @@ def test_the_derived_stream_and_summary_are_plain_json(RE, beamline, demo_sample
     assert len(ours) == 2
     for doc in ours:  # TiledWriter's JSONL backup and any JSON consumer take them as they are
         assert json.loads(json.dumps(doc, allow_nan=True)) == doc
+
+
+def test_deliveries_wait_while_a_run_is_being_finished_and_never_longer_than_allowed(tmp_path):
+    """The analysis thread holds the forwarder while it predicts and decides (a beamline waits on that);
+    a read but undelivered document is not 'caught up', and a hold that overstays lets deliveries go on."""
+    spool, received = Spool(tmp_path), []
+    forwarder = Forwarder(spool, [CallbackTarget(lambda name, doc: received.append(name))])
+    forwarder.start()
+    try:
+        spool.append_raw("start", {"uid": "r", "time": 0.0})
+        _wait_for(lambda: received == ["start"])
+        with forwarder.yielding(at_most=5.0):
+            spool.append_raw("descriptor", {"uid": "d", "run_start": "r", "name": "primary", "data_keys": {}})
+            time.sleep(0.3)
+            assert received == ["start"] and not forwarder.caught_up()
+        _wait_for(lambda: received == ["start", "descriptor"])
+        assert forwarder.caught_up()
+        with forwarder.yielding(at_most=0.2):  # a consumer that takes seconds (structure inference)
+            spool.append_raw("stop", {"uid": "s", "run_start": "r", "time": 2.0, "exit_status": "success"})
+            spool.mark_analysed("r", {"uid": "s", "run_start": "r", "time": 2.0, "exit_status": "success"})
+            _wait_for(lambda: received[-1:] == ["stop"], timeout=3.0)
+    finally:
+        forwarder.stop()
+    assert received == ["start", "descriptor", "stop"]
+
+
+def _wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

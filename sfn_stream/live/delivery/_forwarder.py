@@ -8,6 +8,7 @@ retried with exponential back-off (``retry_min`` doubling to ``retry_max``), for
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -75,6 +76,9 @@ class Forwarder:
         self.on_run_delivered = on_run_delivered
         self._deliveries: dict[tuple[str, int], _Delivery] = {}
         self._stopping = False
+        self._released = threading.Event()
+        self._released.set()
+        self._held_until = 0.0
         self._thread = threading.Thread(target=self._loop, name="sfn-stream-forwarder", daemon=True)
 
     def start(self) -> None:
@@ -88,6 +92,24 @@ class Forwarder:
         self._stopping = True
         self.spool._notify()
         self._thread.join(timeout)
+
+    @contextlib.contextmanager
+    def yielding(self, at_most: float = 0.5):
+        """Hold deliveries while the caller works, for at most ``at_most`` seconds: the analysis thread finishing
+        a run (its prediction and the after-stop decisions a beamline waits on). Python runs one thread at a
+        time, and each document sent to Tiled holds the interpreter for milliseconds; the documents wait in
+        the spool meanwhile, already safe on disk."""
+        self._held_until = time.monotonic() + at_most
+        self._released.clear()
+        try:
+            yield
+        finally:
+            self._released.set()
+
+    def _wait_while_held(self) -> None:
+        remaining = self._held_until - time.monotonic()
+        if remaining > 0:
+            self._released.wait(remaining)
 
     def caught_up(self) -> bool:
         """Every record spooled so far has reached every target (runs still open included)."""
@@ -180,11 +202,10 @@ class Forwarder:
             delivery.retry_record = None
             progressed = True
         for record in delivery.reader.read_new():
-            try:
-                self._deliver_record(delivery, *record)
-            except Exception:
-                delivery.retry_record = record
-                raise
+            delivery.retry_record = record  # read but not delivered: the run is not caught up until it is
+            self._wait_while_held()
+            self._deliver_record(delivery, *record)
+            delivery.retry_record = None
             progressed = True
             if delivery.done:
                 return True

@@ -23,6 +23,7 @@ does it by hand.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import queue
@@ -59,6 +60,7 @@ from sfn_stream.live.delivery import (
 )
 
 from ._processor import RunProcessor
+from ._rehearsal import rehearse
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +125,7 @@ class SfnPlugin:
         if structure_inference is not None:
             self.add_consumer(StructureConsumer(structure_inference))
         self._router = RunRouter([self._factory])
+        self._ready = threading.Event()  # set once the bundles are loaded and rehearsed (see wait_ready)
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._spool: Spool | None = None
@@ -135,7 +138,9 @@ class SfnPlugin:
             self._thread = threading.Thread(target=self._work, args=(preload,), name="sfn-stream", daemon=True)
             self._thread.start()
         elif preload:
-            self.models.preload()
+            self._preload()
+        else:
+            self._ready.set()
 
     @property
     def structure(self) -> StructureConsumer | None:
@@ -246,6 +251,21 @@ class SfnPlugin:
             self._thread.join(timeout)
         return True
 
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the plugin has loaded its bundles and rehearsed a run of each kind (seconds, on its own
+        thread, from its creation); runs received before then are analysed after it. False on timeout."""
+        return self._ready.wait(timeout)
+
+    def _preload(self) -> None:
+        """Load and warm every bundle, then rehearse a run of each kind (see ``_rehearsal``)."""
+        try:
+            for problem in self.models.preload():
+                logger.warning("sfn-stream: predictor not available: %s", problem)
+            for problem in rehearse(self.convention, self.models):
+                logger.info("sfn-stream: %s (the first real run pays the start-up costs instead)", problem)
+        finally:
+            self._ready.set()
+
     # -- the spool's analysis thread ----------------------------------------------------------------
     def _start_spooled(self, spool, analysis_wait: float, preload: bool) -> None:
         targets = [target_for(cb) for cb in self._downstream]
@@ -279,8 +299,8 @@ class SfnPlugin:
 
     def _analyse_spool(self, preload: bool) -> None:
         if preload:
-            for problem in self.models.preload():
-                logger.warning("sfn-stream: predictor not available: %s", problem)
+            self._preload()
+        self._ready.set()
         while True:
             with self._wake:
                 while not (self._dirty or self._tasks or self._closing):
@@ -387,8 +407,8 @@ class SfnPlugin:
     # -- without a spool ----------------------------------------------------------------------------
     def _work(self, preload: bool) -> None:
         if preload:
-            for problem in self.models.preload():
-                logger.warning("sfn-stream: predictor not available: %s", problem)
+            self._preload()
+        self._ready.set()
         while True:
             name, doc, received = self._queue.get()
             try:
@@ -457,6 +477,10 @@ class _AfterStop:
         self.processor, self.plugin = processor, plugin
 
     def __call__(self, name, doc):
-        self.processor(name, doc)
-        if name == "stop":
+        if name != "stop":
+            self.processor(name, doc)
+            return
+        forwarder = self.plugin._forwarder
+        with forwarder.yielding() if forwarder is not None else contextlib.nullcontext():
+            self.processor(name, doc)
             self.plugin._run_finished(doc["run_start"], self.processor)
