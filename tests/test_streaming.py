@@ -264,3 +264,23 @@ def test_external_hdf5_frames_are_read_and_predicted(tmp_path, client, demo_samp
     assert [row["data"]["frame"] for row in rows] == [1, 2]
     assert all(row["data"]["status"] in ("ok", "flagged") for row in rows)
     assert plugin.summaries[bundle.start_doc["uid"]]["frames_used"] == 2
+
+
+def test_the_start_up_rehearsal_runs_every_bundle_kind_and_writes_nothing(RE, beamline, client):
+    """The plugin rehearses a XANES run per bundle, a two-metal sample and a powder frame while it starts, so
+    that a beamline's first run does not pay the process's one-off costs; none of it reaches Tiled or the
+    plugin's memory."""
+    from sfn_stream.core.predict import default_registry
+    from sfn_stream.live.analyses import RunConvention
+    from sfn_stream.live.plugin._rehearsal import REHEARSAL_SAMPLE, rehearse
+
+    assert rehearse(RunConvention(), default_registry()) == []  # every shipped bundle predicted its made-up run
+    mono, xas, _ = beamline
+    plugin = SfnPlugin(make_tiled_writer(client))
+    try:
+        uid, _, _ = _run(RE, plugin, xanes_scan(xas, mono, "Cu", composition="Sr3CuPtO6", sample="t-rehearsed"))
+    finally:
+        plugin.close()
+    assert client[uid].metadata["stop"]["sfn"]["status"] == "ok"
+    assert runs_where(client, sample=REHEARSAL_SAMPLE) == {}
+    assert plugin.samples.edges(REHEARSAL_SAMPLE) == []
