@@ -512,10 +512,12 @@ def _summarise(per_sample, curves, latencies, max_k) -> dict[str, Any]:
     }
 
 
-def live_latency(material_ids: Sequence[str], *, progress: bool = True) -> dict[str, Any]:
+def live_latency(material_ids: Sequence[str], *, progress: bool = True, tiled_uri: str | None = None,
+                 api_key: str | None = None) -> dict[str, Any]:
     """The suggestion's latency on the live path: a real RunEngine, the plugin (default spool) with the agent
-    as an after-stop consumer, an embedded Tiled server, the simulated beamline replaying each material; per
-    decision after an edge, the time from the XANES run's stop to the decision (run documents' own times)."""
+    as an after-stop consumer, a Tiled server (embedded in this process, or the one at ``tiled_uri``, as a
+    beamline runs it), the simulated beamline replaying each material; per decision after an edge, the time
+    from the XANES run's stop to the decision (run documents' own times); the same after each PXRD run, apart."""
     import tempfile
 
     from bluesky import RunEngine
@@ -526,28 +528,43 @@ def live_latency(material_ids: Sequence[str], *, progress: bool = True) -> dict[
     from sfn_stream.simulated_beamline.agent_session import measure_with_agent
 
     with tempfile.TemporaryDirectory(prefix="sfn-bench-agent-") as folder:
-        service = TiledService(folder)
+        if tiled_uri:
+            from tiled.client import from_uri
+
+            service, client = None, from_uri(tiled_uri, api_key=api_key)
+        else:
+            service = TiledService(folder)
+            client = service.client()
         agent = NextEdgeAgent()
-        plugin = SfnPlugin(make_tiled_writer(service.client()), consumers=[agent], spool=Path(folder) / "spool")
-        ready, agent_ms = [], []
+        plugin = SfnPlugin(make_tiled_writer(client), consumers=[agent], spool=Path(folder) / "spool")
+        ready, agent_ms, after_pxrd = [], [], []
         try:
+            plugin.wait_ready(timeout=600)  # as at a beamline, where the plugin starts long before the first run
             RE = RunEngine({}, call_returns_result=False)
             RE.subscribe(plugin)
             for material in _progress(list(material_ids), progress, "live latency"):
                 result = measure_with_agent(RE, plugin, agent, material, name=f"bench-{material}")
                 for step in result.steps:
-                    if step.trigger != "pxrd" and step.stop_to_suggestion_ms is not None:
+                    if step.stop_to_suggestion_ms is None:
+                        continue
+                    if step.trigger == "pxrd":
+                        after_pxrd.append(step.stop_to_suggestion_ms)
+                    else:
                         ready.append(step.stop_to_suggestion_ms)
                         agent_ms.append(step.decision_ms)
         finally:
             plugin.close()
-            service.close()
+            if service is not None:
+                service.close()
     if not ready:
         return {}
     return {"stop_to_suggestion_ms": {"p50": round(float(np.percentile(ready, 50)), 1),
                                       "p95": round(float(np.percentile(ready, 95)), 1),
                                       "max": round(float(np.max(ready)), 1), "n": len(ready)},
             "agent_decision_ms_p50": round(float(np.percentile(agent_ms, 50)), 1),
+            "after_pxrd_ms": {"p50": round(float(np.percentile(after_pxrd, 50)), 1),
+                              "max": round(float(np.max(after_pxrd)), 1), "n": len(after_pxrd)} if after_pxrd else {},
+            "tiled": TiledService.masked(tiled_uri) if tiled_uri else "embedded in this process",
             "n_materials": len(material_ids), "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -644,6 +661,11 @@ def main(argv=None) -> int:
     parser.add_argument("--corpus", default=None, help="corpus folder (default: data/corpus)")
     parser.add_argument("--live", type=int, default=3, metavar="N",
                         help="also time the suggestion after a run's stop on the live path for N samples (0: skip)")
+    parser.add_argument("--tiled", metavar="URI", default=None,
+                        help="for --live: write to the Tiled server at URI (e.g. one started by `sfn-stream serve`, "
+                             "a process of its own as at a beamline) instead of one embedded in this process")
+    parser.add_argument("--api-key", default=os.environ.get("SFN_TILED_API_KEY"),
+                        help="the --tiled server's API key (default: $SFN_TILED_API_KEY)")
     args = parser.parse_args(argv)
     fusion = ModelFusion()
     try:
@@ -668,7 +690,8 @@ def main(argv=None) -> int:
                   bundle_id=getattr(getattr(fusion.predictor(samples[0].metals), "bundle", None), "id", None))
     result["plot"] = str(plot(result, Path(args.plot)))
     if args.live > 0:
-        result["live_latency"] = live_latency([s.material_id for s in samples[:args.live]], progress=not args.json)
+        result["live_latency"] = live_latency([s.material_id for s in samples[:args.live]], progress=not args.json,
+                                              tiled_uri=args.tiled, api_key=args.api_key)
     if args.split == calibration.stopping.get("fitted_on"):
         print(f"sfn-stream: the stopping rule was fitted on the {args.split} split: these figures are not a test score",
               file=sys.stderr)
@@ -749,7 +772,11 @@ def _print(r: Mapping[str, Any]) -> None:
         print(f"suggestion latency, live (XANES run's stop -> decision; RunEngine, plugin, Tiled): "
               f"p50 {ready['p50']:.0f} ms, p95 {ready['p95']:.0f} ms, max {ready['max']:.0f} ms ({ready['n']} decisions "
               f"on {live['n_materials']} samples; the agent's own p50 {live['agent_decision_ms_p50']:.0f} ms; "
-              f"load average {live['load_average'][0]:.1f} on {os.cpu_count()} CPUs)")
+              f"load average {live['load_average'][0]:.1f} on {os.cpu_count()} CPUs; Tiled {live['tiled']})")
+        pxrd = live.get("after_pxrd_ms") or {}
+        if pxrd:
+            print(f"  after a PXRD run (the suggestion waits for the PXRD analysis): p50 {pxrd['p50']:.0f} ms, "
+                  f"max {pxrd['max']:.0f} ms ({pxrd['n']} decisions)")
     print(f"plot: {r['plot']}")
 
 
