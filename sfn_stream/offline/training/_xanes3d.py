@@ -57,11 +57,11 @@ REGISTRY_NOTE = (
     "under preferred_for_elements_only. This bundle lists all nine metals there, so Cu scans with an "
     "element list come here and Cu scans with a formula, or with no composition, go to "
     "models/xanes-specfusion (Cu only; without a composition this bundle would read the sample as the "
-    "metal). Measured (evaluate xanes, snapshot 292dfa97, Cu test units, this bundle vs the Cu bundle): "
-    "elements only, FEFF10 Cu oxidation state 0.78 vs 0.69 and CN 0.81 vs 0.58, OmniXAS Cu 0.75 vs 0.72 "
-    "and 0.79 vs 0.58, measured development files 34/39 vs 33/39 oxidation states and 27/37 vs 26/37 CN "
-    "with every other metal here; with the formula, OmniXAS Cu 0.76 vs 0.77 and 0.78 vs 0.80 (FEFF10 Cu "
-    "0.76 both, CN 0.82 both), so the Cu bundle keeps formula requests."
+    "metal). The figures behind the choice (`sfn-stream evaluate xanes --write-card`): "
+    "metrics['test/elements']['per_absorber']['Cu' and 'Cu/omnixas'], model_accuracy against "
+    "cu_bundle_accuracy, favour this bundle with an element list; metrics['test/formula'] the same pair "
+    "with the formula, where the two are within a few points and the Cu bundle keeps the request; "
+    "metrics['measured_dev_elements_only'], model against registry, on the measured files."
 )
 MAX_TOKENS = 5  # the corpus holds 2-5 element compounds
 OX_CLASSES = tuple(range(8))
