@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -98,12 +99,17 @@ class XanesPredictor:
         return self.predict_window(window, composition, extra_flags=extra_flags), window
 
 
+@dataclass
 class _WindowsRequest:
     """One :meth:`XanesPredictor.predict_windows` request, checked and ready for the ensemble (or failed)."""
 
-    def __init__(self, used, elements, fractions, flags, inputs, extras, failure=None):
-        self.used, self.elements, self.fractions = used, elements, fractions
-        self.flags, self.inputs, self.extras, self.failure = flags, inputs, extras, failure
+    used: list  # the usable windows, the run's own first
+    elements: list[str]
+    fractions: dict[str, float] | None
+    flags: list[str]
+    inputs: dict
+    extras: list  # the windows besides the run's own, usable or not
+    failure: Prediction | None = None
 
     @classmethod
     def plan(cls, predictor: XanesPredictor, windows, composition, extra_flags=()) -> "_WindowsRequest":

@@ -137,10 +137,8 @@ class SfnPlugin:
             self._queue = queue.Queue(maxsize=queue_size)
             self._thread = threading.Thread(target=self._work, args=(preload,), name="sfn-stream", daemon=True)
             self._thread.start()
-        elif preload:
-            self._preload()
         else:
-            self._ready.set()
+            self._start_up(preload)
 
     @property
     def structure(self) -> StructureConsumer | None:
@@ -256,13 +254,15 @@ class SfnPlugin:
         thread, from its creation); runs received before then are analysed after it. False on timeout."""
         return self._ready.wait(timeout)
 
-    def _preload(self) -> None:
-        """Load and warm every bundle, then rehearse a run of each kind (see ``_rehearsal``)."""
+    def _start_up(self, preload: bool) -> None:
+        """With ``preload``, load and warm every bundle and rehearse a run of each kind (see ``_rehearsal``);
+        then the plugin is ready."""
         try:
-            for problem in self.models.preload():
-                logger.warning("sfn-stream: predictor not available: %s", problem)
-            for problem in rehearse(self.convention, self.models):
-                logger.info("sfn-stream: %s (the first real run pays the start-up costs instead)", problem)
+            if preload:
+                for problem in self.models.preload():
+                    logger.warning("sfn-stream: predictor not available: %s", problem)
+                for problem in rehearse(self.convention, self.models):
+                    logger.info("sfn-stream: %s (the first real run pays the start-up costs instead)", problem)
         finally:
             self._ready.set()
 
@@ -298,9 +298,7 @@ class SfnPlugin:
         self._spool.append_raw(name, doc, on_written=analyse)
 
     def _analyse_spool(self, preload: bool) -> None:
-        if preload:
-            self._preload()
-        self._ready.set()
+        self._start_up(preload)
         while True:
             with self._wake:
                 while not (self._dirty or self._tasks or self._closing):
@@ -406,9 +404,7 @@ class SfnPlugin:
 
     # -- without a spool ----------------------------------------------------------------------------
     def _work(self, preload: bool) -> None:
-        if preload:
-            self._preload()
-        self._ready.set()
+        self._start_up(preload)
         while True:
             name, doc, received = self._queue.get()
             try:

@@ -1,4 +1,4 @@
-"""A rehearsal at start-up: made-up XANES runs through the plugin's own run processor, their documents dropped.
+"""A rehearsal at start-up: made-up XANES and PXRD runs through the plugin's own run processor, output dropped.
 
 A process's first run of each kind pays one-off costs on the path a beamline waits on between a run's stop and
 the next-edge suggestion: each new derived-stream shape is schema-checked (jsonschema, ~25 ms of CPU per
