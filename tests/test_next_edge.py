@@ -249,3 +249,30 @@ def test_the_agent_uses_the_runs_fused_prediction_when_it_answered_the_same_requ
     state.edges[first.metal] = EdgeInput("run-again", first.metal, first.window, first.e0_shift, {}, "ok")
     agent.decide(state)
     assert passes == [1]
+
+
+def test_a_samples_prior_is_made_while_its_first_run_measures_and_its_first_decision_reuses_it(two_metal_sample,
+                                                                                                 monkeypatch):
+    from sfn_stream.live.consumers import FinishedRun, StartedRun
+    from sfn_stream.live.consumers.next_edge import SampleAgent, SampleState
+
+    sample = two_metal_sample
+    cold_state = SampleState("t-cold")
+    cold_state.add_elements(sample.formula)
+    cold = SampleAgent(ALWAYS_NEXT).decide(cold_state)  # its own forward pass, no prior kept
+
+    predictor = default_registry().predictor_for_edges("xanes", sample.metals)
+    passes = []
+    forward = predictor.ensemble.predict
+    monkeypatch.setattr(predictor.ensemble, "predict", lambda *args, **kw: passes.append(1) or forward(*args, **kw))
+    agent = NextEdgeAgent(ALWAYS_NEXT)
+    documents = []
+    agent.bind(lambda name, doc: documents.append((name, doc)), metadata_key="sfn", keep=10)
+    metadata = {"sample": "t-warm", "composition": sample.formula}
+    agent.run_started(StartedRun("pxrd-run", metadata))
+    assert passes == [1]  # made at the start, while the powder frame is measured
+    agent.run_finished(FinishedRun("pxrd-run", "xrd", metadata, {"status": "ok"}))
+    assert passes == [1]  # the decision after the stop made none
+    warm = agent.latest["t-warm"]
+    assert {m: b.tables for m, b in warm.beliefs.items()} == {m: b.tables for m, b in cold.beliefs.items()}
+    assert warm.next_edge == cold.next_edge and [name for name, _ in documents][-1] == "stop"

@@ -6,8 +6,10 @@ from .base import (
     Consumer,
     ConsumerStats,
     FinishedRun,
+    StartedRun,
     make_consumer,
     register_consumer,
+    run_started_hook,
 )
 from .next_edge import (
     NEXT_EDGE_CONSUMER,
@@ -46,6 +48,7 @@ __all__ = [
     "NextEdgeOptions",
     "RunInputs",
     "StructureConsumer",
+    "StartedRun",
     "StructureInferenceOptions",
     "build_request",
     "candidate_row",
@@ -53,4 +56,5 @@ __all__ = [
     "register_consumer",
     "result_summary",
     "run_inputs",
+    "run_started_hook",
 ]

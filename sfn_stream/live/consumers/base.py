@@ -3,7 +3,8 @@
 The plugin hands every finished run (its uid, kind, ``sfn`` metadata, stop summary and the analysis
 object that kept its data) to each consumer, on the plugin's worker thread. A consumer may write runs
 through the ``emit`` it was bound to (the plugin's downstream: TiledWriter stores them beside the raw
-runs) and counts what it wrote in its own ``stats``. A new consumer is one module::
+runs) and counts what it wrote in its own ``stats``. It may also prepare at a run's start
+(``run_started``, same thread, before the run's data) what the stop will need. A new consumer is one module::
 
     class NextEdgeAgent(BaseConsumer):
         name = "next_edge"
@@ -41,6 +42,14 @@ class FinishedRun:
     analysis: Any = None  # the analysis object: what it kept (a XANES prediction, a mean pattern ...)
 
 
+@dataclass(frozen=True)
+class StartedRun:
+    """What a consumer learns of a run that has just started (before any of its data)."""
+
+    uid: str
+    metadata: Mapping[str, Any]  # the run's ``sfn`` metadata (start[metadata_key])
+
+
 @dataclass
 class ConsumerStats:
     """The runs a consumer wrote and how long each took."""
@@ -64,6 +73,12 @@ class Consumer(Protocol):
         """A run has stopped (and its stop document gone downstream)."""
 
 
+def run_started_hook(consumer) -> Callable[[StartedRun], None] | None:
+    """A consumer's optional ``run_started(run)``: work that its stop will need, done while the run measures
+    (the next-edge agent's prior for a new sample), so that the stop waits for less. None when it has none."""
+    return getattr(consumer, "run_started", None)
+
+
 class BaseConsumer:
     """Keeps what ``bind`` hands over; ``emit`` fails loudly until the plugin has bound it."""
 
@@ -82,6 +97,9 @@ class BaseConsumer:
         if self._emit is None:
             raise RuntimeError(f"consumer {self.name!r} is not bound to a plugin")
         self._emit(name, doc)
+
+    def run_started(self, run: StartedRun) -> None:
+        """Nothing to prepare by default."""
 
     def run_finished(self, run: FinishedRun) -> None:
         raise NotImplementedError

@@ -58,7 +58,7 @@ from sfn_stream.core.serialize import json_safe
 from sfn_stream.core.spectra import k_edge_energy
 from sfn_stream.live.documents import NEXT_EDGE_KIND, DerivedStreams, run_summary, stop_with_summary
 
-from .base import BaseConsumer, FinishedRun, register_consumer
+from .base import BaseConsumer, FinishedRun, StartedRun, register_consumer
 from .structure import StructureConsumer, StructureInferenceOptions
 
 logger = logging.getLogger(__name__)
@@ -270,10 +270,16 @@ class EdgeInput:
 
 
 class ModelFusion:
-    """Beliefs from the multi-edge model: one forward pass over the sample's elements and measured edges."""
+    """Beliefs from the multi-edge model: one forward pass over the sample's elements and measured edges.
+
+    The pass with no edge (a sample's prior, which its first decision needs) is kept per bundle, elements and
+    fractions (``PRIORS_KEPT`` of them): :meth:`prepare_prior` makes it while a sample's first run measures."""
+
+    PRIORS_KEPT = 256
 
     def __init__(self, models=None):
         self.models = models
+        self._priors: OrderedDict[tuple, dict] = OrderedDict()
 
     @property
     def registry(self):
@@ -306,6 +312,7 @@ class ModelFusion:
             fed = {m: e for m, e in edges.items() if m in covered and e.window is not None}
             try:
                 model_tables = (_known_tables(known, predictor, elements, fractions, fed)
+                                or (self._prior(predictor, elements, fractions) if not fed else None)
                                 or _predicted_tables(predictor, elements, fractions, fed))
                 bundle = predictor.bundle.id
             except Exception:
@@ -321,6 +328,24 @@ class ModelFusion:
             else:
                 out[metal] = MetalBelief(metal, {t: calibration.prior(metal, t) for t in TASKS}, "class_prior")
         return out, bundle
+
+    def prepare_prior(self, elements: Sequence[str], fractions, metals: Sequence[str]) -> bool:
+        """Make and keep the sample's no-edge pass, as :meth:`beliefs` would ask for it (False when no bundle
+        covers its metals)."""
+        predictor = self.predictor([m for m in metals if m in self.covered(metals)])
+        if predictor is None or getattr(predictor, "ensemble", None) is None:
+            return False
+        return self._prior(predictor, elements, fractions) is not None
+
+    def _prior(self, predictor, elements: Sequence[str], fractions) -> dict:
+        key = (predictor.bundle.id, tuple(elements), tuple(sorted((fractions or {}).items())))
+        tables = self._priors.get(key)
+        if tables is None:
+            tables = self._priors[key] = _predicted_tables(predictor, elements, fractions, {})
+            while len(self._priors) > self.PRIORS_KEPT:
+                self._priors.popitem(last=False)
+        self._priors.move_to_end(key)
+        return tables
 
 
 def _predicted_tables(predictor, elements: Sequence[str], fractions, fed: Mapping[str, EdgeInput]) -> dict:
@@ -527,6 +552,19 @@ class NextEdgeAgent(BaseConsumer):
         super().bind(emit, metadata_key=metadata_key, keep=keep)
         if self.structure is not None:
             self.structure.bind(emit, metadata_key=metadata_key, keep=keep)
+
+    def run_started(self, run: StartedRun) -> None:
+        """A sample's first run (its PXRD, usually): make the no-edge pass its first decision needs now, while
+        the run measures, so that the suggestion after the stop waits for no forward pass."""
+        sample = run.metadata.get("sample")
+        state = self.samples.get(str(sample)) if sample not in (None, "") else None
+        if sample in (None, "") or (state is not None and state.edges):
+            return
+        probe = SampleState(str(sample), list(state.elements) if state else [],
+                            dict(state.fractions) if state and state.fractions else None)
+        probe.add_elements(run.metadata.get("elements") or run.metadata.get("composition"))
+        if probe.metals:
+            self.agent.fusion.prepare_prior(probe.elements, probe.fractions, probe.metals)
 
     def run_finished(self, run: FinishedRun) -> None:
         if self.structure is not None:

@@ -46,9 +46,11 @@ from sfn_stream.live.consumers import (
     Consumer,
     ConsumerStats,
     FinishedRun,
+    StartedRun,
     StructureConsumer,
     StructureInferenceOptions,
     make_consumer,
+    run_started_hook,
 )
 from sfn_stream.live.delivery import (
     DeliveryState,
@@ -427,7 +429,20 @@ class SfnPlugin:
     def _factory(self, name: str, start: dict):
         processor = RunProcessor(start, emit=self._emit, convention=self.convention, models=self.models,
                                  samples=self.samples)
+        self._run_started(start["uid"], processor)
         return [_AfterStop(processor, self)], []
+
+    def _run_started(self, run_uid: str, processor: RunProcessor) -> None:
+        """Let each consumer prepare what the run's stop will need, while the run measures."""
+        run = StartedRun(uid=run_uid, metadata=processor.md)
+        for consumer in self.consumers:
+            hook = run_started_hook(consumer)
+            if hook is None:
+                continue
+            try:
+                hook(run)
+            except Exception:
+                logger.exception("sfn-stream: consumer %s failed at the start of run %s", consumer.name, run_uid)
 
     def _emit(self, name: str, doc: dict) -> None:
         if self._spool is not None:
