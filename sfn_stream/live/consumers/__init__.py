@@ -9,7 +9,6 @@ from .base import (
     StartedRun,
     make_consumer,
     register_consumer,
-    run_started_hook,
 )
 from .next_edge import (
     NEXT_EDGE_CONSUMER,
@@ -56,5 +55,4 @@ __all__ = [
     "register_consumer",
     "result_summary",
     "run_inputs",
-    "run_started_hook",
 ]

@@ -73,12 +73,6 @@ class Consumer(Protocol):
         """A run has stopped (and its stop document gone downstream)."""
 
 
-def run_started_hook(consumer) -> Callable[[StartedRun], None] | None:
-    """A consumer's optional ``run_started(run)``: work that its stop will need, done while the run measures
-    (the next-edge agent's prior for a new sample), so that the stop waits for less. None when it has none."""
-    return getattr(consumer, "run_started", None)
-
-
 class BaseConsumer:
     """Keeps what ``bind`` hands over; ``emit`` fails loudly until the plugin has bound it."""
 
@@ -99,7 +93,8 @@ class BaseConsumer:
         self._emit(name, doc)
 
     def run_started(self, run: StartedRun) -> None:
-        """Nothing to prepare by default."""
+        """Optional (the plugin calls it where a consumer has it): prepare while the run measures what its stop
+        will need, so that the stop waits for less. Nothing by default."""
 
     def run_finished(self, run: FinishedRun) -> None:
         raise NotImplementedError

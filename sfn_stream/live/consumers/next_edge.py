@@ -329,13 +329,12 @@ class ModelFusion:
                 out[metal] = MetalBelief(metal, {t: calibration.prior(metal, t) for t in TASKS}, "class_prior")
         return out, bundle
 
-    def prepare_prior(self, elements: Sequence[str], fractions, metals: Sequence[str]) -> bool:
-        """Make and keep the sample's no-edge pass, as :meth:`beliefs` would ask for it (False when no bundle
+    def prepare_prior(self, elements: Sequence[str], fractions, metals: Sequence[str]) -> None:
+        """Make and keep the sample's no-edge pass, as :meth:`beliefs` would ask for it (nothing when no bundle
         covers its metals)."""
         predictor = self.predictor([m for m in metals if m in self.covered(metals)])
-        if predictor is None or getattr(predictor, "ensemble", None) is None:
-            return False
-        return self._prior(predictor, elements, fractions) is not None
+        if predictor is not None and getattr(predictor, "ensemble", None) is not None:
+            self._prior(predictor, elements, fractions)
 
     def _prior(self, predictor, elements: Sequence[str], fractions) -> dict:
         key = (predictor.bundle.id, tuple(elements), tuple(sorted((fractions or {}).items())))
@@ -557,11 +556,12 @@ class NextEdgeAgent(BaseConsumer):
         """A sample's first run (its PXRD, usually): make the no-edge pass its first decision needs now, while
         the run measures, so that the suggestion after the stop waits for no forward pass."""
         sample = run.metadata.get("sample")
-        state = self.samples.get(str(sample)) if sample not in (None, "") else None
-        if sample in (None, "") or (state is not None and state.edges):
+        if sample in (None, ""):
             return
-        probe = SampleState(str(sample), list(state.elements) if state else [],
-                            dict(state.fractions) if state and state.fractions else None)
+        state = self.samples.get(str(sample))
+        if state is not None and state.edges:
+            return  # its later runs' decisions reuse their own analysis's fused pass
+        probe = SampleState(str(sample), list(state.elements) if state else [], state.fractions if state else None)
         probe.add_elements(run.metadata.get("elements") or run.metadata.get("composition"))
         if probe.metals:
             self.agent.fusion.prepare_prior(probe.elements, probe.fractions, probe.metals)

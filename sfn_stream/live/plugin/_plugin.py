@@ -50,7 +50,6 @@ from sfn_stream.live.consumers import (
     StructureConsumer,
     StructureInferenceOptions,
     make_consumer,
-    run_started_hook,
 )
 from sfn_stream.live.delivery import (
     DeliveryState,
@@ -436,7 +435,7 @@ class SfnPlugin:
         """Let each consumer prepare what the run's stop will need, while the run measures."""
         run = StartedRun(uid=run_uid, metadata=processor.md)
         for consumer in self.consumers:
-            hook = run_started_hook(consumer)
+            hook = getattr(consumer, "run_started", None)  # optional: a Consumer needs only run_finished
             if hook is None:
                 continue
             try:
