@@ -244,6 +244,24 @@ def test_mixed_valence_sites_split_their_oxidation_state_target_between_the_two_
     assert not mixed_valence_target(-1, 2.5).any()  # withheld label: no target
 
 
+def test_draw_weights_give_each_kind_of_material_its_share_of_an_epoch():
+    from types import SimpleNamespace
+
+    from sfn_stream.offline.training._corpus_xanes import REFERENCE
+    from sfn_stream.offline.training._xanes3d import draw_weights
+
+    def material(source, edge_source="feff10"):
+        return SimpleNamespace(source=source, edges={"Fe": SimpleNamespace(source=edge_source)})
+
+    materials = ([material(REFERENCE)] * 3 + [material("amcsd")] * 10
+                 + [material("omnixas_cu", "omnixas_cu")] * 5)
+    weights = np.asarray(draw_weights(materials, omnixas_share=0.3, reference_share=0.05))
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[:3].sum() == pytest.approx(0.05) and weights[13:].sum() == pytest.approx(0.3)
+    no_references = draw_weights(materials[3:], omnixas_share=0.3, reference_share=0.05)
+    assert sum(no_references[:10]) == pytest.approx(0.7)  # no foils: their share goes to the FEFF10 materials
+
+
 @needs_corpus
 def test_a_small_multi_edge_training_run_writes_a_bundle_that_predicts(corpus, tmp_path):
     """The whole training path on a few corpus materials (mixed-valence targets, edge dropout, calibration)."""
