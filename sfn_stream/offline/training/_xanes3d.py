@@ -136,9 +136,10 @@ class Train3dConfig:
     # A foil is what every beamline measures first, so its facts are worth a fixed share. Measured (5 members, seed
     # 0, corpus 32c8526f, /work/scratch/s17): with 0.03 the six measured foils get oxidation state 0 and their CN
     # right (p 0.51-0.95), against 6/6 and 3/6 for the shipped bundle and 0/6 and 6/6 for the same recipe retrained
-    # with 0 (foil answers swing from run to run when they are this rare); validation level (ox 0.849 vs 0.843
-    # for 0, CN 0.808 vs 0.799)
-    reference_share: float = 0.0
+    # with 0 (foil answers swing from run to run when they are this rare); validation (elements only, mean over
+    # the metals) ox 0.849 vs 0.843 for 0 and 0.844 for the bundle before, CN 0.808 vs 0.799 and 0.816, so shipped.
+    # A second seed with 0.03: foils right again, validation ox 0.830 (the seed spread of this recipe)
+    reference_share: float = 0.03
     edge_keep: float = 0.5  # each further edge of a multi-edge material is kept with this probability
     stoichiometry_dropout: float = 0.5
     # oxidation-state targets of mixed-valence sites (261 of ~4,500 labelled training tokens) split between the two
