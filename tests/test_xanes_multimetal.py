@@ -13,7 +13,7 @@ import pytest
 from sfn_stream.cli import main
 from sfn_stream.core import paths
 from sfn_stream.core.networks import SpecFusionNet, encode_compounds, models_dir
-from sfn_stream.core.predict import default_registry
+from sfn_stream.core.predict import XanesPredictor, default_registry
 from sfn_stream.offline.evaluation.xanes_3d_eval import POOLED
 from sfn_stream.offline.splits import unified_splits
 from sfn_stream.offline.training import (
@@ -87,6 +87,41 @@ def test_unknown_stoichiometry_is_zero_fractions_only_for_bundles_trained_withou
     assert net.config["unknown_fractions"] == "zero" and "unknown_fractions" not in SpecFusionNet(np.zeros((100, 20))).config
 
 
+def test_an_unknown_composition_is_the_measured_tokens_at_a_fraction_no_composition_has():
+    from sfn_stream.core.networks import COMPOSITION_UNKNOWN, UNKNOWN_COMPOSITION_FRACTION
+
+    batch = encode_compounds([(["Fe", "Mn"], {}, COMPOSITION_UNKNOWN)], spectrum_length=200, unknown_fractions="zero")
+    assert batch.fractions[0].tolist() == [UNKNOWN_COMPOSITION_FRACTION] * 2 and UNKNOWN_COMPOSITION_FRACTION < 0
+    net = SpecFusionNet(np.zeros((100, 20), np.float32), unknown_composition=True)
+    assert net.config["unknown_composition"] is True and "unknown_composition" not in SpecFusionNet(np.zeros((100, 20))).config
+
+
+def test_training_hides_the_unmeasured_elements_of_an_unknown_composition_example(corpus):
+    import torch
+
+    from sfn_stream.offline.training._xanes3d import MaterialTable, _loss, material_views
+
+    materials = [m for m in corpus if len(m.edges) >= 2 and len(m.elements) >= 3][:4]
+    rng = np.random.default_rng(0)
+    table = MaterialTable(materials, [material_views(m, None, rng) for m in materials], n_views=1)
+    index = torch.arange(len(materials))
+    generator = torch.Generator().manual_seed(0)
+    z, fractions, _, _, keep = table.batch(index, generator, edge_keep=0.5, stoichiometry_dropout=0.0,
+                                           augmented=False, composition_unknown=1.0)
+    assert torch.equal(z > 0, keep)  # only the drawn edges' tokens remain
+    assert torch.all(fractions[keep] == -1.0) and torch.all(fractions[~keep] == 0.0)
+    known = table.batch(index, generator, edge_keep=0.5, stoichiometry_dropout=0.0, augmented=False)
+    assert torch.equal(known[0], table.z[index]) and torch.equal(known[1], table.fractions[index])
+    # a withheld token's label is not asked for: its logits cannot change the loss
+    logits = {t: torch.zeros(len(index), z.shape[1], n) for t, n in (("oxidation_state", 8), ("coordination_number", 12))}
+    out = {"element_logits": logits, "compound_mean": torch.zeros(len(index), 4), "compound_log_var": torch.zeros(len(index), 4),
+           "compound_logits": torch.zeros(len(index), 2)}
+    base = _loss(out, table, index, torch.zeros(4), torch.ones(4), present=z > 0)
+    for t in logits:
+        logits[t][~(z > 0)] = torch.randn(int((~(z > 0)).sum()), logits[t].shape[-1]) * 5
+    assert float(_loss(out, table, index, torch.zeros(4), torch.ones(4), present=z > 0)) == pytest.approx(float(base))
+
+
 def _corpus_file(tmp_path, corpus, absorber: str):
     """A corpus FEFF10 spectrum written as a measured, foil-calibrated scan (energy - energy offset)."""
     material = next(m for m in corpus if absorber in m.edges and m.edges[absorber].source == "feff10"
@@ -118,14 +153,41 @@ def test_cu_with_a_formula_goes_to_the_cu_bundle_with_elements_to_this_one_and_u
     assert registry.bundle_path("xanes", "Cu", "Sr3CuPtO6").name == "xanes-specfusion"  # better with a formula
     for elements in (["Cu", "O"], "Cu,O"):  # elements only: the 3d bundle is better on Cu
         assert registry.bundle_path("xanes", "Cu", elements).name == XANES_3D_BUNDLE
-    for unknown in (None, ["Cu"], "Cu"):  # nothing said of the sample: the 3d bundle would read it as the metal
-        assert registry.bundle_path("xanes", "Cu", unknown).name == "xanes-specfusion"
+    for metal in (["Cu"], "Cu"):  # the absorber alone is the metal (a foil): only the 3d bundle learned foils
+        assert registry.bundle_path("xanes", "Cu", metal).name == XANES_3D_BUNDLE
+    # nothing said of the sample: the 3d bundle, trained for it (the Cu bundle would read the Cu metal)
+    assert registry.bundle_path("xanes", "Cu", None).name == XANES_3D_BUNDLE
     assert registry.bundle_path("xanes", "Fe", "Fe2O3").name == XANES_3D_BUNDLE  # the only one covering Fe
     predictor = default_registry().predictor("xanes", "Fe")
     material = next(m for m in corpus if {"Fe", "Ti"} <= set(m.edges))
     window = edge_window(material.edges["Fe"])
     prediction = predictor.predict_window(window, list(material.elements))
     assert {"Fe", "Ti"} <= set(prediction.per_element)  # Ti predicted from the Fe edge and the composition
+    blind = predictor.predict_window(window, None)  # nothing known of the sample: the card says how it is asked
+    expected = "unknown" if predictor.knows_unknown_composition else "absorbers_as_elements"
+    assert blind.inputs["composition"] == expected and set(blind.per_element) == {"Fe"}
+    if not predictor.knows_unknown_composition:
+        with pytest.raises(ValueError, match="not trained without a composition"):
+            predictor.ensemble.predict(["Fe"], {"Fe": (window.mu, window.e0_shift)}, "unknown")
+
+
+@pytest.mark.parametrize("trained_without_composition", [True, False])
+def test_the_registry_routes_by_what_is_known_of_the_sample(tmp_path, trained_without_composition):
+    from sfn_stream.core.predict import ModelRegistry
+
+    (tmp_path / "cu").mkdir()
+    (tmp_path / "cu" / "card.json").write_text(json.dumps({"kind": "xanes", "supported_absorbers": ["Cu"]}))
+    (tmp_path / "all").mkdir()
+    card = {"kind": "xanes", "supported_absorbers": ["Fe", "Cu"], "preferred_for_elements_only": ["Fe", "Cu"]}
+    if trained_without_composition:
+        card["preferred_without_composition"] = ["Fe", "Cu"]
+    (tmp_path / "all" / "card.json").write_text(json.dumps(card))
+    registry = ModelRegistry(tmp_path)
+    assert registry.bundle_path("xanes", "Cu", "Cu2O").name == "cu"  # a formula: the narrowest
+    assert registry.bundle_path("xanes", "Cu", "Cu,O").name == "all"  # elements only
+    assert registry.bundle_path("xanes", "Cu", ["Cu"]).name == "all"  # the metal
+    assert registry.bundle_path("xanes", "Cu", None).name == ("all" if trained_without_composition else "cu")
+    assert registry.bundle_path("xanes", "Fe", None).name == "all"  # the only one covering Fe
 
 
 @needs_bundle
@@ -209,6 +271,33 @@ def test_the_plugin_predicts_a_fe_run_with_the_3d_bundle(client, corpus):
     assert derived["absorber"].values[0] == "Fe"
 
 
+@needs_bundle
+def test_a_run_without_a_composition_is_asked_in_the_no_composition_mode_and_says_so(client, corpus):
+    from event_model import compose_run
+
+    from sfn_stream.live.plugin import XANES_STREAM, SfnPlugin, make_tiled_writer
+
+    material = next(m for m in corpus if "Fe" in m.edges and m.edges["Fe"].source == "feff10" and len(m.elements) == 2)
+    edge = material.edges["Fe"]
+    plugin = SfnPlugin(make_tiled_writer(client), threaded=False)
+    run = compose_run(metadata={"sfn": {"kind": "xanes", "element": "Fe", "sample": "t-fe-blind"}})
+    plugin("start", run.start_doc)
+    keys = {"mono_energy": {"dtype": "number", "shape": [], "source": "sim"},
+            "xas_mu": {"dtype": "number", "shape": [], "source": "sim"}}
+    descriptor = run.compose_descriptor(name="primary", data_keys=keys)
+    plugin("descriptor", descriptor.descriptor_doc)
+    for energy, mu in zip(edge.energy - edge.energy_offset, edge.mu):
+        plugin("event", descriptor.compose_event(data={"mono_energy": float(energy), "xas_mu": float(mu)},
+                                                 timestamps={"mono_energy": 0.0, "xas_mu": 0.0}))
+    plugin("stop", run.compose_stop())
+    plugin.close()
+    summary = client[run.start_doc["uid"]].metadata["stop"]["sfn"]
+    assert summary["status"] == "flagged" and "composition_unknown" in summary["quality_flags"]
+    predictor = default_registry().predictor("xanes", "Fe")
+    assert summary["composition_mode"] == ("unknown" if predictor.knows_unknown_composition else "absorbers_as_elements")
+    assert client[run.start_doc["uid"]][XANES_STREAM].read()["absorber"].values[0] == "Fe"
+
+
 def _write_edge(path, edge):
     path.write_text("energy,mu\n" + "\n".join(f"{e - edge.energy_offset:.3f},{m:.6f}" for e, m in zip(edge.energy, edge.mu)))
     return path
@@ -285,6 +374,14 @@ def test_a_small_multi_edge_training_run_writes_a_bundle_that_predicts(corpus, t
     for metal in spectra:
         probabilities = result["per_element"][metal]["oxidation_state"]["probabilities"]
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
+    # trained for requests without a composition: the measured metals are answered, nothing else is assumed
+    assert card["architecture"]["kwargs"]["unknown_composition"] is True
+    predictor = XanesPredictor(bundle.path)
+    windows = [w for e in material.edges.values() if (w := edge_window(e)) is not None]
+    blind = predictor.predict_windows(windows, None)
+    assert blind.inputs["composition"] == "unknown" and blind.inputs["elements"] is None
+    assert set(blind.per_element) == {w.absorber for w in windows}
+    assert blind.properties["density"].std > 0
 
 
 def test_herfd_sharpening_narrows_a_white_line_and_leaves_the_other_windows_alone():

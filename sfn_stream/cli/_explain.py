@@ -52,7 +52,7 @@ def run_xanes(args) -> int:
 
 
 def _composition(args) -> tuple[str | None, list[str]]:
-    """What the model is told about the sample (None: the absorber alone) and the matching flags."""
+    """What the model is told about the sample (None: nothing, only the measured edges) and the matching flags."""
     from sfn_stream.core.predict import CompositionError, parse_elements
 
     try:
@@ -106,7 +106,7 @@ def _explain_file(path: Path, args, composition, flags, extra_edges) -> dict:
             predictor = registry.predictor_for_edges("xanes", absorbers)
         else:
             predictor = registry.predictor("xanes", window.absorber, composition)
-        explanation = explain_windows(predictor, [window, *others], composition or window.absorber, steps=args.steps)
+        explanation = explain_windows(predictor, [window, *others], composition, steps=args.steps)
     except (PredictorError, ValueError) as err:
         raise CliError(f"{path}: {err}") from err
     figure = args.out / f"{path.stem}_explain.png"

@@ -55,7 +55,7 @@ def run_xanes(args) -> int:
     channels.pop("edge", None)
     if not absorber:
         raise CliError(f"{args.file}: say which element absorbs (--absorber Cu); the file does not name it")
-    composition = args.elements or absorber
+    composition = args.elements  # None: nothing known of the sample (the bundle's card says how it copes)
     flags = [] if args.elements else ["composition_unknown"]
     extra_edges = _extra_edges(args.edge, absorber)
     try:

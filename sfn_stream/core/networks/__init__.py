@@ -10,10 +10,12 @@ from ._bundle import (
     save_bundle,
 )
 from ._specfusion import (
+    COMPOSITION_UNKNOWN,
     ELEMENT_TASK_CLASSES,
     XANES_CARD_KEYS,
     EncodedBatch,
     MultiScaleSpectrumEncoder,
+    UNKNOWN_COMPOSITION_FRACTION,
     SpecFusionNet,
     StackedEnsemble,
     UnsupportedAbsorberError,
@@ -33,6 +35,7 @@ from ._xrd_search import ELEMENT_GROUPS, XrdSearchMatch, element_group_vector
 
 __all__ = [
     "CARD_FILE",
+    "COMPOSITION_UNKNOWN",
     "CRYSTAL_SYSTEMS",
     "ELEMENT_GROUPS",
     "ELEMENT_TASK_CLASSES",
@@ -46,6 +49,7 @@ __all__ = [
     "MultiScaleSpectrumEncoder",
     "SpecFusionNet",
     "StackedEnsemble",
+    "UNKNOWN_COMPOSITION_FRACTION",
     "UnsupportedAbsorberError",
     "XanesEnsemble",
     "XrdClassifier",

@@ -153,6 +153,7 @@ class SpecFusionNet(nn.Module):
         element_tasks: Mapping[str, int] | None = None,
         compound_classifications: Sequence[str] = (),
         unknown_fractions: str = "equal",
+        unknown_composition: bool = False,
     ):
         super().__init__()
         self.config = {
@@ -175,6 +176,11 @@ class SpecFusionNet(nn.Module):
         if unknown_fractions not in UNKNOWN_FRACTIONS:
             raise ValueError(f"unknown_fractions must be one of {UNKNOWN_FRACTIONS}, got {unknown_fractions!r}")
         self.unknown_fractions = unknown_fractions
+        # Trained with examples whose composition was withheld (:data:`COMPOSITION_UNKNOWN`); absent from the
+        # cards of bundles before, which read such a request as the pure metal.
+        if unknown_composition:
+            self.config["unknown_composition"] = True
+        self.unknown_composition = unknown_composition
         self.compound_classifications = tuple(compound_classifications)
         table = torch.as_tensor(np.asarray(descriptor_table), dtype=torch.float32)
         self.register_buffer("descriptors", table)
@@ -271,9 +277,17 @@ class EncodedBatch:
 # dropout: a zero fraction never occurs in a known composition, so it means "unknown").
 UNKNOWN_FRACTIONS = ("equal", "zero")
 
+# ``fractions`` of a compound whose composition is not known at all, only the absorbers measured (a scan
+# without ``sfn.composition``): their tokens alone, each with this fraction, which no real composition has.
+# Only bundles trained with such examples (``unknown_composition`` in their config) accept it.
+COMPOSITION_UNKNOWN = "unknown"
+UNKNOWN_COMPOSITION_FRACTION = -1.0
+
 
 def _fractions_for(elements: Sequence[str], fractions: Mapping[str, float] | None,
                    unknown_as: str = "equal") -> list[float]:
+    if isinstance(fractions, str) and fractions == COMPOSITION_UNKNOWN:
+        return [UNKNOWN_COMPOSITION_FRACTION] * len(elements)
     if fractions is None:
         return [0.0 if unknown_as == "zero" else 1.0 / len(elements)] * len(elements)
     unknown = set(fractions) - set(elements)
@@ -435,6 +449,7 @@ class XanesEnsemble:
         self.supported_absorbers: tuple[str, ...] = tuple(card["supported_absorbers"])
         self.spectrum_length = self.members[0].spectrum_length
         self.unknown_fractions = self.members[0].unknown_fractions
+        self.unknown_composition = bool(getattr(self.members[0], "unknown_composition", False))
         # Bundles trained with edge dropout also answer for 3d metals of the sample whose edge was not given.
         self.predicts_unmeasured = bool(card.get("predicts_unmeasured_metals", False))
         self._warm = False
@@ -493,6 +508,8 @@ class XanesEnsemble:
         """Predictions for several compounds, each given as (elements, spectra, fractions)."""
         if not compounds:
             return []
+        if not self.unknown_composition and any(isinstance(f, str) and f == COMPOSITION_UNKNOWN for _, _, f in compounds):
+            raise ValueError(f"bundle {self.bundle_id} was not trained without a composition: give the sample's elements")
         batch = encode_compounds(compounds, spectrum_length=self.spectrum_length, supported_absorbers=self.supported_absorbers,
                                  unknown_fractions=self.unknown_fractions)
         raw = ensemble_outputs(self.stacked, batch, self.temperatures, self.regression_scale)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sfn_stream.core.networks import load_bundle, models_dir
+from sfn_stream.core.networks import COMPOSITION_UNKNOWN, load_bundle, models_dir
 
 from ._composition import element_set, parse_elements
 from ._results import ClassPrediction, Prediction, ValuePrediction
@@ -53,6 +53,20 @@ class XanesPredictor:
     def supported_absorbers(self) -> tuple[str, ...]:
         return tuple(self.ensemble.supported_absorbers)
 
+    @property
+    def knows_unknown_composition(self) -> bool:
+        """Whether the bundle was trained for requests without a composition (``composition=None``); others
+        are given the absorbers alone, which the 3d bundle reads as the pure metal."""
+        return bool(self.ensemble.unknown_composition)
+
+    def composition_input(self, composition, absorbers: Sequence[str]) -> tuple[list[str], object]:
+        """``(elements, fractions)`` the ensemble is given for ``composition`` (elements or a formula); for None,
+        the measured ``absorbers`` with the unknown-composition marker, or with no fractions (read as the metal)
+        for a bundle not trained for that."""
+        if composition is not None:
+            return parse_elements(composition)
+        return list(absorbers), COMPOSITION_UNKNOWN if self.knows_unknown_composition else None
+
     def warm_up(self) -> None:
         """Make the first prediction as fast as the next ones (the registry's ``preload`` calls it)."""
         self.ensemble.warm_up()
@@ -67,11 +81,12 @@ class XanesPredictor:
         if absorber not in elements:
             raise PredictorError(f"the absorber {absorber} is not among the sample's elements {list(elements)}")
 
-    def predict_window(self, window, composition: str | Sequence[str], *, extra_flags=()) -> Prediction:
-        """Predict from a preprocessed :class:`~sfn_stream.core.spectra.XanesWindow`."""
+    def predict_window(self, window, composition: str | Sequence[str] | None, *, extra_flags=()) -> Prediction:
+        """Predict from a preprocessed :class:`~sfn_stream.core.spectra.XanesWindow`. ``composition``: the
+        sample's elements or formula; None when nothing is known of it (see :attr:`knows_unknown_composition`)."""
         return self.predict_windows([window], composition, extra_flags=extra_flags)
 
-    def predict_windows(self, windows, composition: str | Sequence[str], *, extra_flags=()) -> Prediction:
+    def predict_windows(self, windows, composition: str | Sequence[str] | None, *, extra_flags=()) -> Prediction:
         """One fused prediction from several edges of one sample (one window per absorber; the first is the
         run's own). An unusable extra edge is left out with a flag; an unusable first one fails the request."""
         return self.predict_many([(windows, composition, extra_flags)])[0]
@@ -105,7 +120,7 @@ class _WindowsRequest:
 
     used: list  # the usable windows, the run's own first
     elements: list[str]
-    fractions: dict[str, float] | None
+    fractions: dict[str, float] | str | None  # str: COMPOSITION_UNKNOWN
     flags: list[str]
     inputs: dict
     extras: list  # the windows besides the run's own, usable or not
@@ -113,10 +128,13 @@ class _WindowsRequest:
 
     @classmethod
     def plan(cls, predictor: XanesPredictor, windows, composition, extra_flags=()) -> "_WindowsRequest":
-        elements, fractions = parse_elements(composition)
         first, extras = windows[0], list(windows[1:])
+        unknown = composition is None
+        elements, fractions = predictor.composition_input(
+            composition, [w.absorber for w in windows if w is first or w.usable])
         flags = [*first.flags, *extra_flags]
-        inputs = {"absorber": first.absorber, "elements": elements, "fractions": fractions}
+        inputs = {"absorber": first.absorber, "elements": None if unknown else elements,
+                  "fractions": None if unknown else fractions, "composition": _composition_mode(predictor, composition)}
         if not first.usable:
             failure = Prediction.failed("xanes", "insufficient_data", first.reason, bundle_id=predictor.bundle.id,
                                         flags=flags, preprocessing=first.to_dict(), inputs=inputs)
@@ -158,6 +176,14 @@ class _WindowsRequest:
                           per_element=per_element, quality_flags=self.flags,
                           messages=[m for w in self.used for m in w.messages], preprocessing=preprocessing,
                           inputs=self.inputs)
+
+
+def _composition_mode(predictor: XanesPredictor, composition) -> str:
+    """How the bundle was told of the sample: "formula", "elements", or with no composition "unknown" (a bundle
+    trained for it) or "absorbers_as_elements" (one that was not: it reads the measured metals alone)."""
+    if composition is None:
+        return "unknown" if predictor.knows_unknown_composition else "absorbers_as_elements"
+    return "elements" if parse_elements(composition)[1] is None else "formula"
 
 
 class XrdPredictor:

@@ -33,7 +33,6 @@ import numpy as np
 
 from sfn_stream.core.serialize import json_safe
 
-from ._composition import parse_elements
 from ._predictors import PredictorError
 
 METHOD = "integrated_gradients"
@@ -131,7 +130,7 @@ class Explanation:
     windows: list  # XanesWindow, the first is the run's own edge
     baselines: dict[str, np.ndarray]
     elements: list[str]
-    fractions: dict[str, float] | None
+    fractions: dict[str, float] | str | None  # str: the unknown-composition marker
     tasks: list[TaskAttribution]
     steps: int
     n_members: int
@@ -171,8 +170,8 @@ def explain_windows(predictor, windows: Sequence, composition, *, steps: int = D
     bundle cannot serve."""
     if steps < 2:
         raise ValueError(f"steps must be at least 2, got {steps}")
-    elements, fractions = parse_elements(composition)
     windows = list(windows)
+    elements, fractions = predictor.composition_input(composition, [w.absorber for w in windows])
     for window in windows:
         if not window.usable:
             raise PredictorError(f"the {window.absorber} window cannot be explained: {window.reason}")

@@ -9,8 +9,9 @@ Each bundle's card says what it covers: ``kind`` and, for XANES, ``supported_abs
 bundles may coexist (one per metal, or one for all): the one covering the absorber with the fewest
 absorbers wins, except for a request that lists the sample's elements without their amounts (what a
 beamline usually knows): a card listing the absorber under ``preferred_for_elements_only`` wins then (the
-measured reason sits in that card's ``registry`` note). Without a composition, or with the absorber alone,
-the narrowest card still wins: which bundle is better there was not measured. An absorber no bundle covers
+measured reason sits in that card's ``registry`` note); so does a request naming the absorber alone (the
+pure metal: a foil). A request with no composition at all goes to a card listing the absorber under
+``preferred_without_composition`` (a bundle trained for that mode), else to the narrowest. An absorber no bundle covers
 goes to the kind's default bundle, whose own check then says that the edge is not supported yet. A new kind of model registers its predictor class with
 :func:`register_predictor`; its predictor takes a bundle path.
 """
@@ -51,6 +52,7 @@ class BundleCard:
     kind: str
     supported_absorbers: tuple[str, ...] = ()
     preferred_for_elements_only: tuple[str, ...] = ()
+    preferred_without_composition: tuple[str, ...] = ()
 
     def covers(self, absorber: str | None) -> bool:
         return absorber is not None and absorber in self.supported_absorbers
@@ -77,13 +79,15 @@ class ModelRegistry:
         return self._cards
 
     def bundle_path(self, kind: str, absorber: str | None = None, composition=None) -> Path:
-        """The bundle that answers ``kind`` (for ``absorber``): the narrowest card covering the absorber (for
-        an element list naming more than the absorber, one preferring the absorber in that mode first), else
+        """The bundle that answers ``kind`` (for ``absorber``): the narrowest card covering the absorber (for an
+        element list or the pure absorber, or for no composition, one preferring the absorber in that mode first), else
         the kind's default bundle (which may not exist: loading it then says so)."""
         of_kind = [card for card in self.cards() if card.kind == kind]
         covering = [card for card in of_kind if card.covers(absorber)]
         if covering and _elements_only(composition, absorber):
             covering = [card for card in covering if absorber in card.preferred_for_elements_only] or covering
+        elif covering and composition is None:
+            covering = [card for card in covering if absorber in card.preferred_without_composition] or covering
         if covering:
             return min(covering, key=lambda card: (len(card.supported_absorbers), card.name)).path
         default = _default_bundle(kind)
@@ -196,9 +200,10 @@ def _modification_times(path: Path) -> tuple:
 
 
 def _elements_only(composition, absorber: str | None = None) -> bool:
-    """Whether a request lists the sample's elements, more than the absorber, without their amounts. None or the
-    absorber alone says nothing of the sample (the 3d bundle reads "Cu" alone as the metal); an unparsable
-    composition is left to the predictor to refuse."""
+    """Whether a request goes to a card preferring the absorber in elements-only mode: it lists the sample's
+    elements without their amounts, or names the absorber alone (the metal: a foil, which the 3d bundle learned
+    and the Cu bundle never saw). None (nothing known of the sample) does not; an unparsable composition is left
+    to the predictor to refuse."""
     if composition is None:
         return False
     from ._composition import CompositionError, parse_elements
@@ -207,7 +212,7 @@ def _elements_only(composition, absorber: str | None = None) -> bool:
         elements, fractions = parse_elements(composition)
     except CompositionError:
         return False
-    return fractions is None and bool(set(elements) - {absorber})
+    return bool(elements) and (fractions is None or set(elements) == {absorber})
 
 
 def _read_cards(directory: Path) -> list[BundleCard]:
@@ -222,5 +227,6 @@ def _read_cards(directory: Path) -> list[BundleCard]:
         cards.append(BundleCard(path=card_path.parent, name=str(card.get("name", card_path.parent.name)),
                                 kind=str(card["kind"]),
                                 supported_absorbers=tuple(card.get("supported_absorbers") or ()),
-                                preferred_for_elements_only=tuple(card.get("preferred_for_elements_only") or ())))
+                                preferred_for_elements_only=tuple(card.get("preferred_for_elements_only") or ()),
+                                preferred_without_composition=tuple(card.get("preferred_without_composition") or ())))
     return cards

@@ -111,6 +111,7 @@ class XanesAnalysis(BaseAnalysis):
         return run_summary(
             self.kind, self.sample, absorber=absorber,
             elements=prediction.inputs.get("elements") or _elements_or_none(composition),
+            composition_mode=prediction.inputs.get("composition", ""),
             derived_stream=self.stream, **summary_fields(prediction, absorber),
             preprocessing=_preprocessing_summary(prediction.preprocessing), **sample_fields)
 
@@ -202,8 +203,8 @@ class XanesAnalysis(BaseAnalysis):
         if not absorber:
             absorber = absorber_from_energy_range(columns.get("energy"))
             flags.append("absorber_inferred_from_energy_range")
-        composition = self.md.get("composition") or ([absorber] if absorber else None)
-        if not self.md.get("composition"):
+        composition = self.md.get("composition") or None  # None: the predictor asks in its no-composition mode
+        if composition is None:
             flags.append("composition_unknown")
         return absorber, composition, flags
 

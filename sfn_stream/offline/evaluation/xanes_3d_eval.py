@@ -1,14 +1,17 @@
 """``sfn-stream evaluate xanes``: the 3d-metal XANES model per absorber x task x input mode, beside
 baselines that read no spectrum, on the unified test split (data/splits/xanes_3d_splits.json).
 
-Input modes: ``elements`` (the sample's element set only, as at a beamline) and ``formula``
-(stoichiometry given). One edge per example (the absorber's own spectrum). Test sets: ``test`` (every
+Input modes: ``elements`` (the sample's element set only, as at a beamline), ``formula``
+(stoichiometry given) and ``unknown`` (nothing known of the sample but the edges measured: a scan whose start
+document names no composition; bundles not trained for it are given the absorbers alone, as the predictor
+does). One edge per example (the absorber's own spectrum). Test sets: ``test`` (every
 test material: formula-disjoint from train and val) and ``test_chemical_system`` (its materials whose
 element set no training or validation material has).
 
 Baselines: the composition-only rule (formula mode: pymatgen ``Composition.oxi_state_guesses``, its
 most probable guess rounded; elements mode, and CN in both modes: the most frequent training label of
-the (absorber, element set), else of the absorber), the absorber's majority training class, the
+the (absorber, element set), else of the absorber; unknown mode: the absorber's majority class), the
+absorber's majority training class, the
 training mean of each regression, and the shipped Cu bundle on Cu. Measured development set
 (../shared/data/xanes_experimental_dev): file by file, elements-only input. Figures only: nothing here
 passes or fails.
@@ -36,7 +39,7 @@ from sfn_stream.offline.metrics import (
     reliability_table,
 )
 
-MODES = ("elements", "formula")
+MODES = ("elements", "formula", "unknown")
 POOLED = "all FEFF10"  # the nine metals' FEFF10 test units together
 TEST_SETS = ("test", "test_chemical_system")
 ELEMENT_TASKS = ("oxidation_state", "coordination_number")
@@ -96,6 +99,8 @@ class CompositionBaselines:
         return counts.most_common(1)[0][0] if counts else self.majority(absorber, task)
 
     def rule(self, unit: Unit, task: str, mode: str):
+        if mode == "unknown":
+            return self.majority(unit.absorber, task)
         if task == "oxidation_state" and mode == "formula":
             guess = oxidation_guess(unit.material.formula, unit.absorber)
             if guess is not None:
@@ -105,7 +110,9 @@ class CompositionBaselines:
     def density_rule(self, material, mode: str) -> float:
         """Density without a spectrum: with the formula, mass over the sum of fitted atomic volumes (Biltz's
         volume increments); with elements only, the mean density of training materials of the same element set,
-        else the volume increments at equal fractions."""
+        else the volume increments at equal fractions; unknown composition: nothing (NaN: the training mean)."""
+        if mode == "unknown":
+            return math.nan
         if mode != "formula":
             same = self.density_by_system.get(material.chemical_system)
             if same:
@@ -197,14 +204,25 @@ def predict_units(ensemble, units: Sequence[Unit], mode: str, batch: int = 256,
     absorber -> window)."""
     out = []
     for start in range(0, len(units), batch):
-        chunk = units[start:start + batch]
-        compounds = [(list(u.material.elements),
-                      {a: (w.mu, w.e0_shift) for a, w in all_edges[u.material.material_id].items()} if all_edges
-                      else {u.absorber: (u.window.mu, u.window.e0_shift)},
-                      dict(zip(u.material.elements, u.material.fractions)) if mode == "formula" else None)
-                     for u in chunk]
+        compounds = []
+        for u in units[start:start + batch]:
+            spectra = ({a: (w.mu, w.e0_shift) for a, w in all_edges[u.material.material_id].items()} if all_edges
+                       else {u.absorber: (u.window.mu, u.window.e0_shift)})
+            if mode == "unknown":
+                compounds.append((list(spectra), spectra, unknown_composition(ensemble)))
+            else:
+                compounds.append((list(u.material.elements), spectra,
+                                  dict(zip(u.material.elements, u.material.fractions)) if mode == "formula" else None))
         out.extend(ensemble.predict_batch(compounds))
     return out
+
+
+def unknown_composition(ensemble):
+    """The ``fractions`` of a request that knows nothing of the sample: the unknown marker for bundles trained
+    for it, else None with the absorbers as the elements (what the predictor sends such bundles)."""
+    from sfn_stream.core.networks import COMPOSITION_UNKNOWN
+
+    return COMPOSITION_UNKNOWN if getattr(ensemble, "unknown_composition", False) else None
 
 
 def _class_scores(units, predictions, task, absorber_of, baselines: CompositionBaselines, mode: str):
@@ -433,14 +451,18 @@ def evaluate_dev(ensemble, baselines: CompositionBaselines) -> dict[str, Any]:
             per = raw["per_element"][absorber]
             row["oxidation_state"], row["oxidation_state_p"] = _best(per["oxidation_state"])
             row["cn"], row["cn_p"] = _best(per["coordination_number"])
-            try:
-                chosen = default_registry().predictor("xanes", absorber, elements)
-                prediction = chosen.predict_window(window, elements)
-                row["registry_bundle"] = prediction.bundle_id
-                row["registry_oxidation_state"] = prediction.per_element[absorber]["oxidation_state"].value
-                row["registry_cn"] = prediction.per_element[absorber]["coordination_number"].value
-            except PredictorError as err:
-                row["registry_reason"] = str(err)
+            blind = ensemble.predict([absorber], {absorber: (window.mu, window.e0_shift)}, unknown_composition(ensemble))
+            row["unknown_oxidation_state"], _ = _best(blind["per_element"][absorber]["oxidation_state"])
+            row["unknown_cn"], _ = _best(blind["per_element"][absorber]["coordination_number"])
+            for prefix, composition in (("registry", elements), ("registry_unknown", None)):
+                try:
+                    chosen = default_registry().predictor("xanes", absorber, composition)
+                    prediction = chosen.predict_window(window, composition)
+                    row[f"{prefix}_bundle"] = prediction.bundle_id
+                    row[f"{prefix}_oxidation_state"] = prediction.per_element[absorber]["oxidation_state"].value
+                    row[f"{prefix}_cn"] = prediction.per_element[absorber]["coordination_number"].value
+                except PredictorError as err:
+                    row[f"{prefix}_reason"] = str(err)
             rows.append(row)
 
     def score(label, predicted):
@@ -450,11 +472,16 @@ def evaluate_dev(ensemble, baselines: CompositionBaselines) -> dict[str, Any]:
 
     return {
         "description": "../shared/data/xanes_experimental_dev, every labelled file, elements-only input (the "
-        "labels.csv elements column). A sanity check on measured data: nothing was tuned on it.",
+        "labels.csv elements column; the *_without_composition entries: no composition at all, the absorber's "
+        "edge alone). A sanity check on measured data: nothing was tuned on it.",
         "model": {"oxidation_state": score("label_oxidation_state", "oxidation_state"),
                   "coordination_number": score("label_cn", "cn")},
         "registry": {"oxidation_state": score("label_oxidation_state", "registry_oxidation_state"),
                      "coordination_number": score("label_cn", "registry_cn")},
+        "model_without_composition": {"oxidation_state": score("label_oxidation_state", "unknown_oxidation_state"),
+                                      "coordination_number": score("label_cn", "unknown_cn")},
+        "registry_without_composition": {"oxidation_state": score("label_oxidation_state", "registry_unknown_oxidation_state"),
+                                         "coordination_number": score("label_cn", "registry_unknown_cn")},
         "composition_rule": {"oxidation_state": score("label_oxidation_state", "rule_oxidation_state"),
                              "coordination_number": score("label_cn", "rule_cn")},
         "files": rows,
@@ -522,7 +549,9 @@ def format_report(report: Mapping[str, Any]) -> list[str]:
     if dev and "files" in dev:
         lines.append("")
         lines.append("== measured dev set, elements only (sanity check, not tuned on) ==")
-        for who in ("model", "registry", "composition_rule"):
+        for who in ("model", "registry", "composition_rule", "model_without_composition", "registry_without_composition"):
+            if who not in dev:
+                continue
             s = dev[who]
             lines.append(f"  {who:17s} oxidation state {s['oxidation_state']['correct']}/{s['oxidation_state']['n_labelled']}"
                          f"  CN {s['coordination_number']['correct']}/{s['coordination_number']['n_labelled']}")
@@ -534,7 +563,8 @@ def format_report(report: Mapping[str, Any]) -> list[str]:
             lines.append(f"{head} ox {_s(r['label_oxidation_state'])}->{r['oxidation_state']} (p {r['oxidation_state_p']:.2f}, "
                          f"reg {_s(r.get('registry_oxidation_state'))}, rule {_s(r['rule_oxidation_state'])})  "
                          f"CN {_s(r['label_cn'])}->{r['cn']} (p {r['cn_p']:.2f}, reg {_s(r.get('registry_cn'))}, "
-                         f"rule {_s(r['rule_cn'])})  dE0 {r['e0_shift']:+.1f}")
+                         f"rule {_s(r['rule_cn'])})  dE0 {r['e0_shift']:+.1f}  "
+                         f"no composition: ox {_s(r.get('unknown_oxidation_state'))} CN {_s(r.get('unknown_cn'))}")
     return lines
 
 
@@ -665,6 +695,8 @@ def card_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
     dev = report.get("measured_dev")
     if dev and "files" in dev:
         out["measured_dev_elements_only"] = {who: dev[who] for who in ("model", "registry", "composition_rule")}
+        out["measured_dev_without_composition"] = {who: dev[who] for who in ("model_without_composition",
+                                                                            "registry_without_composition") if who in dev}
     return out
 
 

@@ -53,15 +53,17 @@ BUNDLE_VERSION = "0.1.0"
 # Which Cu requests this bundle answers, and why (written into the card; the figures are in its metrics).
 REGISTRY_NOTE = (
     "the model registry picks the narrowest card covering an absorber, except that a request listing the "
-    "sample's elements (more than the absorber) without their amounts goes to a card listing the absorber "
-    "under preferred_for_elements_only. This bundle lists all nine metals there, so Cu scans with an "
-    "element list come here and Cu scans with a formula, or with no composition, go to "
-    "models/xanes-specfusion (Cu only; without a composition this bundle would read the sample as the "
-    "metal). The figures behind the choice (`sfn-stream evaluate xanes --write-card`): "
-    "metrics['test/elements']['per_absorber']['Cu' and 'Cu/omnixas'], model_accuracy against "
-    "cu_bundle_accuracy, favour this bundle with an element list; metrics['test/formula'] the same pair "
-    "with the formula, where the two are within a few points and the Cu bundle keeps the request; "
-    "metrics['measured_dev_elements_only'], model against registry, on the measured files."
+    "sample's elements without their amounts, or naming the absorber alone (the metal), goes to a card listing "
+    "the absorber under preferred_for_elements_only, and a request with no composition to one listing it under "
+    "preferred_without_composition. This bundle lists all nine metals in both, so Cu scans with an element "
+    "list, of the metal, or with no composition come here, and Cu scans with a formula go to "
+    "models/xanes-specfusion (Cu only; it never saw a metal, and it has no mode for an unknown composition). "
+    "The figures behind the choice (`sfn-stream evaluate xanes --write-card`): "
+    "metrics['test/elements'] and metrics['test/unknown'], per_absorber 'Cu' and 'Cu/omnixas', model_accuracy "
+    "against cu_bundle_accuracy, favour this bundle with an element list and with no composition; "
+    "metrics['test/formula'] the same pair with the formula, where the two are within a few points and the Cu "
+    "bundle keeps the request; metrics['measured_dev_elements_only'] and metrics['measured_dev_without_composition'], "
+    "model against registry, on the measured files."
 )
 MAX_TOKENS = 5  # the corpus holds 2-5 element compounds
 OX_CLASSES = tuple(range(8))
@@ -142,6 +144,10 @@ class Train3dConfig:
     reference_share: float = 0.03
     edge_keep: float = 0.5  # each further edge of a multi-edge material is kept with this probability
     stoichiometry_dropout: float = 0.5
+    # Share of examples with the composition withheld: only the tokens of the edges drawn, each with fraction -1
+    # (COMPOSITION_UNKNOWN), the other elements gone. A scan whose start document names no composition is asked
+    # in this mode; a bundle trained without it reads the absorber alone as the pure metal
+    composition_unknown_share: float = 0.1
     # oxidation-state targets of mixed-valence sites (261 of ~4,500 labelled training tokens) split between the two
     # neighbouring states (:func:`mixed_valence_target`). Validation, one member, 90 epochs, seeds 0 / 1, last-20-
     # epoch means, corpus b4e72757: oxidation-state NLL 0.523 / 0.561 vs 0.557 / 0.574 with one-hot classes,
@@ -257,8 +263,10 @@ class MaterialTable:
     def __len__(self) -> int:
         return len(self.materials)
 
-    def batch(self, index, generator, *, edge_keep: float, stoichiometry_dropout: float, augmented: bool):
-        """Network inputs for materials ``index``: random edge subset (>= 1 edge), random views."""
+    def batch(self, index, generator, *, edge_keep: float, stoichiometry_dropout: float, augmented: bool,
+              composition_unknown: float = 0.0):
+        """Network inputs for materials ``index``: random edge subset (>= 1 edge), random views; a share
+        ``composition_unknown`` of them with only the drawn edges' tokens, at the unknown-composition fraction."""
         import torch
 
         available = self.edge[index] >= 0
@@ -276,7 +284,15 @@ class MaterialTable:
         fractions = self.fractions[index].clone()
         drop = torch.rand(len(index), generator=generator) < stoichiometry_dropout
         fractions[drop] = 0.0
-        return self.z[index], fractions, spectra, shifts, keep
+        from sfn_stream.core.networks import UNKNOWN_COMPOSITION_FRACTION
+
+        z = self.z[index]
+        hidden = torch.rand(len(index), generator=generator) < composition_unknown
+        if hidden.any():
+            z = z.clone()
+            z[hidden] = torch.where(keep[hidden], z[hidden], torch.zeros_like(z[hidden]))
+            fractions[hidden] = torch.where(keep[hidden], UNKNOWN_COMPOSITION_FRACTION, 0.0)
+        return z, fractions, spectra, shifts, keep
 
     def one_edge_rows(self) -> list[tuple[int, int]]:
         """(material row, token) of every edge: the one-edge evaluation / calibration units."""
@@ -321,13 +337,15 @@ def regression_nll(mean, target, variance, beta: float = 0.0):
 
 
 def _loss(out, table: MaterialTable, index, target_mean, target_std, *, mixed_valence: bool = False,
-          regression_beta: float = 0.0):
+          regression_beta: float = 0.0, present=None):
     import torch
     import torch.nn.functional as F
 
     loss = torch.zeros(())
     for name, target in (("oxidation_state", table.ox[index]), ("coordination_number", table.cn[index])):
         logits = out["element_logits"][name]
+        if present is not None:  # tokens withheld from the input (composition unknown) are not asked for
+            target = target.masked_fill(~present, -1)
         labelled = target >= 0
         if not labelled.any():
             continue
@@ -407,7 +425,8 @@ def train_member(train: MaterialTable, val: MaterialTable, *, table, config: Tra
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = SpecFusionNet(table, spectrum_length=XANES_WINDOW.n_points, compound_regressions=tuple(MATERIAL_REGRESSIONS),
-                          compound_classifications=tuple(MATERIAL_CLASSIFICATIONS), unknown_fractions="zero", **config.model)
+                          compound_classifications=tuple(MATERIAL_CLASSIFICATIONS), unknown_fractions="zero",
+                          unknown_composition=config.composition_unknown_share > 0, **config.model)
     model.target_mean.copy_(target_mean)
     model.target_std.copy_(target_std)
     weights = torch.tensor(draw_weights(train.materials, omnixas_share=config.omnixas_share,
@@ -424,10 +443,11 @@ def train_member(train: MaterialTable, val: MaterialTable, *, table, config: Tra
         for step in range(steps_per_epoch):
             index = drawn[step * config.batch_size:(step + 1) * config.batch_size]
             z, fractions, spectra, shifts, has = train.batch(index, generator, edge_keep=config.edge_keep,
-                                                             stoichiometry_dropout=config.stoichiometry_dropout, augmented=True)
+                                                             stoichiometry_dropout=config.stoichiometry_dropout, augmented=True,
+                                                             composition_unknown=config.composition_unknown_share)
             out = model(z, fractions, _augment(spectra, has, generator, aug), shifts, has)
             loss = _loss(out, train, index, target_mean, target_std, mixed_valence=config.mixed_valence_targets,
-                         regression_beta=config.regression_beta)
+                         regression_beta=config.regression_beta, present=z > 0)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -677,7 +697,7 @@ def combine_xanes3d_bundles(sources: Sequence[str | Path], out_dir: str | Path, 
 
 
 def _card(trained, config, augmentation, calibration, train: MaterialTable, val: MaterialTable, info, seed, seconds):
-    from sfn_stream.core.networks import ELEMENT_TASK_CLASSES
+    from sfn_stream.core.networks import ELEMENT_TASK_CLASSES, UNKNOWN_COMPOSITION_FRACTION
 
     edges = Counter((e.absorber, e.source) for m in train.materials for e in m.edges.values()
                     if m.source != REFERENCE)
@@ -691,6 +711,7 @@ def _card(trained, config, augmentation, calibration, train: MaterialTable, val:
         "predicts_unmeasured_metals": True,
         "registry": REGISTRY_NOTE,
         "preferred_for_elements_only": list(METALS_3D),
+        **({"preferred_without_composition": list(METALS_3D)} if config.composition_unknown_share > 0 else {}),
         "covers": "K-edge XANES of Ti, V, Cr, Mn, Fe, Co, Ni, Cu, Zn in 2-5 element compounds, and the "
         "metals themselves (foils: one FEFF10 spectrum per metal, listed under training_data.metal_references; "
         "intermetallics carry no oxidation-state label). Input: the sample's "
@@ -715,6 +736,7 @@ def _card(trained, config, augmentation, calibration, train: MaterialTable, val:
                 "split": "training only (no foil is in a validation or test split)"},
             "augmentation": augmentation.to_dict(),
             "stoichiometry_dropout": config.stoichiometry_dropout,
+            "composition_unknown_share": config.composition_unknown_share,
             "edge_dropout": f"every edge of a material but one random one kept with probability {config.edge_keep}",
             "wall_seconds": round(seconds, 1),
             "cpu": "nice -n 5, one torch thread, on a 2-core machine shared with a FEFF campaign",
@@ -734,6 +756,9 @@ def _card(trained, config, augmentation, calibration, train: MaterialTable, val:
             "energy_offset": "per corpus row (FEFF metal first inflection - tabulated edge at that row's settings); "
             "beamline scans are taken as foil-calibrated",
             "unknown_stoichiometry": "fractions all zero (trained with stoichiometry dropout)",
+            **({"unknown_composition": "only the measured absorbers' tokens, each at fraction "
+                f"{UNKNOWN_COMPOSITION_FRACTION} (trained on {config.composition_unknown_share:.0%} of the examples)"}
+               if config.composition_unknown_share > 0 else {}),
         },
         "architecture": {
             "class": "sfn_stream.core.networks.SpecFusionNet",
