@@ -148,6 +148,20 @@ def test_a_corpus_spectrum_of_a_new_metal_is_predicted_through_the_registry(tmp_
 
 
 @needs_bundle
+def test_predict_without_elements_says_how_the_model_was_asked(tmp_path, capsys, corpus):
+    _, path = _corpus_file(tmp_path, corpus, "Fe")
+    assert main(["predict", "xanes", str(path), "--absorber", "Fe", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    predictor = default_registry().predictor("xanes", "Fe")
+    assert result["inputs"]["composition"] == ("unknown" if predictor.knows_unknown_composition else "absorbers_as_elements")
+    assert "composition_unknown" in result["quality_flags"]
+    assert main(["predict", "xanes", str(path), "--absorber", "Fe"]) == 0
+    assert "no composition given" in capsys.readouterr().out
+    assert main(["predict", "xanes", str(path), "--absorber", "Fe", "--elements", "Fe,O"]) == 0
+    assert "no composition given" not in capsys.readouterr().out
+
+
+@needs_bundle
 def test_cu_with_a_formula_goes_to_the_cu_bundle_with_elements_to_this_one_and_unmeasured_metals_get_an_answer(corpus):
     registry = default_registry()
     assert registry.bundle_path("xanes", "Cu", "Sr3CuPtO6").name == "xanes-specfusion"  # better with a formula

@@ -186,4 +186,15 @@ def _print_table(result: dict) -> None:
                   f"calibration: {pre.get('calibration')}")
     if result["quality_flags"]:
         out.print("quality flags: " + ", ".join(result["quality_flags"]))
+    mode = (result.get("inputs") or {}).get("composition")
+    if mode in _NO_COMPOSITION:
+        out.print(_NO_COMPOSITION[mode], style="yellow")
     out.print(f"model bundle: {result['bundle_id']}", style="dim")
+
+
+# What a prediction made without --elements means, by how the bundle was asked (inputs["composition"]).
+_NO_COMPOSITION = {
+    "unknown": "no composition given: read from the spectrum alone (--elements makes it surer)",
+    "absorbers_as_elements": "no composition given: this bundle reads the absorber alone as the pure metal; "
+                             "give --elements",
+}
