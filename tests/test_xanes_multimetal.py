@@ -380,6 +380,7 @@ def test_a_small_multi_edge_training_run_writes_a_bundle_that_predicts(corpus, t
                                           "test": []})
     card = load_bundle(bundle.path).card
     assert card["architecture"]["training"]["mixed_valence_targets"] is True
+    assert card["architecture"]["training"]["members"][0]["checkpoint"] == "last"  # the schedule's end
     assert set(card["calibration"]["temperatures"]) >= {"oxidation_state", "coordination_number"}
     material = multi[0]
     spectra = {a: (np.asarray(w.mu, np.float32), float(w.e0_shift))
