@@ -218,6 +218,25 @@ def test_edges_no_bundle_covers_are_never_suggested_and_their_metal_keeps_a_clas
     assert decision.beliefs["Fe"].source == "class_prior" and cu.covered and decision.next_edge == "Cu"
 
 
+def test_a_sample_known_only_by_its_edge_is_asked_as_the_run_analysis_asks_it(two_metal_sample):
+    from sfn_stream.core.spectra import preprocess_xanes
+    from sfn_stream.live.consumers.next_edge import EdgeInput, SampleAgent, SampleState
+
+    metal = two_metal_sample.metals[0]
+    window = preprocess_xanes(*two_metal_sample.replay_spectrum(metal), absorber=metal)
+    state = SampleState("t-blind")
+    state.add_elements([metal], given=False)  # what a XANES run with no sfn.composition tells the agent
+    state.edges[metal] = EdgeInput("run-blind", metal, np.asarray(window.mu, float), float(window.e0_shift), {}, "ok")
+    belief = SampleAgent(ALWAYS_NEXT).decide(state).beliefs[metal]
+    predictor = default_registry().predictor("xanes", metal)
+    own = predictor.predict_window(window, None).per_element[metal]  # the run's own prediction
+    for task, table in belief.tables.items():
+        best = max(table, key=table.get)
+        assert best == own[task].value and table[best] == pytest.approx(own[task].confidence, abs=1e-3)
+    state.add_elements(f"{metal},O")  # elements from the metadata: asked with them from now on
+    assert state.composition_given
+
+
 def test_the_agent_uses_the_runs_fused_prediction_when_it_answered_the_same_request(two_metal_sample, monkeypatch):
     from sfn_stream.core.spectra import preprocess_xanes
     from sfn_stream.live.analyses import MeasuredEdge, SampleFusion

@@ -5,7 +5,7 @@ flat named fields (derived-stream columns, queryable summaries).
 """
 
 from ._composition import CompositionError, element_set, parse_elements
-from ._predictors import XANES_BUNDLE, XRD_BUNDLE, PredictorError, XanesPredictor, XrdPredictor
+from ._predictors import COMPOSITION_UNKNOWN, XANES_BUNDLE, XRD_BUNDLE, PredictorError, XanesPredictor, XrdPredictor
 from ._results import ClassPrediction, Prediction, ValuePrediction
 from .fields import (
     class_fields,
@@ -18,6 +18,7 @@ from .fields import (
 from .registry import BundleCard, ModelRegistry, default_registry, load_predictor, register_predictor
 
 __all__ = [
+    "COMPOSITION_UNKNOWN",
     "XANES_BUNDLE",
     "XRD_BUNDLE",
     "BundleCard",

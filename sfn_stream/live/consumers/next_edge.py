@@ -53,7 +53,7 @@ import numpy as np
 from event_model import compose_run
 
 from sfn_stream import __version__
-from sfn_stream.core.predict import PredictorError, default_registry, parse_elements
+from sfn_stream.core.predict import COMPOSITION_UNKNOWN, PredictorError, default_registry, parse_elements
 from sfn_stream.core.serialize import json_safe
 from sfn_stream.core.spectra import k_edge_energy
 from sfn_stream.live.documents import NEXT_EDGE_KIND, DerivedStreams, run_summary, stop_with_summary
@@ -310,6 +310,8 @@ class ModelFusion:
         bundle = None
         if predictor is not None and getattr(predictor, "ensemble", None) is not None:
             fed = {m: e for m, e in edges.items() if m in covered and e.window is not None}
+            if fractions == COMPOSITION_UNKNOWN and not getattr(predictor, "knows_unknown_composition", False):
+                fractions = None  # a bundle without that mode: the metals alone, as its run analyses ask it
             try:
                 model_tables = (_known_tables(known, predictor, elements, fractions, fed)
                                 or (self._prior(predictor, elements, fractions) if not fed else None)
@@ -337,7 +339,8 @@ class ModelFusion:
             self._prior(predictor, elements, fractions)
 
     def _prior(self, predictor, elements: Sequence[str], fractions) -> dict:
-        key = (predictor.bundle.id, tuple(elements), tuple(sorted((fractions or {}).items())))
+        key = (predictor.bundle.id, tuple(elements),
+               fractions if isinstance(fractions, str) else tuple(sorted((fractions or {}).items())))
         tables = self._priors.get(key)
         if tables is None:
             tables = self._priors[key] = _predicted_tables(predictor, elements, fractions, {})
@@ -499,16 +502,19 @@ class SampleState:
     last_energy: float | None = None
     structure_keys: set = field(default_factory=set)
     fused: Any = None  # the latest XANES run's sample-level result (a SampleFusion), reused when it fits
+    composition_given: bool = False  # the sample's elements came from metadata, not only from measured edges
 
     @property
     def metals(self) -> list[str]:
         return sorted((e for e in self.elements if e in METALS_3D), key=METALS_3D.index)
 
-    def add_elements(self, spec) -> None:
+    def add_elements(self, spec, *, given: bool = True) -> None:
+        """Add elements (a list or formula); ``given``: they come from the sample's metadata, not a measured edge."""
         try:
             elements, fractions = parse_elements(spec)
         except ValueError:
             return
+        self.composition_given = self.composition_given or given
         self.elements.extend(e for e in elements if e not in self.elements)
         if fractions and self.fractions is None:
             self.fractions = dict(fractions)
@@ -524,7 +530,10 @@ class SampleAgent:
 
     def decide(self, state: SampleState) -> Decision:
         metals = state.metals
-        beliefs, bundle = self.fusion.beliefs(state.elements, state.fractions, metals, state.edges, self.calibration,
+        # A sample known only from its measured edges is asked as the run analyses ask it (no composition), not as
+        # the pure metal(s)
+        fractions = state.fractions if state.composition_given else COMPOSITION_UNKNOWN
+        beliefs, bundle = self.fusion.beliefs(state.elements, fractions, metals, state.edges, self.calibration,
                                               known=state.fused)
         return decide(metals, beliefs, list(state.edges), self.fusion.covered(metals), self.calibration,
                       self.options, from_energy=state.last_energy, bundle_id=bundle)
@@ -585,7 +594,7 @@ class NextEdgeAgent(BaseConsumer):
         state.add_elements(run.metadata.get("elements") or run.metadata.get("composition"))
         summary = run.summary or {}
         if run.kind == "xanes" and summary.get("absorber"):
-            state.add_elements([summary["absorber"]])
+            state.add_elements([summary["absorber"]], given=False)
         if not state.metals:
             logger.info("sfn-stream: sample %s: no 3d metal among its elements (give sfn.composition)", sample)
             return None
