@@ -178,9 +178,11 @@ def _measure_with_agent(out, RE, plugin, agent, client, seed: int, figure: Path)
     out.rule(f"Next-edge agent: {sample.formula}, told only its elements ({sample.composition})")
     out.print(f"{sample.provenance.get('material', sample.material_id)}.", style="dim")
     rule = agent.options.describe(agent.agent.calibration)
+    confident = (f"every metal at confidence {rule['target_confidence']:g}, or " if rule["target_confidence"] <= 1
+                 else "")  # above 1: the calibration stops on the bits-per-hour rule alone
     out.print(f"PXRD, then the {', '.join(sample.metals)} K edges in the order the agent picks, until it is done "
-              f"(every metal at confidence {rule['target_confidence']:g}, or no edge worth "
-              f"{rule['min_bits_per_hour']:g} bits per hour of beamtime; {rule['stopping_from']})", style="dim")
+              f"({confident}no edge worth {rule['min_bits_per_hour']:g} bits per hour of beamtime; "
+              f"{rule['stopping_from']})", style="dim")
     result = measure_with_agent(RE, plugin, agent, sample, name=name, seed=seed,
                                 on_step=lambda step: out.print("  " + format_step(step, len(sample.metals)),
                                                                highlight=False))
