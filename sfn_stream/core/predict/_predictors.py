@@ -134,7 +134,7 @@ class _WindowsRequest:
             composition, [w.absorber for w in windows if w is first or w.usable])
         flags = [*first.flags, *extra_flags]
         inputs = {"absorber": first.absorber, "elements": None if unknown else elements,
-                  "fractions": None if unknown else fractions, "composition": _composition_mode(predictor, composition)}
+                  "fractions": None if unknown else fractions, "composition": _composition_mode(predictor, unknown, fractions)}
         if not first.usable:
             failure = Prediction.failed("xanes", "insufficient_data", first.reason, bundle_id=predictor.bundle.id,
                                         flags=flags, preprocessing=first.to_dict(), inputs=inputs)
@@ -178,12 +178,12 @@ class _WindowsRequest:
                           inputs=self.inputs)
 
 
-def _composition_mode(predictor: XanesPredictor, composition) -> str:
+def _composition_mode(predictor: XanesPredictor, unknown: bool, fractions) -> str:
     """How the bundle was told of the sample: "formula", "elements", or with no composition "unknown" (a bundle
     trained for it) or "absorbers_as_elements" (one that was not: it reads the measured metals alone)."""
-    if composition is None:
+    if unknown:
         return "unknown" if predictor.knows_unknown_composition else "absorbers_as_elements"
-    return "elements" if parse_elements(composition)[1] is None else "formula"
+    return "elements" if fractions is None else "formula"
 
 
 class XrdPredictor:
