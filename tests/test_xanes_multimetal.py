@@ -255,18 +255,20 @@ def test_evaluate_xanes_reports_every_metal_in_both_modes_beside_the_baselines(c
     assert len(summary["accuracy_ci95_model"]["oxidation_state"]) == 2
 
 
-@needs_bundle
-def test_the_plugin_predicts_a_fe_run_with_the_3d_bundle(client, corpus):
-    """A Fe K-edge run (a corpus spectrum on the measured scale) through the real plugin into a real Tiled."""
+def _fe_material(corpus):
+    return next(m for m in corpus if "Fe" in m.edges and m.edges["Fe"].source == "feff10" and len(m.elements) == 2)
+
+
+def _plugin_fe_run(client, material, **sfn) -> str:
+    """The uid of a Fe K-edge run of ``material`` (its corpus spectrum on the measured scale) through the real
+    plugin into a real Tiled."""
     from event_model import compose_run
 
-    from sfn_stream.live.plugin import XANES_STREAM, SfnPlugin, make_tiled_writer
+    from sfn_stream.live.plugin import SfnPlugin, make_tiled_writer
 
-    material = next(m for m in corpus if "Fe" in m.edges and m.edges["Fe"].source == "feff10" and len(m.elements) == 2)
     edge = material.edges["Fe"]
     plugin = SfnPlugin(make_tiled_writer(client), threaded=False)
-    run = compose_run(metadata={"sfn": {"kind": "xanes", "element": "Fe", "composition": ",".join(material.elements),
-                                        "sample": "t-fe"}})
+    run = compose_run(metadata={"sfn": {"kind": "xanes", "element": "Fe", **sfn}})
     plugin("start", run.start_doc)
     keys = {"mono_energy": {"dtype": "number", "shape": [], "source": "sim"},
             "xas_mu": {"dtype": "number", "shape": [], "source": "sim"}}
@@ -277,39 +279,33 @@ def test_the_plugin_predicts_a_fe_run_with_the_3d_bundle(client, corpus):
                                                  timestamps={"mono_energy": 0.0, "xas_mu": 0.0}))
     plugin("stop", run.compose_stop())
     plugin.close()
-    summary = client[run.start_doc["uid"]].metadata["stop"]["sfn"]
+    return run.start_doc["uid"]
+
+
+@needs_bundle
+def test_the_plugin_predicts_a_fe_run_with_the_3d_bundle(client, corpus):
+    from sfn_stream.live.plugin import XANES_STREAM
+
+    material = _fe_material(corpus)
+    uid = _plugin_fe_run(client, material, composition=",".join(material.elements), sample="t-fe")
+    summary = client[uid].metadata["stop"]["sfn"]
     assert summary["absorber"] == "Fe" and summary["status"] in ("ok", "flagged"), summary.get("reason")
     assert summary["bundle_id"].startswith(f"{XANES_3D_BUNDLE}@")
     assert summary["species"].startswith("Fe") and 0 <= summary["is_metal_confidence"] <= 1
-    derived = client[run.start_doc["uid"]][XANES_STREAM].read()
+    derived = client[uid][XANES_STREAM].read()
     assert derived["absorber"].values[0] == "Fe"
 
 
 @needs_bundle
 def test_a_run_without_a_composition_is_asked_in_the_no_composition_mode_and_says_so(client, corpus):
-    from event_model import compose_run
+    from sfn_stream.live.plugin import XANES_STREAM
 
-    from sfn_stream.live.plugin import XANES_STREAM, SfnPlugin, make_tiled_writer
-
-    material = next(m for m in corpus if "Fe" in m.edges and m.edges["Fe"].source == "feff10" and len(m.elements) == 2)
-    edge = material.edges["Fe"]
-    plugin = SfnPlugin(make_tiled_writer(client), threaded=False)
-    run = compose_run(metadata={"sfn": {"kind": "xanes", "element": "Fe", "sample": "t-fe-blind"}})
-    plugin("start", run.start_doc)
-    keys = {"mono_energy": {"dtype": "number", "shape": [], "source": "sim"},
-            "xas_mu": {"dtype": "number", "shape": [], "source": "sim"}}
-    descriptor = run.compose_descriptor(name="primary", data_keys=keys)
-    plugin("descriptor", descriptor.descriptor_doc)
-    for energy, mu in zip(edge.energy - edge.energy_offset, edge.mu):
-        plugin("event", descriptor.compose_event(data={"mono_energy": float(energy), "xas_mu": float(mu)},
-                                                 timestamps={"mono_energy": 0.0, "xas_mu": 0.0}))
-    plugin("stop", run.compose_stop())
-    plugin.close()
-    summary = client[run.start_doc["uid"]].metadata["stop"]["sfn"]
+    uid = _plugin_fe_run(client, _fe_material(corpus), sample="t-fe-blind")
+    summary = client[uid].metadata["stop"]["sfn"]
     assert summary["status"] == "flagged" and "composition_unknown" in summary["quality_flags"]
     predictor = default_registry().predictor("xanes", "Fe")
     assert summary["composition_mode"] == ("unknown" if predictor.knows_unknown_composition else "absorbers_as_elements")
-    assert client[run.start_doc["uid"]][XANES_STREAM].read()["absorber"].values[0] == "Fe"
+    assert client[uid][XANES_STREAM].read()["absorber"].values[0] == "Fe"
 
 
 def _write_edge(path, edge):

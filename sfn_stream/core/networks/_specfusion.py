@@ -286,7 +286,7 @@ UNKNOWN_COMPOSITION_FRACTION = -1.0
 
 def _fractions_for(elements: Sequence[str], fractions: Mapping[str, float] | None,
                    unknown_as: str = "equal") -> list[float]:
-    if isinstance(fractions, str) and fractions == COMPOSITION_UNKNOWN:
+    if fractions == COMPOSITION_UNKNOWN:
         return [UNKNOWN_COMPOSITION_FRACTION] * len(elements)
     if fractions is None:
         return [0.0 if unknown_as == "zero" else 1.0 / len(elements)] * len(elements)
@@ -508,7 +508,7 @@ class XanesEnsemble:
         """Predictions for several compounds, each given as (elements, spectra, fractions)."""
         if not compounds:
             return []
-        if not self.unknown_composition and any(isinstance(f, str) and f == COMPOSITION_UNKNOWN for _, _, f in compounds):
+        if not self.unknown_composition and any(f == COMPOSITION_UNKNOWN for _, _, f in compounds):
             raise ValueError(f"bundle {self.bundle_id} was not trained without a composition: give the sample's elements")
         batch = encode_compounds(compounds, spectrum_length=self.spectrum_length, supported_absorbers=self.supported_absorbers,
                                  unknown_fractions=self.unknown_fractions)

@@ -310,8 +310,8 @@ class ModelFusion:
         bundle = None
         if predictor is not None and getattr(predictor, "ensemble", None) is not None:
             fed = {m: e for m, e in edges.items() if m in covered and e.window is not None}
-            if fractions == COMPOSITION_UNKNOWN and not getattr(predictor, "knows_unknown_composition", False):
-                fractions = None  # a bundle without that mode: the metals alone, as its run analyses ask it
+            if fractions == COMPOSITION_UNKNOWN:  # as the run analyses ask this bundle with no composition
+                fractions = predictor.composition_input(None, elements)[1]
             try:
                 model_tables = (_known_tables(known, predictor, elements, fractions, fed)
                                 or (self._prior(predictor, elements, fractions) if not fed else None)
