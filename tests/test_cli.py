@@ -55,6 +55,17 @@ def test_predict_xanes_table_output(tmp_path, beamline, capsys):
     assert "oxidation_state" in out and "model bundle" in out
 
 
+def test_absorber_comes_from_the_scan_when_nothing_names_it(tmp_path, beamline, capsys):
+    named = _measured_xanes_file(tmp_path / "scan.xdi", beamline)
+    anonymous = tmp_path / "sample7.xdi"  # no Element.symbol, no metal in the file name
+    anonymous.write_text("".join(line for line in named.read_text().splitlines(True) if "Element." not in line))
+    status, out, err = _run(capsys, "predict", "xanes", str(anonymous), "--elements", "Cu,Fe,O", "--json")
+    assert status == 0, err
+    assert json.loads(out)["absorber"] == "Cu"
+    status, _, err = _run(capsys, "predict", "xanes", str(anonymous), "--elements", "Mn,O")
+    assert status == 2 and "say which element absorbs" in err  # the sample's elements hold no Cu
+
+
 def test_unsupported_absorber_exits_2_with_a_message(tmp_path, capsys):
     path = tmp_path / "ga.csv"  # Ga: no bundle covers it (the 3d metals Ti..Zn are all covered)
     energy = np.linspace(10250, 10550, 300)

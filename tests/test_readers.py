@@ -10,6 +10,7 @@ import pytest
 from sfn_stream.core.spectra import (
     SpectrumFileError,
     absorber_from_filename,
+    absorber_from_scan,
     preprocess_xanes_file,
     read_spectrum,
     read_xy,
@@ -96,6 +97,38 @@ def test_fortran_exponents_and_whitespace_columns(tmp_path):
     spectrum = read_spectrum(path)
     assert spectrum.format == "columns"
     np.testing.assert_allclose(spectrum.columns["xmu"], [1.013661, 0.9949864])
+
+
+@pytest.mark.parametrize("header, delimiter", [
+    ("Energy (eV)  mu(E)", " "),     # units in the names
+    ("E;norm", ";"),                 # semicolons, an Athena 'norm' export
+    ("energy\tflat", "\t"),
+    (None, " "),                     # no header: energy, mu
+])
+def test_column_files_as_spreadsheets_and_athena_write_them(tmp_path, header, delimiter):
+    reference = xanes_channels(read_spectrum(DATA / "fe_synthetic.csv"))
+    table = np.c_[reference["energy"], reference["mu"]]
+    path = tmp_path / "scan.dat"
+    np.savetxt(path, table, delimiter=delimiter, header=header or "", comments="")
+    channels = xanes_channels(read_spectrum(path))
+    np.testing.assert_allclose(channels["energy"], reference["energy"])
+    np.testing.assert_allclose(channels["mu"], reference["mu"])
+
+
+def test_absorber_from_scan_reads_the_edge_in_the_energies():
+    channels = xanes_channels(read_spectrum(DATA / "fe_synthetic.csv"))
+    energy, mu = channels["energy"], channels["mu"]
+    assert absorber_from_scan(energy, mu) == "Fe"
+    assert absorber_from_scan(energy / 1000.0, mu) == "Fe"  # keV
+    assert absorber_from_scan(energy, mu, candidates=["Fe", "Cr", "O"]) == "Fe"
+    assert absorber_from_scan(energy, mu, candidates=["Cu", "O"]) is None  # the sample has no Fe
+    xdi = xanes_channels(read_spectrum(DATA / "cu_synthetic.xdi"))
+    assert absorber_from_scan(xdi["energy"], i0=xdi["i0"], it=xdi["it"]) == "Cu"
+    # a scan wide enough to hold the Fe and Co edges: the steepest rise decides
+    wide = np.arange(7000.0, 7800.0, 1.0)
+    assert absorber_from_scan(wide, np.arctan((wide - 7715.0) / 2.0)) == "Co"
+    assert absorber_from_scan(wide, np.arctan((wide - 7114.0) / 2.0)) == "Fe"
+    assert absorber_from_scan(wide, np.arctan((wide - 7400.0) / 2.0)) is None  # a rise at no edge
 
 
 def test_absorber_from_filename():

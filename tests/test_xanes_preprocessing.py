@@ -247,11 +247,21 @@ def test_edge_outside_scan_is_rejected(start, stop):
     assert "8979.0" in result.reason
 
 
-def test_energies_in_kev_are_rejected_with_hint():
-    energy = scan_grid() / 1000.0
-    result = preprocess_xanes(energy, synthetic_mu(energy * 1000.0, 8981.0), absorber="Cu")
+def test_energies_in_kev_are_converted_and_flagged():
+    energy = scan_grid()
+    mu = synthetic_mu(energy, 8981.0)
+    in_ev = preprocess_xanes(energy, mu, absorber="Cu")
+    in_kev = preprocess_xanes(energy / 1000.0, mu, absorber="Cu")
+    assert in_kev.usable and in_kev.flags[0] == "energy_converted_from_kev"
+    assert in_kev.e0 == pytest.approx(in_ev.e0)
+    np.testing.assert_allclose(in_kev.mu, in_ev.mu, atol=1e-9)
+
+
+def test_energies_neither_ev_nor_kev_are_rejected():
+    energy = scan_grid() / 10.0  # 887-942: below any K edge in eV, above any in keV
+    result = preprocess_xanes(energy, synthetic_mu(energy * 10.0, 8981.0), absorber="Cu")
     assert not result.usable and result.flags == ["energy_not_in_ev"]
-    assert "keV" in result.reason
+    assert "neither eV nor keV" in result.reason
 
 
 def test_scan_ending_soon_after_edge_is_rejected():

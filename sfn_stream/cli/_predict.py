@@ -13,8 +13,10 @@ def add_parser(sub) -> None:
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     xanes = kinds.add_parser("xanes", help="K-edge XANES: oxidation state, coordination number, density")
-    xanes.add_argument("file", type=Path, help="XDI, CSV/whitespace columns with a header, or .xy")
-    xanes.add_argument("--absorber", help="absorbing element (default: XDI Element.symbol or the file name)")
+    xanes.add_argument("file", type=Path, help="XDI, or columns (comma, semicolon, tab or space; a header naming "
+                                                  "energy and mu/norm/flat or i0+it/if; none: energy, mu), eV or keV")
+    xanes.add_argument("--absorber", help="absorbing element (default: XDI Element.symbol, else the 3d-metal K edge the energies "
+                            "show, among --elements when given, else the file name)")
     xanes.add_argument("--elements", help="the sample's elements (Cu,O) or formula (Cu2O)")
     xanes.add_argument("--edge", action="append", default=[], metavar="EL=FILE",
                        help="another K edge of the same sample, fused into one prediction (repeatable; needs a "
@@ -36,12 +38,7 @@ def add_parser(sub) -> None:
 
 
 def run_xanes(args) -> int:
-    from sfn_stream.core.spectra import (
-        SpectrumFileError,
-        absorber_from_filename,
-        read_spectrum,
-        xanes_channels,
-    )
+    from sfn_stream.core.spectra import SpectrumFileError, read_spectrum, xanes_channels
 
     try:
         channels = xanes_channels(read_spectrum(args.file))
@@ -50,11 +47,12 @@ def run_xanes(args) -> int:
     # Imported only now: it loads torch (seconds), which an unusable file should not wait for.
     from sfn_stream.core.predict import PredictorError, default_registry
 
-    absorber = args.absorber or channels.pop("absorber", None) or absorber_from_filename(args.file)
+    absorber = args.absorber or channels.pop("absorber", None) or _absorber_of_scan(args, channels)
     channels.pop("absorber", None)
     channels.pop("edge", None)
     if not absorber:
-        raise CliError(f"{args.file}: say which element absorbs (--absorber Cu); the file does not name it")
+        raise CliError(f"{args.file}: say which element absorbs (--absorber Cu); neither the file nor its "
+                       "energies name one 3d-metal K edge")
     composition = args.elements  # None: nothing known of the sample (the bundle's card says how it copes)
     flags = [] if args.elements else ["composition_unknown"]
     extra_edges = _extra_edges(args.edge, absorber)
@@ -77,6 +75,19 @@ def run_xanes(args) -> int:
         result["per_element"] = {element: {task: vars(value) for task, value in tasks.items()}
                                  for element, tasks in prediction.per_element.items()}
     return _report(args, result, file=str(args.file))
+
+
+def _absorber_of_scan(args, channels: dict):
+    """The K edge the energies show (among the sample's elements when given), else the one the file name names."""
+    from sfn_stream.core.predict import CompositionError
+    from sfn_stream.core.spectra import absorber_from_filename, absorber_from_scan
+
+    try:
+        candidates = _elements(args.elements) if args.elements else None
+    except CompositionError:
+        candidates = None  # the predictor says what is wrong with --elements
+    arrays = {k: channels.get(k) for k in ("mu", "i0", "it", "ifluor")}
+    return absorber_from_scan(channels["energy"], candidates=candidates, **arrays) or absorber_from_filename(args.file)
 
 
 def _extra_edges(items: list[str], absorber: str) -> dict[str, Path]:

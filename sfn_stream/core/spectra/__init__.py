@@ -8,7 +8,6 @@ from ._edges import (
     K_EDGE_ENERGIES,
     TRANSITION_METALS_3D,
     UnknownEdgeError,
-    absorber_from_energy_range,
     edge_energy,
     k_edge_energy,
 )
@@ -35,6 +34,7 @@ from ._xanes import (
     WindowDefinition,
     XanesInputError,
     XanesWindow,
+    absorber_from_scan,
     find_e0,
     find_first_inflection,
     preprocess_xanes,

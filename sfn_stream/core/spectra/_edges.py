@@ -9,13 +9,10 @@ calibrate against reference foils. They were checked against ``xraydb.xray_edge(
 
 from __future__ import annotations
 
-import numpy as np
-
 __all__ = [
     "K_EDGE_ENERGIES",
     "TRANSITION_METALS_3D",
     "UnknownEdgeError",
-    "absorber_from_energy_range",
     "edge_energy",
     "k_edge_energy",
 ]
@@ -82,13 +79,3 @@ def edge_energy(element: str, edge: str = "K") -> float:
             "L edges need a table of their own"
         )
     return k_edge_energy(element)
-
-
-def absorber_from_energy_range(energy, margin: float = 10.0) -> str | None:
-    """The 3d metal whose tabulated K edge lies inside the scanned range, at least ``margin`` eV from
-    either end (None if no energies, no such metal or several)."""
-    if energy is None or not len(energy):
-        return None
-    lo, hi = float(np.nanmin(energy)), float(np.nanmax(energy))
-    inside = [el for el in TRANSITION_METALS_3D if lo + margin < k_edge_energy(el) < hi - margin]
-    return inside[0] if len(inside) == 1 else None

@@ -135,9 +135,15 @@ def _parse_rows(path: Path, lines: list[tuple[int, str]], delimiter: str | None)
     return np.asarray(rows, dtype=float)
 
 
+def _delimiter(line: str) -> str | None:
+    """',' or ';' when the line uses one (European spreadsheets write ';'), else whitespace."""
+    return next((d for d in (",", ";") if d in line), None)
+
+
 def _split_names(text: str) -> list[str]:
     text = text.strip().lstrip("#").strip()
-    parts = text.split(",") if "," in text else text.split()
+    delimiter = _delimiter(text)
+    parts = text.split(delimiter) if delimiter else text.split()
     return [p.strip() for p in parts if p.strip()]
 
 
@@ -202,7 +208,7 @@ def _read_xdi(path: Path, lines: list[str]) -> SpectrumFile:
 
 
 def _looks_numeric(text: str) -> bool:
-    parts = re.split(r"[,\s]+", text.strip())
+    parts = re.split(r"[,;\s]+", text.strip())
     try:
         [float(_FORTRAN_EXPONENT.sub("e", p)) for p in parts if p]
     except ValueError:
@@ -225,7 +231,7 @@ def _read_columns(path: Path, lines: list[str]) -> SpectrumFile:
             header.append(stripped)
     if not data:
         raise SpectrumFileError(f"{path}: no numeric data lines found")
-    delimiter = "," if "," in data[0][1] else None
+    delimiter = _delimiter(data[0][1])
     table = _parse_rows(path, data, delimiter)
     n_columns = table.shape[1]
     names: list[str] = []
@@ -243,7 +249,7 @@ def _read_columns(path: Path, lines: list[str]) -> SpectrumFile:
     if not names and n_columns == 2:
         names, fmt = ["x", "y"], "xy"
     else:
-        fmt = "csv" if delimiter == "," else "columns"
+        fmt = "csv" if delimiter else "columns"
     names = _unique_names(names, n_columns)
     return SpectrumFile(
         columns={name: table[:, i] for i, name in enumerate(names)},
@@ -277,25 +283,38 @@ def read_xy(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return columns[0], columns[1]
 
 
-# Column names (lower case) for each preprocess_xanes argument, most specific first.
+# Column names (lower case, a trailing unit such as "(eV)" or "[a.u.]" removed) for each preprocess_xanes
+# argument, most specific first. Athena/Larch exports name normalised columns norm, flat or nmu.
 _CHANNEL_NAMES: dict[str, tuple[str, ...]] = {
-    "energy": ("energy", "energy_ev", "e", "energy_readback"),
-    "mu": ("mu", "xmu", "mutrans", "mu_trans", "normtrans", "mufluor", "mu_fluor"),
+    "energy": ("energy", "energy_ev", "e", "energy_readback", "en", "ene", "ev", "photon_energy", "x"),
+    "mu": ("mu", "xmu", "mutrans", "mu_trans", "normtrans", "mufluor", "mu_fluor", "norm", "flat", "nmu",
+           "mu_norm", "norm_mu", "normalized", "normalised", "absorption", "absorbance", "abs", "xanes", "y"),
     "i0": ("i0", "io"),
     "it": ("it", "itrans", "i1"),
     "ifluor": ("if", "ifluor", "ifl"),
     "iref": ("iref", "irefer", "i2"),
 }
+_UNIT_SUFFIX = re.compile(r"\s*(\([^)]*\)|\[[^\]]*\]|/\s*\w+)\s*$")
+
+
+def _channel_key(name: str) -> str:
+    """'Energy (eV)' -> 'energy', 'mu(E)' -> 'mu', 'E/eV' -> 'e': the name without a trailing unit."""
+    key = name.strip().lower()
+    return _UNIT_SUFFIX.sub("", key) or key
 
 
 def xanes_channels(spectrum: SpectrumFile) -> dict[str, Any]:
     """Map a file's columns to ``preprocess_xanes`` keyword arguments.
 
     Returns ``energy`` plus ``mu`` or raw channels (``i0``, ``it``, ``ifluor``, ``iref``) and,
-    when the XDI header names them, ``absorber`` and ``edge``. When a file has both mu and raw
+    when the XDI header names them, ``absorber`` and ``edge``. A headerless two-column file is read as
+    energy, mu (its columns are named x, y). When a file has both mu and raw
     channels the raw channels are used (the reference channel needs ``it`` anyway).
     """
-    by_name = {name.lower(): name for name in spectrum.columns}
+    by_name: dict[str, str] = {}
+    for name in spectrum.columns:
+        by_name.setdefault(name.lower(), name)
+        by_name.setdefault(_channel_key(name), name)
     found: dict[str, np.ndarray] = {}
     for argument, aliases in _CHANNEL_NAMES.items():
         for alias in aliases:

@@ -98,7 +98,8 @@ XANES_DEFAULTS = NormalizationDefaults()
 
 # Every flag preprocess_xanes can raise: code -> (severity, meaning). "fatal" makes usable False.
 XANES_FLAGS: dict[str, tuple[str, str]] = {
-    "energy_not_in_ev": ("fatal", "energies below 1000: given in keV"),
+    "energy_not_in_ev": ("fatal", "energies between 100 and 1000: neither eV nor keV of a K edge"),
+    "energy_converted_from_kev": ("warning", "energies below 100 were read as keV and multiplied by 1000"),
     "non_finite_dropped": ("warning", "NaN/inf points (or non-positive counts) were dropped"),
     "energies_unsorted": ("warning", "energies were sorted"),
     "duplicate_energies_averaged": ("warning", "repeated energies were averaged"),
@@ -118,6 +119,9 @@ XANES_FLAGS: dict[str, tuple[str, str]] = {
     "window_padded_above": ("warning", "window ends above the data: padded with the last value"),
     "window_not_covered": ("fatal", "more than max_window_missing of the window has no data"),
 }
+
+# A scan whose energies all lie below this is in keV (3d K edges: 4.97-9.66 keV); scans in eV start above 1 keV
+KEV_BELOW = 100.0
 
 E0_METHOD = "max_smoothed_derivative (Larch find_e0: unsmoothed pass, then Lorentzian-smoothed dmu/dE)"
 
@@ -428,6 +432,40 @@ def _clean(
     return energy, mu, reference
 
 
+def absorber_from_scan(energy: Any, mu: Any = None, *, i0: Any = None, it: Any = None, ifluor: Any = None,
+                       candidates: Any = None) -> str | None:
+    """The 3d metal whose K edge this scan measured, as Athena finds an edge: the one tabulated K edge inside
+    the scanned range, or, when several are inside, the one nearest the steepest rise (within
+    ``XANES_DEFAULTS.e0_max_shift``). ``candidates`` (the sample's elements) limits the choice. None when no
+    edge qualifies or the data cannot tell."""
+    from ._edges import TRANSITION_METALS_3D
+
+    allowed = [m for m in TRANSITION_METALS_3D if candidates is None or m in set(candidates)]
+    energy = _as_1d("energy", energy)
+    if energy is None or not allowed:
+        return None
+    arrays = [_as_1d(n, v) for n, v in (("mu", mu), ("i0", i0), ("it", it), ("ifluor", ifluor))]
+    try:
+        signal, _, _ = _absorption(*arrays, None)
+    except XanesInputError:
+        return None
+    keep = np.isfinite(energy) & np.isfinite(signal)
+    energy, signal = energy[keep], signal[keep]
+    if len(energy) < XANES_DEFAULTS.min_points:
+        return None
+    if energy.max() < KEV_BELOW:
+        energy = energy * 1000.0
+    order = np.argsort(energy)
+    energy, signal = energy[order], signal[order]
+    inside = [m for m in allowed if energy[0] < K_EDGE_ENERGIES[m] < energy[-1]]
+    if len(inside) <= 1:
+        return inside[0] if inside else None
+    distinct = np.concatenate([[True], np.diff(energy) > XANES_DEFAULTS.duplicate_tolerance])
+    e0 = find_e0(energy[distinct], signal[distinct])
+    nearest = min(inside, key=lambda m: abs(K_EDGE_ENERGIES[m] - e0))
+    return nearest if abs(K_EDGE_ENERGIES[nearest] - e0) <= XANES_DEFAULTS.e0_max_shift else None
+
+
 def _nearest_k_edge(energy: float) -> str:
     symbol = min(K_EDGE_ENERGIES, key=lambda s: abs(K_EDGE_ENERGIES[s] - energy))
     return f"{symbol} K edge, {K_EDGE_ENERGIES[symbol]:.1f} eV"
@@ -525,10 +563,14 @@ def _run(
 ) -> None:
     """The pipeline; stops at the first fatal condition, leaving what was found so far."""
     finite = energy[np.isfinite(energy)]
-    if finite.size and finite.max() < 1000.0:  # no tabulated K edge lies below 4 keV
+    if finite.size and finite.max() < KEV_BELOW:  # no hard-X-ray scan in eV ends below 100
+        energy = energy * 1000.0
+        log.warn("energy_converted_from_kev",
+                 f"energies span {finite.min():.4g}-{finite.max():.4g}: read as keV and multiplied by 1000")
+    elif finite.size and finite.max() < 1000.0:  # no tabulated K edge lies below 4 keV
         log.fatal(
             "energy_not_in_ev",
-            f"energies span {finite.min():.4g}-{finite.max():.4g}: they look like keV; give eV",
+            f"energies span {finite.min():.4g}-{finite.max():.4g}: neither eV nor keV of a K edge",
         )
         return
     energy, mu, reference = _clean(energy, mu, reference, d.duplicate_tolerance, log)

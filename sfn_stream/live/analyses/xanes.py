@@ -30,7 +30,7 @@ from sfn_stream.core.predict import (
     summary_fields,
     value_fields,
 )
-from sfn_stream.core.spectra import absorber_from_energy_range
+from sfn_stream.core.spectra import absorber_from_scan
 from sfn_stream.live.documents import exit_flag, run_summary
 from .base import BaseAnalysis, Insufficient, RunContext, bundle_classes, bundle_id, register_analysis
 from .samples import SAMPLE_STREAM, MeasuredEdge, SampleFusion
@@ -123,7 +123,7 @@ class XanesAnalysis(BaseAnalysis):
             if "energy" not in columns or not len(columns["energy"]):
                 raise Insufficient("no energy readings were recorded")
             if absorber is None:
-                raise Insufficient("no absorber given (sfn.element) and no K edge lies in the scanned range")
+                raise Insufficient("no absorber given (sfn.element) and the scan shows no 3d-metal K edge of the sample")
             predictor = self.models.predictor("xanes", absorber, composition)
             window = predictor.preprocess_scan(columns["energy"], columns.get("mu"), i0=columns.get("i0"),
                                                it=columns.get("it"), ifluor=columns.get("if"),
@@ -200,10 +200,10 @@ class XanesAnalysis(BaseAnalysis):
         """The absorber (given, or found from the scanned range), the composition and the run's flags."""
         flags = list(self.metadata_flags)
         absorber = self.md.get("element")
-        if not absorber:
-            absorber = absorber_from_energy_range(columns.get("energy"))
-            flags.append("absorber_inferred_from_energy_range")
         composition = self.md.get("composition") or None  # None: the predictor asks in its no-composition mode
+        if not absorber:
+            absorber = _absorber_of_scan(columns, _elements_or_none(composition))
+            flags.append("absorber_inferred_from_energy_range")
         if composition is None:
             flags.append("composition_unknown")
         return absorber, composition, flags
@@ -334,6 +334,16 @@ def window_energies(row: Mapping[str, Any]) -> np.ndarray:
         return float(np.asarray(row[key]).ravel()[-1])
     n = np.asarray(row["norm_window"]).shape[-1]
     return scalar("e_ref") + np.linspace(scalar("window_start"), scalar("window_stop"), n)
+
+
+def _absorber_of_scan(columns, elements):
+    """The K edge the scan shows, among the sample's elements when they are known."""
+    if columns.get("energy") is None:
+        return None
+    raw = {k: columns.get(c) for k, c in (("mu", "mu"), ("i0", "i0"), ("it", "it"), ("ifluor", "if"))}
+    if raw["mu"] is not None:
+        raw = {"mu": raw["mu"]}
+    return absorber_from_scan(columns["energy"], candidates=elements, **raw)
 
 
 def _elements_or_none(composition):

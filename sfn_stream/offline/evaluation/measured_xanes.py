@@ -23,6 +23,7 @@ from sfn_stream.core.spectra import (
     K_EDGE_ENERGIES,
     SpectrumFileError,
     absorber_from_filename,
+    absorber_from_scan,
     find_e0,
     preprocess_xanes,
     read_spectrum,
@@ -88,12 +89,15 @@ def process_file(folder: Path, path: Path, labels: dict[str, dict[str, str]]) ->
     elif header_absorber:
         absorber, source = header_absorber, "xdi_header"
     else:
-        absorber, source = absorber_from_filename(path), "file_name"
+        scanned = {k: arguments.get(k) for k in ("mu", "i0", "it", "ifluor")}
+        absorber, source = absorber_from_scan(arguments["energy"], **scanned), "energies"
+        if not absorber:
+            absorber, source = absorber_from_filename(path), "file_name"
     row.update(absorber=absorber, absorber_source=source if absorber else None, format=spectrum.format)
     row["foil"] = is_foil(relative, label, absorber)
     if not absorber:
-        row.update(status="rejected", reason="no absorber: not in labels.csv, no XDI Element.symbol, none in file name"
-                   f" (for information: {edge_hint(arguments)})")
+        row.update(status="rejected", reason="no absorber: not in labels.csv, no XDI Element.symbol, no single 3d-metal "
+                   f"K edge in the energies, none in file name (for information: {edge_hint(arguments)})")
         return row
     energy = arguments.pop("energy")
     times = []
