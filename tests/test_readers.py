@@ -85,10 +85,14 @@ def test_malformed_files_raise_with_file_and_problem(tmp_path):
     no_mu.write_text("# energy,i0\n1,2\n3,4\n")
     with pytest.raises(SpectrumFileError, match="no mu column"):
         xanes_channels(read_spectrum(no_mu))
-    anonymous = tmp_path / "synthetic.csv"
-    anonymous.write_text((DATA / "fe_synthetic.csv").read_text())
+    anonymous = tmp_path / "synthetic.csv"  # the Ga K edge: no 3d metal's, and no name
+    energy = np.linspace(10250, 10550, 300)
+    anonymous.write_text("energy,mu\n" + "\n".join(f"{e},{np.arctan((e - 10367) / 2)}" for e in energy))
     with pytest.raises(SpectrumFileError, match="no absorber"):
         preprocess_xanes_file(anonymous)
+    renamed = tmp_path / "sample.csv"
+    renamed.write_text((DATA / "fe_synthetic.csv").read_text())
+    assert preprocess_xanes_file(renamed).absorber == "Fe"  # the energies say Fe
 
 
 def test_fortran_exponents_and_whitespace_columns(tmp_path):

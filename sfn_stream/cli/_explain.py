@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
                                            "prediction, one PNG per file")
     xanes.add_argument("files", type=Path, nargs="+", metavar="FILE",
                        help="XDI, CSV/whitespace columns with a header, or .xy (one sample each)")
-    xanes.add_argument("--absorber", help="absorbing element (default: XDI Element.symbol or the file name)")
+    xanes.add_argument("--absorber", help="absorbing element (default: XDI Element.symbol, else the 3d-metal K "
+                                                 "edge the energies show, else the file name)")
     xanes.add_argument("--elements", help="the sample's elements (Fe,O) or formula (Fe2O3)")
     xanes.add_argument("--composition", help="the sample's formula (Fe2O3): stoichiometry for the model")
     xanes.add_argument("--edge", action="append", default=[], metavar="EL=FILE",

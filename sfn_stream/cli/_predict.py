@@ -13,11 +13,15 @@ def add_parser(sub) -> None:
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     xanes = kinds.add_parser("xanes", help="K-edge XANES: oxidation state, coordination number, density")
-    xanes.add_argument("file", type=Path, help="XDI, or columns (comma, semicolon, tab or space; a header naming "
-                                                  "energy and mu/norm/flat or i0+it/if; none: energy, mu), eV or keV")
+    xanes.add_argument("file", type=Path, help="XDI, an Athena project (.prj), or columns (comma, semicolon, tab or "
+                                                  "space; a header naming energy and mu/norm/flat or i0+it/if; none: "
+                                                  "energy, mu), eV or keV")
     xanes.add_argument("--absorber", help="absorbing element (default: XDI Element.symbol, else the 3d-metal K edge the energies "
                             "show, among --elements when given, else the file name)")
     xanes.add_argument("--elements", help="the sample's elements (Cu,O) or formula (Cu2O)")
+    xanes.add_argument("--group", metavar="LABEL",
+                       help="Athena project (.prj): the groups to predict, by label (shell pattern, any case; "
+                            "default: every mu(E) group)")
     xanes.add_argument("--edge", action="append", default=[], metavar="EL=FILE",
                        help="another K edge of the same sample, fused into one prediction (repeatable; needs a "
                             "bundle covering every edge, e.g. the 3d-metal one)")
@@ -38,46 +42,71 @@ def add_parser(sub) -> None:
 
 
 def run_xanes(args) -> int:
-    from sfn_stream.core.spectra import SpectrumFileError, read_spectrum, xanes_channels
-
-    try:
-        channels = xanes_channels(read_spectrum(args.file))
-    except SpectrumFileError as err:
-        raise CliError(str(err)) from err
+    scans = _xanes_scans(args)
     # Imported only now: it loads torch (seconds), which an unusable file should not wait for.
     from sfn_stream.core.predict import PredictorError, default_registry
 
-    absorber = args.absorber or channels.pop("absorber", None) or _absorber_of_scan(args, channels)
+    results = []
+    for name, channels in scans:
+        try:
+            results.append(_predict_xanes(args, name, channels, default_registry()))
+        except PredictorError as err:
+            raise CliError(str(err)) from err
+    if len(results) == 1:
+        return _report(args, results[0], file=scans[0][0])
+    return _report_all(args, results, [name for name, _ in scans])
+
+
+def _xanes_scans(args) -> list[tuple[str, dict]]:
+    """(name, preprocess_xanes channels) of each scan the file holds: one, or the chosen groups of an Athena
+    project (``--group``; every mu(E) group without it)."""
+    from sfn_stream.core.spectra import (
+        SpectrumFileError,
+        is_athena_project,
+        read_athena,
+        read_spectrum,
+        xanes_channels,
+    )
+
+    try:
+        if is_athena_project(args.file):
+            return [(s.path, xanes_channels(s)) for s in read_athena(args.file, args.group)]
+        if args.group:
+            raise CliError(f"{args.file}: --group chooses groups of an Athena project; this is not one")
+        return [(str(args.file), xanes_channels(read_spectrum(args.file)))]
+    except SpectrumFileError as err:
+        raise CliError(str(err)) from err
+
+
+def _predict_xanes(args, name: str, channels: dict, registry) -> dict:
+    absorber = args.absorber or channels.pop("absorber", None) or _absorber_of_scan(args, name, channels)
     channels.pop("absorber", None)
     channels.pop("edge", None)
     if not absorber:
-        raise CliError(f"{args.file}: say which element absorbs (--absorber Cu); neither the file nor its "
+        raise CliError(f"{name}: say which element absorbs (--absorber Cu); neither the file nor its "
                        "energies name one 3d-metal K edge")
     composition = args.elements  # None: nothing known of the sample (the bundle's card says how it copes)
     flags = [] if args.elements else ["composition_unknown"]
     extra_edges = _extra_edges(args.edge, absorber)
-    try:
-        if extra_edges:
-            predictor = default_registry().predictor_for_edges("xanes", [absorber, *extra_edges])
-        else:
-            predictor = default_registry().predictor("xanes", absorber, args.elements)
-        predictor.check_request(absorber, [absorber] if not args.elements else _elements(args.elements))
-        energy = channels.pop("energy")
-        prediction, window = predictor.predict_scan(energy, absorber=absorber, composition=composition,
-                                                    extra_flags=flags, **channels)
-        if extra_edges and window.usable:
-            prediction = predictor.predict_windows([window, *_edge_windows(extra_edges)], composition,
-                                                   extra_flags=flags)
-    except PredictorError as err:
-        raise CliError(str(err)) from err
+    if extra_edges:
+        predictor = registry.predictor_for_edges("xanes", [absorber, *extra_edges])
+    else:
+        predictor = registry.predictor("xanes", absorber, args.elements)
+    predictor.check_request(absorber, [absorber] if not args.elements else _elements(args.elements))
+    energy = channels.pop("energy")
+    prediction, window = predictor.predict_scan(energy, absorber=absorber, composition=composition,
+                                                extra_flags=flags, **channels)
+    if extra_edges and window.usable:
+        prediction = predictor.predict_windows([window, *_edge_windows(extra_edges)], composition,
+                                               extra_flags=flags)
     result = prediction.plain(absorber)
     if extra_edges:
         result["per_element"] = {element: {task: vars(value) for task, value in tasks.items()}
                                  for element, tasks in prediction.per_element.items()}
-    return _report(args, result, file=str(args.file))
+    return result
 
 
-def _absorber_of_scan(args, channels: dict):
+def _absorber_of_scan(args, name: str, channels: dict):
     """The K edge the energies show (among the sample's elements when given), else the one the file name names."""
     from sfn_stream.core.predict import CompositionError
     from sfn_stream.core.spectra import absorber_from_filename, absorber_from_scan
@@ -87,7 +116,7 @@ def _absorber_of_scan(args, channels: dict):
     except CompositionError:
         candidates = None  # the predictor says what is wrong with --elements
     arrays = {k: channels.get(k) for k in ("mu", "i0", "it", "ifluor")}
-    return absorber_from_scan(channels["energy"], candidates=candidates, **arrays) or absorber_from_filename(args.file)
+    return absorber_from_scan(channels["energy"], candidates=candidates, **arrays) or absorber_from_filename(name)
 
 
 def _extra_edges(items: list[str], absorber: str) -> dict[str, Path]:
@@ -175,6 +204,20 @@ def _report(args, result: dict, *, file: str) -> int:
         print(f"sfn-stream: {file}: {result['reason']}", file=sys.stderr)
         return EXIT_USAGE
     return 0
+
+
+def _report_all(args, results: list[dict], files: list[str]) -> int:
+    """Several scans of one project: a JSON list, or a table each; exit 2 when any gave no prediction."""
+    results = [{"file": file, **result} for file, result in zip(files, results)]
+    if args.json:
+        print_json(results)
+    else:
+        for result in results:
+            _print_table(result)
+    failed = [r for r in results if r["status"] not in ("ok", "flagged")]
+    for result in failed:
+        print(f"sfn-stream: {result['file']}: {result['reason']}", file=sys.stderr)
+    return EXIT_USAGE if failed else 0
 
 
 def _print_table(result: dict) -> None:

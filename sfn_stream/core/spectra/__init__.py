@@ -11,6 +11,7 @@ from ._edges import (
     edge_energy,
     k_edge_energy,
 )
+from ._athena import is_athena_project, read_athena
 from ._readers import (
     MAX_INPUT_BYTES,
     MAX_INPUT_BYTES_VARIABLE,

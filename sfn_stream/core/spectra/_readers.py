@@ -258,13 +258,23 @@ def _read_columns(path: Path, lines: list[str]) -> SpectrumFile:
 
 
 def read_spectrum(path: str | Path) -> SpectrumFile:
-    """Read an XDI file (recognised by its ``# XDI/`` first line, whatever the extension),
+    """Read an Athena project of one mu(E) group (gzipped or not; :func:`read_athena` for several),
+    an XDI file (recognised by its ``# XDI/`` first line, whatever the extension),
     a CSV/whitespace column file with an optional header line naming the columns, or a
     headerless two-column .xy file (columns ``x`` and ``y``). A file larger than
     :func:`max_input_bytes` raises :class:`InputTooLargeError` unread."""
     path = Path(path)
     if not path.is_file():
         raise SpectrumFileError(f"{path}: no such file")
+    from ._athena import is_athena_project, read_athena
+
+    if is_athena_project(path):
+        groups = read_athena(path)
+        if len(groups) > 1:
+            labels = ", ".join(g.metadata["athena.group"] for g in groups)
+            raise SpectrumFileError(f"{path}: an Athena project of {len(groups)} groups ({labels}): choose one "
+                                    "(read_athena(path, group=...), or --group on the command line)")
+        return groups[0]
     lines = _read_lines(path)
     first = next((line for line in lines if line.strip()), "")
     if not first:
@@ -372,20 +382,24 @@ def absorber_from_filename(name: str | Path) -> str | None:
 def preprocess_xanes_file(path: str | Path, absorber: str | None = None, **options: Any):
     """Read a spectrum file and run :func:`preprocess_xanes` on it.
 
-    The absorber is ``absorber`` if given, else the XDI ``Element.symbol``, else the one the
-    file name names (:func:`absorber_from_filename`). Raises :class:`SpectrumFileError` for an
-    unreadable file or when no absorber can be determined.
+    The absorber is ``absorber`` if given, else the XDI ``Element.symbol``, else the 3d-metal K edge
+    the energies show (:func:`absorber_from_scan`), else the one the file name names
+    (:func:`absorber_from_filename`). Raises :class:`SpectrumFileError` for an unreadable file or
+    when no absorber can be determined.
     """
-    from ._xanes import preprocess_xanes
+    from ._xanes import absorber_from_scan, preprocess_xanes
 
     spectrum = read_spectrum(path)
     arguments = xanes_channels(spectrum)
     arguments.pop("edge", None)
     named = arguments.pop("absorber", None)
-    chosen = absorber or named or absorber_from_filename(path)
+    scanned = {k: arguments.get(k) for k in ("mu", "i0", "it", "ifluor")}
+    chosen = (absorber or named or absorber_from_scan(arguments["energy"], **scanned)
+              or absorber_from_filename(path))
     if not chosen:
         raise SpectrumFileError(
-            f"{path}: no absorber given, none in the header (Element.symbol) and none in the file name"
+            f"{path}: no absorber given, none in the header (Element.symbol), no single 3d-metal K edge in "
+            "the energies and none in the file name"
         )
     energy = arguments.pop("energy")
     return preprocess_xanes(energy, absorber=chosen, **arguments, **options)
