@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._readers import SpectrumFile, SpectrumFileError, check_input_size, max_input_bytes
+from ._files import SpectrumFile, SpectrumFileError, check_input_size, max_input_bytes
 
 __all__ = ["is_athena_project", "read_athena"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._readers import check_input_size
+from ._files import check_input_size
 
 ANGLE_TAGS = ("_pd_meas_2theta_scan", "_pd_proc_2theta_corrected", "_pd_meas_angle_2theta", "_pd_meas_2theta")
 # Measured first; background-subtracted ("net") intensities only when nothing rawer exists.
