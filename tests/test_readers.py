@@ -119,6 +119,21 @@ def test_column_files_as_spreadsheets_and_athena_write_them(tmp_path, header, de
     np.testing.assert_allclose(channels["mu"], reference["mu"])
 
 
+def test_xdi_angle_column_becomes_energy_through_the_d_spacing(tmp_path):
+    reference = read_spectrum(DATA / "cu_synthetic.xdi")
+    d_spacing = float(reference.meta("Mono.d_spacing"))
+    angle = np.degrees(np.arcsin(12398.419843 / (2 * d_spacing * reference.columns["energy"])))
+    lines = ["# XDI/1.0", f"# Mono.d_spacing: {d_spacing}", "# Element.symbol: Cu", "# Column.1: angle degrees",
+             "# Column.2: i0", "# Column.3: itrans", "#----"]
+    rows = [f"{a:.8f} {i0} {it}" for a, i0, it in zip(angle, reference.columns["i0"], reference.columns["itrans"])]
+    path = tmp_path / "angle.xdi"
+    path.write_text("\n".join(lines + rows) + "\n")
+    np.testing.assert_allclose(xanes_channels(read_spectrum(path))["energy"], reference.columns["energy"], atol=1e-3)
+    path.write_text("\n".join([line for line in lines if "d_spacing" not in line] + rows) + "\n")
+    with pytest.raises(SpectrumFileError, match="no energy column; columns are: angle, i0, itrans"):
+        xanes_channels(read_spectrum(path))
+
+
 def test_absorber_from_scan_reads_the_edge_in_the_energies():
     channels = xanes_channels(read_spectrum(DATA / "fe_synthetic.csv"))
     energy, mu = channels["energy"], channels["mu"]

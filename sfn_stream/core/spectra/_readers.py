@@ -231,7 +231,7 @@ def read_xy(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 # argument, most specific first. Athena/Larch exports name normalised columns norm, flat or nmu.
 _CHANNEL_NAMES: dict[str, tuple[str, ...]] = {
     "energy": ("energy", "energy_ev", "e", "energy_readback", "en", "ene", "ev", "photon_energy", "x"),
-    "mu": ("mu", "xmu", "mutrans", "mu_trans", "normtrans", "mufluor", "mu_fluor", "norm", "flat", "nmu",
+    "mu": ("mu", "xmu", "mutrans", "mu_trans", "normtrans", "mufluor", "mu_fluor", "normfluor", "norm", "flat", "nmu",
            "mu_norm", "norm_mu", "normalized", "normalised", "absorption", "absorbance", "abs", "xanes", "y"),
     "i0": ("i0", "io"),
     "it": ("it", "itrans", "i1"),
@@ -266,6 +266,8 @@ def xanes_channels(spectrum: SpectrumFile) -> dict[str, Any]:
                 found[argument] = spectrum.columns[by_name[alias]]
                 break
     columns = ", ".join(spectrum.columns) or "(none)"
+    if "energy" not in found and "angle" in by_name and spectrum.meta("Mono.d_spacing"):
+        found["energy"] = _energy_from_angle(spectrum, spectrum.columns[by_name["angle"]])
     if "energy" not in found:
         raise SpectrumFileError(f"{spectrum.path}: no energy column; columns are: {columns}")
     raw = "i0" in found and ("it" in found or "ifluor" in found)
@@ -289,6 +291,22 @@ def xanes_channels(spectrum: SpectrumFile) -> dict[str, Any]:
     if edge:
         out["edge"] = edge.strip()
     return out
+
+
+HC_EV_ANGSTROM = 12398.419843  # h c in eV A (CODATA 2018)
+
+
+def _energy_from_angle(spectrum: SpectrumFile, angle: np.ndarray) -> np.ndarray:
+    """Energies of a monochromator-angle column (degrees; XDI ``angle``) from Bragg's law with the header's
+    ``Mono.d_spacing`` (A), as the XDI specification defines them."""
+    try:
+        d_spacing = float(spectrum.meta("Mono.d_spacing") or "nan")
+    except ValueError:
+        d_spacing = float("nan")
+    if not d_spacing > 0:
+        raise SpectrumFileError(f"{spectrum.path}: Mono.d_spacing {spectrum.meta('Mono.d_spacing')!r} is not a "
+                                "spacing in A, so the angle column cannot become energies")
+    return HC_EV_ANGSTROM / (2.0 * d_spacing * np.sin(np.radians(angle)))
 
 
 def absorber_from_filename(name: str | Path) -> str | None:
