@@ -29,10 +29,13 @@ def add_parser(sub) -> None:
     xanes.set_defaults(run=run_xanes)
 
     xrd = kinds.add_parser("xrd", help="powder pattern: crystal system")
-    xrd.add_argument("file", type=Path, help=".xy / column file (2theta or Q, intensity) or a pdCIF")
+    xrd.add_argument("file", type=Path, help=".xy / column file (2theta or Q, intensity; pyFAI, Fit2D .chi, "
+                                             ".xye) or a pdCIF")
     xrd.add_argument("--wavelength", type=float, default=None,
                      help="X-ray wavelength in Angstrom (default: from the file, else 1.5406, Cu K-alpha)")
-    xrd.add_argument("--axis", choices=("2theta", "q"), default="2theta", help="first column: 2theta (deg) or Q (1/A)")
+    xrd.add_argument("--axis", choices=("2theta", "q"), default=None,
+                     help="first column: 2theta (deg) or Q (1/A) (default: what the column name says, as pyFAI "
+                          "writes it (2th_deg, q_nm^-1, q_A^-1), else 2theta)")
     xrd.add_argument("--elements", help="the sample's elements (Mn,O; of a formula only the elements are used): the "
                                         "search-match bundle then ranks its references by chemistry too")
     xrd.add_argument("--bundle", type=Path, help="a PXRD bundle folder instead of the default (models/xrd-search-match), "
@@ -146,11 +149,12 @@ def _edge_windows(edges: dict[str, Path]) -> list:
 
 
 def run_xrd(args) -> int:
-    x, y, wavelength = read_powder(args.file)
+    pattern = read_powder(args.file)
+    axis = args.axis or pattern.axis or "2theta"
     # Imported only now: it loads torch (seconds), which an unusable file should not wait for.
     from sfn_stream.core.predict import CompositionError, default_registry, element_set
 
-    wavelength = args.wavelength or wavelength or 1.5406
+    wavelength = args.wavelength or pattern.wavelength or 1.5406
     try:
         elements = element_set(args.elements) if args.elements else None
     except CompositionError as err:
@@ -165,23 +169,21 @@ def run_xrd(args) -> int:
             raise CliError(f"--bundle: {err}") from err
     else:
         predictor = default_registry().predictor("xrd")
-    prediction, _ = predictor.predict_pattern(x, y, axis=args.axis, wavelength=wavelength, elements=elements)
+    prediction, _ = predictor.predict_pattern(pattern.x, pattern.intensity, axis=axis, wavelength=wavelength,
+                                              elements=elements)
     return _report(args, prediction.plain(), file=str(args.file))
 
 
 def read_powder(path: Path):
-    """(x, intensity, wavelength or None) of a powder pattern file: a pdCIF or columns; a file larger
-    than the input limit (``$SFN_MAX_INPUT_BYTES``, 64 MiB by default) is refused unread."""
-    from sfn_stream.core.spectra import SpectrumFileError, read_pdcif, read_xy
+    """The powder pattern of a pdCIF or column file (:class:`~sfn_stream.core.spectra.PowderFile`: x, intensity,
+    the axis and wavelength the file states); a file larger than the input limit (``$SFN_MAX_INPUT_BYTES``,
+    64 MiB by default) is refused unread."""
+    from sfn_stream.core.spectra import SpectrumFileError, read_powder_file
 
     if not path.is_file():
         raise CliError(f"{path}: no such file")
     try:
-        if path.suffix.lower() == ".cif":
-            profile = read_pdcif(path)
-            return profile.two_theta, profile.intensity, profile.wavelength
-        x, y = read_xy(path)
-        return x, y, None
+        return read_powder_file(path)
     except (SpectrumFileError, ValueError) as err:
         message = str(err)  # the readers usually name the file already
         raise CliError(message if str(path) in message else f"{path}: {message}") from err

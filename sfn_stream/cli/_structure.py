@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--elements", required=True, help="the sample's elements, e.g. Ca,Mn,Al,O (2 to 5)")
     parser.add_argument("--xrd", required=True, type=Path, help="powder pattern: .xy / columns (2theta or Q, intensity) or pdCIF")
     parser.add_argument("--wavelength", type=float, help="X-ray wavelength in A (default: from the file, else 1.5406)")
-    parser.add_argument("--axis", choices=("2theta", "q"), default="2theta", help="first column: 2theta (deg) or Q (1/A)")
+    parser.add_argument("--axis", choices=("2theta", "q"), default=None,
+                        help="first column: 2theta (deg) or Q (1/A) (default: what the column name says, else 2theta)")
     parser.add_argument("--oxidation", action="append", default=[], metavar="EL=STATE[:P/STATE:P]",
                         help="oxidation states, e.g. Mn=3 or Fe=2:0.7/3:0.3 (others: ICSD statistics); repeatable")
     parser.add_argument("--cn", action="append", default=[], metavar="EL=CN[:P/CN:P]",
@@ -128,14 +129,15 @@ def run_infer(args) -> int:
         infer_structures,
     )
 
-    x, y, file_wavelength = read_powder(args.xrd)
-    wavelength = args.wavelength or file_wavelength or (1.5406 if args.axis == "2theta" else None)
+    pattern = read_powder(args.xrd)
+    axis = args.axis or pattern.axis or "2theta"
+    wavelength = args.wavelength or pattern.wavelength or (1.5406 if axis == "2theta" else None)
     elements = tuple(e.strip() for e in args.elements.split(",") if e.strip())
     if args.top < 1:
         raise CliError("--top must be at least 1")
     sources = [s.strip() for s in args.sources.split(",") if s.strip()] + [str(p) for p in args.cif_dir]
     request = InferenceRequest(
-        elements=elements, xrd=XrdInput(x, y, args.axis, wavelength, str(args.xrd)),
+        elements=elements, xrd=XrdInput(pattern.x, pattern.intensity, axis, wavelength, str(args.xrd)),
         oxidation_states=_tables(args.oxidation, "oxidation"), coordination=_tables(args.cn, "cn"),
         crystal_systems=_systems(args.crystal_system), space_group_probabilities=_space_groups(args.space_group),
         xanes=_read_xanes(args.xanes, elements) if args.xanes else {},

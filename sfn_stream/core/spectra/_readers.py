@@ -143,8 +143,12 @@ def _read_xdi(path: Path, lines: list[str]) -> SpectrumFile:
     )
 
 
+def _fields(text: str) -> list[str]:
+    return [p for p in re.split(r"[,;\s]+", text.strip()) if p]
+
+
 def _looks_numeric(text: str) -> bool:
-    parts = re.split(r"[,;\s]+", text.strip())
+    parts = _fields(text)
     try:
         [float(_FORTRAN_EXPONENT.sub("e", p)) for p in parts if p]
     except ValueError:
@@ -167,6 +171,8 @@ def _read_columns(path: Path, lines: list[str]) -> SpectrumFile:
             header.append(stripped)
     if not data:
         raise SpectrumFileError(f"{path}: no numeric data lines found")
+    if len(data) > 1 and len(_fields(data[0][1])) == 1 < len(_fields(data[1][1])):
+        header.append(data.pop(0)[1])  # a point count before the columns (Fit2D .chi)
     delimiter = _delimiter(data[0][1])
     table = _parse_rows(path, data, delimiter)
     n_columns = table.shape[1]

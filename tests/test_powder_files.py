@@ -1,0 +1,75 @@
+"""Powder pattern files as integrations and diffractometers write them: pyFAI, Fit2D .chi, plain .xy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sfn_stream.cli import main
+from sfn_stream.core.spectra import SpectrumFileError, read_powder_file, two_theta_to_q
+
+WAVELENGTH = 0.7293  # A, a synchrotron energy (17 keV)
+
+
+def _pattern():
+    tth = np.linspace(3.0, 40.0, 1500)
+    peaks = [(8.0, 100.0), (12.4, 40.0), (17.1, 60.0), (25.3, 20.0)]
+    intensity = 5.0 + sum(h * np.exp(-0.5 * ((tth - c) / 0.03) ** 2) for c, h in peaks)
+    return tth, intensity
+
+
+def _pyfai(path, x, y, unit):
+    header = ["# == pyFAI calibration ==", f"# Wavelength: {WAVELENGTH * 1e-10:.6e} m", "# Distance Sample to Detector: 0.3 m",
+              f"#  {unit:>12s}  I"]
+    path.write_text("\n".join(header + [f"{a:.6f} {b:.4f}" for a, b in zip(x, y)]) + "\n")
+    return path
+
+
+def test_pyfai_axis_units_and_wavelength_come_from_the_header(tmp_path):
+    tth, intensity = _pattern()
+    q = two_theta_to_q(tth, WAVELENGTH)
+    by_angle = read_powder_file(_pyfai(tmp_path / "a.xy", tth, intensity, "2th_deg"))
+    assert by_angle.axis == "2theta" and by_angle.wavelength == pytest.approx(WAVELENGTH)
+    np.testing.assert_allclose(by_angle.x, tth, atol=1e-6)
+    in_nm = read_powder_file(_pyfai(tmp_path / "q.xy", q * 10.0, intensity, "q_nm^-1"))
+    assert in_nm.axis == "q"
+    np.testing.assert_allclose(in_nm.x, q, atol=1e-5)  # nm^-1 -> 1/A
+    in_angstrom = read_powder_file(_pyfai(tmp_path / "qa.xy", q, intensity, "q_A^-1"))
+    np.testing.assert_allclose(in_angstrom.x, q, atol=1e-5)
+
+
+def test_fit2d_chi_point_count_line_is_header(tmp_path):
+    tth, intensity = _pattern()
+    path = tmp_path / "frame.chi"
+    lines = ["frame_0001.edf: Azimuthal integration", "2-Theta Angle (Degrees)", "Intensity", f"{len(tth):>10d}"]
+    path.write_text("\n".join(lines + [f"  {a:.6E}  {b:.6E}" for a, b in zip(tth, intensity)]) + "\n")
+    pattern = read_powder_file(path)
+    assert len(pattern.x) == len(tth) and pattern.axis is None and pattern.wavelength is None
+    np.testing.assert_allclose(pattern.intensity, intensity, rtol=1e-6)
+
+
+def test_headerless_xy_says_nothing_of_its_axis(tmp_path):
+    tth, intensity = _pattern()
+    path = tmp_path / "plain.xy"
+    np.savetxt(path, np.column_stack([tth, intensity]))
+    pattern = read_powder_file(path)
+    assert pattern.axis is None and pattern.wavelength is None
+    one = tmp_path / "one.xy"
+    one.write_text("1\n2\n3\n")
+    with pytest.raises(SpectrumFileError, match="two columns"):
+        read_powder_file(one)
+
+
+def test_predict_xrd_reads_the_same_pattern_in_q_as_in_two_theta(tmp_path, capsys):
+    tth, intensity = _pattern()
+    q = two_theta_to_q(tth, WAVELENGTH)
+    results = []
+    for name, x, unit in (("tth.xy", tth, "2th_deg"), ("q.xy", q * 10.0, "q_nm^-1")):
+        status = main(["predict", "xrd", str(_pyfai(tmp_path / name, x, intensity, unit)), "--json"])
+        assert status == 0
+        results.append(json.loads(capsys.readouterr().out)["predictions"]["crystal_system"])
+    assert results[0]["value"] == results[1]["value"]
+    for system, p in results[0]["probabilities"].items():
+        assert results[1]["probabilities"][system] == pytest.approx(p, abs=0.02)
