@@ -73,3 +73,36 @@ def test_predict_xrd_reads_the_same_pattern_in_q_as_in_two_theta(tmp_path, capsy
     assert results[0]["value"] == results[1]["value"]
     for system, p in results[0]["probabilities"].items():
         assert results[1]["probabilities"][system] == pytest.approx(p, abs=0.02)
+
+
+def test_panalytical_xrdml_and_rigaku_ras(tmp_path):
+    tth, intensity = _pattern()
+    counts = " ".join(f"{v:.1f}" for v in intensity)
+    xrdml = tmp_path / "scan.xrdml"
+    xrdml.write_text(f"""<?xml version="1.0" encoding="UTF-8"?>
+<xrdMeasurements xmlns="http://www.xrdml.com/XRDMeasurement/1.5">
+ <xrdMeasurement measurementType="Scan">
+  <usedWavelength intended="K-Alpha 1"><kAlpha1 unit="Angstrom">1.5405980</kAlpha1></usedWavelength>
+  <scan><dataPoints>
+   <positions axis="2Theta" unit="deg"><startPosition>{tth[0]}</startPosition><endPosition>{tth[-1]}</endPosition></positions>
+   <positions axis="Omega" unit="deg"><startPosition>1.5</startPosition><endPosition>20</endPosition></positions>
+   <intensities unit="counts">{counts}</intensities>
+  </dataPoints></scan>
+ </xrdMeasurement>
+</xrdMeasurements>
+""")
+    pattern = read_powder_file(xrdml)
+    assert pattern.axis == "2theta" and pattern.wavelength == pytest.approx(1.540598)
+    np.testing.assert_allclose(pattern.x, tth, atol=1e-9)
+    np.testing.assert_allclose(pattern.intensity, intensity, atol=0.06)
+    ras = tmp_path / "scan.ras"
+    rows = [f"{a:.4f} {b / 2:.4f} 2.000" for a, b in zip(tth, intensity)]
+    ras.write_text("\n".join(["*RAS_DATA_START", "*RAS_HEADER_START", '*HW_XG_WAVE_LENGTH_ALPHA1 "1.540593"',
+                              "*RAS_HEADER_END", "*RAS_INT_START", *rows, "*RAS_INT_END", "*RAS_DATA_END"]) + "\n")
+    pattern = read_powder_file(ras)
+    assert pattern.wavelength == pytest.approx(1.540593)
+    np.testing.assert_allclose(pattern.intensity, intensity, atol=1e-3)  # counts times the attenuator factor
+    broken = tmp_path / "broken.xrdml"
+    broken.write_text("<xrdMeasurements><unclosed>")
+    with pytest.raises(SpectrumFileError, match="broken.xrdml"):
+        read_powder_file(broken)

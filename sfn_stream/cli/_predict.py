@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
     xrd = kinds.add_parser("xrd", help="powder pattern: crystal system")
     xrd.add_argument("file", type=Path, help=".xy / column file (2theta or Q, intensity; pyFAI, Fit2D .chi, "
-                                             ".xye) or a pdCIF")
+                                             ".xye), a pdCIF, .xrdml or .ras")
     xrd.add_argument("--wavelength", type=float, default=None,
                      help="X-ray wavelength in Angstrom (default: from the file, else 1.5406, Cu K-alpha)")
     xrd.add_argument("--axis", choices=("2theta", "q"), default=None,

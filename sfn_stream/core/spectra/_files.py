@@ -17,6 +17,7 @@ __all__ = [
     "SpectrumFileError",
     "check_input_size",
     "max_input_bytes",
+    "read_lines",
 ]
 
 
@@ -92,3 +93,12 @@ class SpectrumFile:
             "n_points": len(next(iter(self.columns.values()))) if self.columns else 0,
             "metadata": dict(self.metadata),
         }
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text file, refused unread when larger than the input limit."""
+    check_input_size(path)
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise SpectrumFileError(f"{path}: cannot read file ({exc.strerror or exc})") from None

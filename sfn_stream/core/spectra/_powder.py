@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import SpectrumFileError
+from ._files import SpectrumFileError, check_input_size, read_lines
 
 __all__ = ["PowderFile", "read_powder_file"]
 
@@ -56,17 +56,73 @@ def _wavelength(comments: list[str]) -> float | None:
     return None
 
 
+def _read_xrdml(path: Path) -> PowderFile:
+    """PANalytical XRDML: the first scan's 2Theta positions (start/end, or a list) and intensities (or counts),
+    and the K-alpha1 wavelength."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as exc:
+        raise SpectrumFileError(f"{path}: XRDML that is not well-formed XML ({exc})") from None
+    find = {el.tag.rsplit("}", 1)[-1]: el for el in root.iter()}  # first element of each name, namespaces dropped
+    values = find.get("intensities") if "intensities" in find else find.get("counts")
+    positions = next((el for el in root.iter() if el.tag.endswith("positions") and "2theta" in el.get("axis", "").lower()),
+                     None)
+    if values is None or positions is None:
+        raise SpectrumFileError(f"{path}: XRDML without 2Theta positions and intensities")
+    intensity = np.array(values.text.split(), dtype=float)
+    listed = [el for el in positions if el.tag.endswith("listPositions")]
+    if listed:
+        x = np.array(listed[0].text.split(), dtype=float)
+    else:
+        bounds = {el.tag.rsplit("}", 1)[-1]: float(el.text) for el in positions}
+        x = np.linspace(bounds["startPosition"], bounds["endPosition"], len(intensity))
+    wavelength = float(find["kAlpha1"].text) if "kAlpha1" in find else None
+    return PowderFile(x, intensity, "2theta", wavelength, str(path), ["PANalytical XRDML"])
+
+
+def _read_ras(path: Path) -> PowderFile:
+    """Rigaku RAS: ``*`` header lines (``*HW_XG_WAVE_LENGTH_ALPHA1``), rows of 2theta, intensity, attenuator
+    factor between ``*RAS_INT_START`` and ``*RAS_INT_END``; intensity times the factor, as Rigaku plots it."""
+    rows, wavelength, inside = [], None, False
+    for line in read_lines(path):
+        text = line.strip()
+        if text.startswith("*RAS_INT_START"):
+            inside = True
+        elif text.startswith("*RAS_INT_END"):
+            break
+        elif text.startswith("*HW_XG_WAVE_LENGTH_ALPHA1"):
+            wavelength = float(text.split(None, 1)[1].strip().strip('"'))
+        elif inside and text and not text.startswith("*"):
+            rows.append([float(v) for v in text.split()])
+    if not rows:
+        raise SpectrumFileError(f"{path}: Rigaku RAS without data between *RAS_INT_START and *RAS_INT_END")
+    table = np.array(rows)
+    factor = table[:, 2] if table.shape[1] > 2 else 1.0
+    return PowderFile(table[:, 0], table[:, 1] * factor, "2theta", wavelength, str(path), ["Rigaku RAS"])
+
+
 def read_powder_file(path: str | Path) -> PowderFile:
-    """A powder pattern: a pdCIF (``.cif``), or the first two columns of a column file (headerless .xy,
-    pyFAI, Fit2D .chi, GSAS .xye). Raises :class:`SpectrumFileError` with the file named."""
+    """A powder pattern: a pdCIF (``.cif``), PANalytical XRDML, Rigaku RAS, or the first two columns of a column
+    file (headerless .xy, pyFAI, Fit2D .chi, GSAS .xye). Raises :class:`SpectrumFileError` with the file named."""
     from ._pdcif import read_pdcif
     from ._readers import read_spectrum
 
     path = Path(path)
-    if path.suffix.lower() == ".cif":
+    suffix = path.suffix.lower()
+    if suffix == ".cif":
         profile = read_pdcif(path)
         return PowderFile(profile.two_theta, profile.intensity, "2theta", profile.wavelength, str(path),
                           list(profile.notes))
+    if suffix in (".xrdml", ".ras"):
+        check_input_size(path)
+        try:
+            return _read_xrdml(path) if suffix == ".xrdml" else _read_ras(path)
+        except (ValueError, KeyError, AttributeError, IndexError) as exc:
+            if isinstance(exc, SpectrumFileError):
+                raise
+            raise SpectrumFileError(f"{path}: a {suffix} file that cannot be read ({exc!r})") from None
     spectrum = read_spectrum(path)
     columns = list(spectrum.columns.items())
     if len(columns) < 2:

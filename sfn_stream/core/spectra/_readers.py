@@ -39,19 +39,12 @@ from ._files import (
     SpectrumFileError,
     check_input_size,
     max_input_bytes,
+    read_lines,
 )
 
 
 _FIELD = re.compile(r"^([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)\s*:\s*(.*)$")
 _FORTRAN_EXPONENT = re.compile(r"(?<=[0-9.])[dD](?=[+-]?[0-9])")
-
-
-def _read_lines(path: Path) -> list[str]:
-    check_input_size(path)
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as exc:
-        raise SpectrumFileError(f"{path}: cannot read file ({exc.strerror or exc})") from None
 
 
 def _parse_rows(path: Path, lines: list[tuple[int, str]], delimiter: str | None) -> np.ndarray:
@@ -215,7 +208,7 @@ def read_spectrum(path: str | Path) -> SpectrumFile:
             raise SpectrumFileError(f"{path}: an Athena project of {len(groups)} groups ({labels}): choose one "
                                     "(read_athena(path, group=...), or --group on the command line)")
         return groups[0]
-    lines = _read_lines(path)
+    lines = read_lines(path)
     first = next((line for line in lines if line.strip()), "")
     if not first:
         raise SpectrumFileError(f"{path}: file is empty")
