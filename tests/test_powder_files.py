@@ -106,3 +106,19 @@ def test_panalytical_xrdml_and_rigaku_ras(tmp_path):
     broken.write_text("<xrdMeasurements><unclosed>")
     with pytest.raises(SpectrumFileError, match="broken.xrdml"):
         read_powder_file(broken)
+
+
+def test_evaluate_xrd_judges_a_folder_of_labelled_patterns(tmp_path, capsys):
+    """A kept-aside PXRD set laid out as the development set: pyFAI files at their own wavelength."""
+    tth, intensity = _pattern()
+    _pyfai(tmp_path / "a.xy", tth, intensity, "2th_deg")
+    (tmp_path / "labels.csv").write_text("file,elements,crystal_system\na.xy,\"Mn,O\",cubic\nmissing.xy,\"Ti,O\",tetragonal\n"
+                                         "mix.xy,\"Mn,O\",\n")
+    status = main(["evaluate", "xrd", "--measured", str(tmp_path), "--measured-only", "--json"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    measured = json.loads(out.out)["sets"]["measured"]
+    assert {entry["n"] for name, entry in measured.items() if name != "skipped_files"} == {1}
+    reasons = {s["file"]: s["reason"] for s in measured["skipped_files"]}
+    assert "no such file" in reasons["missing.xy"] and "crystal-system label" in reasons["mix.xy"]
+    assert main(["evaluate", "xrd", "--measured", str(tmp_path), "--measured-only", "--write-card"]) == 2

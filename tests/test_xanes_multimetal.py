@@ -4,6 +4,7 @@ through the registry (real corpus files, the committed bundles, the real CLI).""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 from collections import defaultdict
 
@@ -283,6 +284,29 @@ def _plugin_fe_run(client, material, **sfn) -> str:
 
 
 @needs_bundle
+@needs_bundle
+def test_evaluate_xanes_judges_a_folder_of_measured_files_named_by_their_elements_only(capsys, tmp_path):
+    """A kept-aside set laid out as the development set, without an absorber column: the energies say it."""
+    import shutil
+
+    data = Path(__file__).parent / "data"
+    shutil.copy(data / "fe_synthetic.csv", tmp_path / "sample_a.csv")
+    shutil.copy(data / "cu_synthetic.xdi", tmp_path / "sample_b.xdi")
+    (tmp_path / "labels.csv").write_text("file,elements,oxidation_state,cn\nsample_a.csv,\"Fe,Cr,O\",3,6\n"
+                                         "sample_b.xdi,\"Cu,O\",,\nmissing.xdi,\"Ni,O\",2,6\n")
+    status = main(["evaluate", "xanes", "--measured", str(tmp_path), "--measured-only", "--json"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    dev = json.loads(out.out)["measured_dev"]
+    rows = {r["file"]: r for r in dev["files"]}
+    assert rows["sample_a.csv"]["absorber"] == "Fe" and rows["sample_b.xdi"]["absorber"] == "Cu"
+    assert rows["sample_a.csv"]["oxidation_state"] in range(8) and "reason" not in rows["sample_b.xdi"]
+    assert "no such file" in rows["missing.xdi"]["reason"]  # recorded, not a crash
+    assert dev["model"]["oxidation_state"]["n_labelled"] == 2  # sample_b has no label, missing.xdi has one
+    assert main(["evaluate", "xanes", "--measured", str(tmp_path / "nowhere"), "--measured-only"]) == 2
+    assert "no labels.csv" in capsys.readouterr().err
+
+
 def test_the_plugin_predicts_a_fe_run_with_the_3d_bundle(client, corpus):
     from sfn_stream.live.plugin import XANES_STREAM
 

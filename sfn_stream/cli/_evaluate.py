@@ -13,6 +13,12 @@ def add_xanes_parser(which) -> None:
                              "measured dev set")
     xanes.add_argument("--bundle", type=Path, help="bundle folder (default: models/xanes-specfusion-3d)")
     xanes.add_argument("--no-dev", action="store_true", help="leave out the measured development set")
+    xanes.add_argument("--measured", type=Path, metavar="DIR",
+                       help="measured files to judge instead of the development set: DIR/labels.csv with columns file, "
+                            "elements and optionally absorber, oxidation_state, cn (as ../shared/data/"
+                            "xanes_experimental_dev)")
+    xanes.add_argument("--measured-only", action="store_true",
+                       help="only the measured files (seconds): leave out the corpus test sets")
     xanes.add_argument("--json", action="store_true", help="print one JSON object")
     xanes.add_argument("--learning-curve", action="store_true",
                        help="also train one-member models on 25/50/100%% of the FEFF10 training materials (minutes)")
@@ -34,9 +40,14 @@ def run_xanes(args) -> int:
     )
     from sfn_stream.offline.training import XANES_3D_BUNDLE
 
+    if args.measured_only and (args.write_card or args.plot or args.learning_curve):
+        raise CliError("--measured-only leaves out the test sets that --write-card, --plot and --learning-curve need")
+    if args.measured and args.write_card:
+        raise CliError("--write-card records the development set's figures; leave out --measured")
     try:
-        report = evaluate_xanes(args.bundle, dev=not args.no_dev, progress=not args.json)
-    except BundleError as err:
+        report = evaluate_xanes(args.bundle, dev=not args.no_dev, progress=not args.json, measured=args.measured,
+                                simulated=not args.measured_only)
+    except (BundleError, FileNotFoundError) as err:
         raise CliError(str(err)) from err
     if args.learning_curve:
         report["learning_curve"] = learning_curve(progress=not args.json)

@@ -20,6 +20,10 @@ def add_xrd_parser(which) -> None:
     xrd.add_argument("--max-reference", type=int,
                      help="at most this many training structures in the 1-NN reference (default: all)")
     xrd.add_argument("--no-measured", action="store_true", help="leave out the measured patterns (../shared)")
+    xrd.add_argument("--measured", type=Path, metavar="DIR",
+                     help="measured patterns to judge instead of the development set: DIR/labels.csv with columns "
+                          "file, crystal_system and optionally formula or elements, phases, wavelength_A")
+    xrd.add_argument("--measured-only", action="store_true", help="only the measured patterns: no simulated test sets")
     xrd.add_argument("--brief", action="store_true", help="summary lines only (no per-class rows, no confusion)")
     xrd.add_argument("--write-card", action="store_true",
                      help="put each bundle's test figures (with the baselines') into its card's metrics.test")
@@ -44,12 +48,16 @@ def run_xrd(args) -> int:
     for name in ("max_test", "max_reference"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.measured_only and (args.write_card or args.plot):
+        raise CliError("--measured-only leaves out the test sets that --write-card and --plot need")
+    if args.measured and args.write_card:
+        raise CliError("--write-card records the development set's figures; leave out --measured")
     bundles = args.bundle or [models_dir() / XRD_BUNDLE]
     try:
         report = evaluate_xrd(bundles, sticks=args.sticks or DEFAULT_STICK_TABLE,
                               splits_dir=args.splits_dir or paths.SPLITS_DIR, max_test=args.max_test,
                               max_reference=args.max_reference, measured=not args.no_measured,
-                              progress=not args.json)
+                              progress=not args.json, measured_dir=args.measured, simulated=not args.measured_only)
     except (BundleError, FileNotFoundError) as err:
         raise CliError(str(err)) from err
     if args.write_card:

@@ -12,7 +12,7 @@ from ._edges import (
     k_edge_energy,
 )
 from ._athena import is_athena_project, read_athena
-from ._powder import PowderFile, read_powder_file
+from ._powder import CU_K_ALPHA1, PowderFile, read_powder_file
 from ._readers import (
     MAX_INPUT_BYTES,
     MAX_INPUT_BYTES_VARIABLE,

@@ -16,7 +16,9 @@ import numpy as np
 
 from ._files import SpectrumFileError, check_input_size, read_lines
 
-__all__ = ["PowderFile", "read_powder_file"]
+__all__ = ["CU_K_ALPHA1", "PowderFile", "read_powder_file"]
+
+CU_K_ALPHA1 = 1.5406  # A: the wavelength a pattern that states none is read at (laboratory Cu tubes)
 
 _WAVELENGTH = re.compile(r"wave_?length\s*[:=]\s*([0-9.eE+-]+)\s*(m|nm|a|å|angstrom)?\b", re.IGNORECASE)
 _METRES_TO_ANGSTROM = {"m": 1e10, "nm": 10.0, "a": 1.0, "å": 1.0, "angstrom": 1.0}

@@ -330,11 +330,11 @@ def absorber_from_filename(name: str | Path) -> str | None:
     return None
 
 
-def preprocess_xanes_file(path: str | Path, absorber: str | None = None, **options: Any):
+def preprocess_xanes_file(path: str | Path, absorber: str | None = None, *, elements: Any = None, **options: Any):
     """Read a spectrum file and run :func:`preprocess_xanes` on it.
 
     The absorber is ``absorber`` if given, else the XDI ``Element.symbol``, else the 3d-metal K edge
-    the energies show (:func:`absorber_from_scan`), else the one the file name names
+    the energies show (:func:`absorber_from_scan`; among ``elements`` when given), else the one the file name names
     (:func:`absorber_from_filename`). Raises :class:`SpectrumFileError` for an unreadable file or
     when no absorber can be determined.
     """
@@ -345,7 +345,7 @@ def preprocess_xanes_file(path: str | Path, absorber: str | None = None, **optio
     arguments.pop("edge", None)
     named = arguments.pop("absorber", None)
     scanned = {k: arguments.get(k) for k in ("mu", "i0", "it", "ifluor")}
-    chosen = (absorber or named or absorber_from_scan(arguments["energy"], **scanned)
+    chosen = (absorber or named or absorber_from_scan(arguments["energy"], candidates=elements, **scanned)
               or absorber_from_filename(path))
     if not chosen:
         raise SpectrumFileError(

@@ -195,8 +195,12 @@ def evaluate_xrd(
     measured: bool = True,
     timing_frames: int = 20,
     progress: bool = True,
+    measured_dir: Path | None = None,
+    simulated: bool = True,
 ) -> dict[str, Any]:
-    """Figures of every bundle and the two baselines on the four test sets (see the module docstring)."""
+    """Figures of every bundle and the two baselines on the four test sets (see the module docstring).
+    ``measured_dir``: labelled measured patterns to judge instead of the development set
+    (:func:`measured_dev_set`); ``simulated=False`` leaves out the three simulated test sets and the timing."""
     import torch
 
     torch.set_num_threads(1)
@@ -231,13 +235,15 @@ def evaluate_xrd(
                      "seed": SEED},
         "n_reference_structures": len(reference), "sets": {},
     }
-    for k, (set_name, (idx, protocol)) in enumerate(sets.items()):
+    for k, (set_name, (idx, protocol)) in enumerate(sets.items() if simulated else ()):
         x = protocol_patterns(table, idx, protocol, SEED + 10 + k, progress)
         _give_elements(everything, [formula_elements(table.formulas[i]) for i in idx])
         report["sets"][set_name] = {name: score(model, x, labels[idx], spacegroups[idx]) for name, model in everything}
-    if measured:
-        report["sets"]["measured"] = _measured(everything)
-    report["timing"] = {name: frame_timing(model, timing_frames) for name, model in models}
+    if measured or measured_dir is not None:
+        report["sets"]["measured"] = _measured(everything, measured_dir)
+        report["measured_folder"] = str(measured_dir or "../shared/data/pxrd_experimental_dev")
+    if simulated:
+        report["timing"] = {name: frame_timing(model, timing_frames) for name, model in models}
     return report
 
 
@@ -279,9 +285,9 @@ def _subsample(idx: np.ndarray, limit: int | None, rng: np.random.Generator) -> 
     return np.sort(rng.choice(idx, limit, replace=False)) if limit and len(idx) > limit else np.asarray(idx)
 
 
-def _measured(models) -> dict[str, Any]:
+def _measured(models, folder: Path | None = None) -> dict[str, Any]:
     try:
-        items, skipped = measured_dev_set()
+        items, skipped = measured_dev_set(folder)
     except SharedDataMissing as err:
         return {"skipped": str(err)}
     _give_elements(models, [formula_elements(it["formula"]) for it in items if it["pattern"].usable])

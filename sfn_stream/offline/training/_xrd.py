@@ -534,25 +534,47 @@ def synthesize_set(table: StickTable, indices, rng: np.random.Generator, augment
 # --- measured development set ------------------------------------------------------------------
 
 
-def measured_dev_set() -> tuple[list[dict], list[dict]]:
-    """Single-phase measured patterns with a crystal-system label from ``../shared`` (dev only).
+def measured_dev_set(folder: str | Path | None = None) -> tuple[list[dict], list[dict]]:
+    """Single-phase measured patterns with a crystal-system label: ``../shared``'s development set, or
+    ``folder`` laid out the same way (``labels.csv`` with columns ``file`` and ``crystal_system``, and
+    optionally ``formula`` or ``elements``, ``phases``, ``wavelength_A``; any file ``predict xrd`` reads).
 
-    Returns (usable items, skipped items with reasons). Wavelength: the CIF's own, else INDEX.csv.
+    Returns (usable items, skipped items with reasons). Wavelength: the labels' column, else the file's own
+    (pdCIF, pyFAI header, XRDML, RAS), else INDEX.csv for the IUCr pdCIFs, else Cu K-alpha1.
     """
 
-    from sfn_stream.core.spectra import PdCifError, preprocess_xrd, read_pdcif
+    from sfn_stream.core.spectra import (
+        CU_K_ALPHA1,
+        PdCifError,
+        SpectrumFileError,
+        preprocess_xrd,
+        read_pdcif,
+        read_powder_file,
+    )
     from sfn_stream.offline.shared import shared_path
 
-    root = shared_path("data", "pxrd_experimental_dev")
+    root = Path(folder) if folder is not None else shared_path("data", "pxrd_experimental_dev")
+    if not (root / "labels.csv").is_file():
+        raise FileNotFoundError(f"{root}: no labels.csv (columns file, crystal_system[, formula, phases, wavelength_A])")
     items, skipped = [], []
     for row in _csv_rows(root / "labels.csv"):
         name = row["file"]
-        if row["phases"].strip() != "1" or row["crystal_system"] not in CRYSTAL_SYSTEMS:
+        if (row.get("phases") or "1").strip() != "1" or row.get("crystal_system") not in CRYSTAL_SYSTEMS:
             skipped.append({"file": name, "reason": "multi-phase or no crystal-system label"})
             continue
-        x, y = _read_xy(root / name)
-        wavelength = float(row["wavelength_A"])
-        items.append(_item(name, row["formula"], row["crystal_system"], preprocess_xrd(x, y, wavelength=wavelength), "labels.csv"))
+        try:
+            pattern = read_powder_file(root / name)
+        except SpectrumFileError as err:
+            skipped.append({"file": name, "reason": str(err)})
+            continue
+        stated = (row.get("wavelength_A") or "").strip()
+        wavelength = float(stated) if stated else pattern.wavelength or CU_K_ALPHA1
+        axis = pattern.axis or "2theta"
+        processed = preprocess_xrd(pattern.x, pattern.intensity, axis=axis, wavelength=wavelength)
+        items.append(_item(name, row.get("formula") or row.get("elements") or "", row["crystal_system"], processed,
+                           "labels.csv"))
+    if not (root / "iucr_rietveld" / "INDEX.csv").is_file():
+        return items, skipped
     for row in _csv_rows(root / "iucr_rietveld" / "INDEX.csv"):
         name = f"iucr_rietveld/{row['file']}"
         if row["nphases"].strip() != "1" or row["has_powder_profile"] != "True" or row["crystal_system"] not in CRYSTAL_SYSTEMS:
