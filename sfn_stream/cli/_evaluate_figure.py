@@ -97,5 +97,5 @@ def _measured(ax, dev: Mapping[str, Any] | None) -> None:
                     ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, [label for _, label in tasks])
     ax.set(ylim=(0, 1.1), ylabel="share of labelled files right",
-           title="measured reference files (elements only, not tuned on)")
+           title="measured reference files (elements only)")
     ax.legend(fontsize=7, loc="lower right")
