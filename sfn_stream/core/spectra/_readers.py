@@ -230,12 +230,13 @@ def read_xy(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 # argument, most specific first. Athena/Larch exports name normalised columns norm, flat or nmu.
 _CHANNEL_NAMES: dict[str, tuple[str, ...]] = {
     "energy": ("energy", "energy_ev", "e", "energy_readback", "en", "ene", "ev", "photon_energy", "x"),
-    "mu": ("mu", "xmu", "mutrans", "mu_trans", "normtrans", "mufluor", "mu_fluor", "normfluor", "norm", "flat", "nmu",
+    "mu": ("mu", "xmu", "mutrans", "mu_trans", "mut", "normtrans", "mufluor", "mu_fluor", "muf", "normfluor", "norm",
+           "flat", "nmu",
            "mu_norm", "norm_mu", "normalized", "normalised", "absorption", "absorbance", "abs", "xanes", "y"),
     "i0": ("i0", "io"),
     "it": ("it", "itrans", "i1"),
-    "ifluor": ("if", "ifluor", "ifl"),
-    "iref": ("iref", "irefer", "i2"),
+    "ifluor": ("if", "ifluor", "ifl", "iff", "ifluo", "fluo", "fluor", "pips", "ipips"),
+    "iref": ("iref", "irefer", "ir", "i2"),
 }
 _UNIT_SUFFIX = re.compile(r"\s*(\([^)]*\)|\[[^\]]*\]|/\s*\w+)\s*$")
 
