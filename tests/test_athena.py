@@ -100,3 +100,12 @@ def test_predict_xanes_predicts_every_group_of_a_project(tmp_path, capsys):
     assert out[0]["predictions"] == out[1]["predictions"]  # the same scan twice
     status = main(["predict", "xanes", str(path), "--group", "sec*", "--elements", "Fe,O", "--json"])
     assert status == 0 and json.loads(capsys.readouterr().out)["file"].endswith("#second")
+
+
+def test_a_group_that_cannot_be_predicted_does_not_stop_the_others(tmp_path, capsys):
+    path = _demeter_project(tmp_path / "fe.prj", [("fe scan", {}), ("said to be cu", {"bkg_z": "Cu"})])
+    status = main(["predict", "xanes", str(path), "--elements", "Fe,O", "--json"])
+    captured = capsys.readouterr()
+    first, second = json.loads(captured.out)
+    assert status == 2 and first["status"] in ("ok", "flagged")
+    assert second["status"] == "refused" and "Cu" in second["reason"] and "said to be cu" in captured.err

@@ -53,8 +53,10 @@ def run_xanes(args) -> int:
     for name, channels in scans:
         try:
             results.append(_predict_xanes(args, name, channels, default_registry()))
-        except PredictorError as err:
-            raise CliError(str(err)) from err
+        except (PredictorError, CliError) as err:
+            if len(scans) == 1:
+                raise CliError(str(err)) from err
+            results.append({"kind": "xanes", "status": "refused", "reason": str(err)})  # the other groups go on
     if len(results) == 1:
         return _report(args, results[0], file=scans[0][0])
     return _report_all(args, results, [name for name, _ in scans])
@@ -215,7 +217,8 @@ def _report_all(args, results: list[dict], files: list[str]) -> int:
         print_json(results)
     else:
         for result in results:
-            _print_table(result)
+            if "predictions" in result:
+                _print_table(result)
     failed = [r for r in results if r["status"] not in ("ok", "flagged")]
     for result in failed:
         print(f"sfn-stream: {result['file']}: {result['reason']}", file=sys.stderr)
