@@ -109,3 +109,16 @@ def test_a_group_that_cannot_be_predicted_does_not_stop_the_others(tmp_path, cap
     first, second = json.loads(captured.out)
     assert status == 2 and first["status"] in ("ok", "flagged")
     assert second["status"] == "refused" and "Cu" in second["reason"] and "said to be cu" in captured.err
+
+
+def test_several_files_and_projects_in_one_call(tmp_path, capsys):
+    project = _demeter_project(tmp_path / "fe.prj", [("a", {}), ("b", {})])
+    status = main(["predict", "xanes", str(DATA / "fe_synthetic.csv"), str(tmp_path / "absent.xdi"), str(project),
+                   "--elements", "Fe,O", "--json"])
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert status == 2  # one file was not there; the others were predicted
+    assert [r["status"] for r in results][1] == "refused" and "no such file" in captured.err
+    assert [r["file"] for r in results][2:] == [f"{project}#a", f"{project}#b"]
+    assert all(r["status"] in ("ok", "flagged") for i, r in enumerate(results) if i != 1)
+    assert main(["predict", "xanes", str(DATA / "fe_synthetic.csv"), str(project), "--edge", "Cr=x.csv"]) == 2

@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     xanes = kinds.add_parser("xanes", help="K-edge XANES: oxidation state, coordination number, density")
-    xanes.add_argument("file", type=Path, help="XDI, an Athena project (.prj), or columns (comma, semicolon, tab or "
+    xanes.add_argument("files", type=Path, nargs="+", metavar="FILE", help="one or more files: XDI, an Athena project (.prj), or columns (comma, semicolon, tab or "
                                                   "space; a header naming energy and mu/norm/flat or i0+it/if; none: "
                                                   "energy, mu), eV or keV")
     xanes.add_argument("--absorber", help="absorbing element (default: XDI Element.symbol, else the 3d-metal K edge the energies "
@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
 
 
 def run_xanes(args) -> int:
+    if args.edge and len(args.files) > 1:
+        raise CliError("--edge fuses other edges of one sample: give one FILE with it")
     scans = _xanes_scans(args)
     # Imported only now: it loads torch (seconds), which an unusable file should not wait for.
     from sfn_stream.core.predict import PredictorError, default_registry
@@ -52,19 +54,21 @@ def run_xanes(args) -> int:
     results = []
     for name, channels in scans:
         try:
+            if isinstance(channels, Exception):
+                raise channels
             results.append(_predict_xanes(args, name, channels, default_registry()))
         except (PredictorError, CliError) as err:
             if len(scans) == 1:
                 raise CliError(str(err)) from err
-            results.append({"kind": "xanes", "status": "refused", "reason": str(err)})  # the other groups go on
+            results.append({"kind": "xanes", "status": "refused", "reason": str(err)})  # the others go on
     if len(results) == 1:
         return _report(args, results[0], file=scans[0][0])
     return _report_all(args, results, [name for name, _ in scans])
 
 
-def _xanes_scans(args) -> list[tuple[str, dict]]:
-    """(name, preprocess_xanes channels) of each scan the file holds: one, or the chosen groups of an Athena
-    project (``--group``; every mu(E) group without it)."""
+def _xanes_scans(args) -> list[tuple[str, dict | Exception]]:
+    """(name, preprocess_xanes channels, or the error that stops it) of every scan the files hold: one per
+    file, or the chosen groups of an Athena project (``--group``; every mu(E) group without it)."""
     from sfn_stream.core.spectra import (
         SpectrumFileError,
         is_athena_project,
@@ -73,14 +77,20 @@ def _xanes_scans(args) -> list[tuple[str, dict]]:
         xanes_channels,
     )
 
-    try:
-        if is_athena_project(args.file):
-            return [(s.path, xanes_channels(s)) for s in read_athena(args.file, args.group)]
-        if args.group:
-            raise CliError(f"{args.file}: --group chooses groups of an Athena project; this is not one")
-        return [(str(args.file), xanes_channels(read_spectrum(args.file)))]
-    except SpectrumFileError as err:
-        raise CliError(str(err)) from err
+    if args.group and not any(is_athena_project(path) for path in args.files):
+        raise CliError("--group chooses groups of an Athena project; no FILE is one")
+    scans: list[tuple[str, dict | Exception]] = []
+    for path in args.files:
+        try:
+            if is_athena_project(path):
+                scans += [(s.path, xanes_channels(s)) for s in read_athena(path, args.group)]
+            else:
+                scans.append((str(path), xanes_channels(read_spectrum(path))))
+        except SpectrumFileError as err:
+            if len(args.files) == 1:
+                raise CliError(str(err)) from err
+            scans.append((str(path), CliError(str(err))))
+    return scans
 
 
 def _predict_xanes(args, name: str, channels: dict, registry) -> dict:
@@ -211,7 +221,8 @@ def _report(args, result: dict, *, file: str) -> int:
 
 
 def _report_all(args, results: list[dict], files: list[str]) -> int:
-    """Several scans of one project: a JSON list, or a table each; exit 2 when any gave no prediction."""
+    """Several scans (files, or groups of a project): a JSON list, or a table each; exit 2 when any gave no
+    prediction."""
     results = [{"file": file, **result} for file, result in zip(files, results)]
     if args.json:
         print_json(results)
@@ -221,7 +232,9 @@ def _report_all(args, results: list[dict], files: list[str]) -> int:
                 _print_table(result)
     failed = [r for r in results if r["status"] not in ("ok", "flagged")]
     for result in failed:
-        print(f"sfn-stream: {result['file']}: {result['reason']}", file=sys.stderr)
+        reason = result["reason"] or ""
+        print(f"sfn-stream: {reason if reason.startswith(result['file']) else result['file'] + ': ' + reason}",
+              file=sys.stderr)
     return EXIT_USAGE if failed else 0
 
 
