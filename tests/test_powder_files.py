@@ -122,3 +122,13 @@ def test_evaluate_xrd_judges_a_folder_of_labelled_patterns(tmp_path, capsys):
     reasons = {s["file"]: s["reason"] for s in measured["skipped_files"]}
     assert "no such file" in reasons["missing.xy"] and "crystal-system label" in reasons["mix.xy"]
     assert main(["evaluate", "xrd", "--measured", str(tmp_path), "--measured-only", "--write-card"]) == 2
+
+
+def test_predict_xrd_takes_several_files_and_reports_the_unreadable_one(tmp_path, capsys):
+    tth, intensity = _pattern()
+    first = _pyfai(tmp_path / "a.xy", tth, intensity, "2th_deg")
+    status = main(["predict", "xrd", str(first), str(tmp_path / "absent.xy"), "--json"])
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert status == 2 and [r["status"] for r in results][1] == "refused" and "no such file" in captured.err
+    assert results[0]["predictions"]["crystal_system"]["value"] in results[0]["predictions"]["crystal_system"]["probabilities"]

@@ -29,8 +29,9 @@ def add_parser(sub) -> None:
     xanes.set_defaults(run=run_xanes)
 
     xrd = kinds.add_parser("xrd", help="powder pattern: crystal system")
-    xrd.add_argument("file", type=Path, help=".xy / column file (2theta or Q, intensity; pyFAI, Fit2D .chi, "
-                                             ".xye), a pdCIF, .xrdml or .ras")
+    xrd.add_argument("files", type=Path, nargs="+", metavar="FILE",
+                     help="one or more .xy / column files (2theta or Q, intensity; pyFAI, Fit2D .chi, .xye), pdCIF, "
+                          ".xrdml or .ras")
     xrd.add_argument("--wavelength", type=float, default=None,
                      help="X-ray wavelength in Angstrom (default: from the file, else 1.5406, Cu K-alpha)")
     xrd.add_argument("--axis", choices=("2theta", "q"), default=None,
@@ -161,12 +162,17 @@ def _edge_windows(edges: dict[str, Path]) -> list:
 
 
 def run_xrd(args) -> int:
-    pattern = read_powder(args.file)
-    axis = args.axis or pattern.axis or "2theta"
+    patterns = []
+    for path in args.files:
+        try:
+            patterns.append((str(path), read_powder(path)))
+        except CliError as err:
+            if len(args.files) == 1:
+                raise
+            patterns.append((str(path), err))
     # Imported only now: it loads torch (seconds), which an unusable file should not wait for.
     from sfn_stream.core.predict import CompositionError, default_registry, element_set
 
-    wavelength = args.wavelength or pattern.wavelength or 1.5406
     try:
         elements = element_set(args.elements) if args.elements else None
     except CompositionError as err:
@@ -181,9 +187,20 @@ def run_xrd(args) -> int:
             raise CliError(f"--bundle: {err}") from err
     else:
         predictor = default_registry().predictor("xrd")
+    results = [_predict_pattern(args, predictor, pattern, elements) for _, pattern in patterns]
+    if len(results) == 1:
+        return _report(args, results[0], file=patterns[0][0])
+    return _report_all(args, results, [name for name, _ in patterns])
+
+
+def _predict_pattern(args, predictor, pattern, elements) -> dict:
+    if isinstance(pattern, Exception):
+        return {"kind": "xrd", "status": "refused", "reason": str(pattern)}
+    axis = args.axis or pattern.axis or "2theta"
+    wavelength = args.wavelength or pattern.wavelength or 1.5406
     prediction, _ = predictor.predict_pattern(pattern.x, pattern.intensity, axis=axis, wavelength=wavelength,
                                               elements=elements)
-    return _report(args, prediction.plain(), file=str(args.file))
+    return prediction.plain()
 
 
 def read_powder(path: Path):
