@@ -45,6 +45,9 @@ def test_parse_elements():
     elements, fractions = parse_elements("CuFeO2")
     assert elements == ["Cu", "Fe", "O"] and fractions["O"] == pytest.approx(0.5)
     assert parse_elements(["Fe", "O"]) == (["Fe", "O"], None)
+    assert parse_elements("fe, CR, o") == (["Fe", "Cr", "O"], None)  # a list's symbols, in any case
+    with pytest.raises(CompositionError, match="repeated"):
+        parse_elements("Co,co")
     with pytest.raises(CompositionError, match="unknown element"):
         parse_elements("Cu,Xx")
     with pytest.raises(CompositionError):

@@ -16,6 +16,8 @@ def parse_elements(composition: str | Sequence[str]) -> tuple[list[str], dict[st
     (['Fe', 'O'], {'Fe': 0.4, 'O': 0.6})
     >>> parse_elements("Cu, O")
     (['Cu', 'O'], None)
+    >>> parse_elements("fe,CR,o")
+    (['Fe', 'Cr', 'O'], None)
     """
     from pymatgen.core import Composition, Element
 
@@ -35,6 +37,7 @@ def parse_elements(composition: str | Sequence[str]) -> tuple[list[str], dict[st
             return list(fractions), fractions
     else:
         symbols = [str(s).strip() for s in composition]
+    symbols = [s[:1].upper() + s[1:].lower() if s.isalpha() else s for s in symbols]  # in a list, 'fe' can only be Fe
     unknown = [s for s in symbols if not Element.is_valid_symbol(s)]
     if unknown:
         raise CompositionError(f"unknown element symbol(s): {', '.join(unknown)}")
