@@ -134,6 +134,12 @@ def test_xdi_angle_column_becomes_energy_through_the_d_spacing(tmp_path):
         xanes_channels(read_spectrum(path))
 
 
+def test_header_symbols_in_any_case_name_the_absorber(tmp_path):
+    path = tmp_path / "lower.xdi"
+    path.write_text((DATA / "cu_synthetic.xdi").read_text().replace("Element.symbol: Cu", "Element.symbol: cu"))
+    assert xanes_channels(read_spectrum(path))["absorber"] == "Cu"
+
+
 def test_absorber_from_scan_reads_the_edge_in_the_energies():
     channels = xanes_channels(read_spectrum(DATA / "fe_synthetic.csv"))
     energy, mu = channels["energy"], channels["mu"]

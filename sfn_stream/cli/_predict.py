@@ -96,6 +96,7 @@ def _xanes_scans(args) -> list[tuple[str, dict | Exception]]:
 
 def _predict_xanes(args, name: str, channels: dict, registry) -> dict:
     absorber = args.absorber or channels.pop("absorber", None) or _absorber_of_scan(args, name, channels)
+    absorber = absorber and absorber.strip()[:1].upper() + absorber.strip()[1:].lower()  # --absorber fe is Fe
     channels.pop("absorber", None)
     channels.pop("edge", None)
     if not absorber:

@@ -284,9 +284,9 @@ def xanes_channels(spectrum: SpectrumFile) -> dict[str, Any]:
         out["mu"] = found["mu"]
         if "iref" in found and "it" in found:
             out["it"], out["iref"] = found["it"], found["iref"]
-    symbol = spectrum.meta("Element.symbol")
+    symbol = (spectrum.meta("Element.symbol") or "").strip()
     if symbol:
-        out["absorber"] = symbol.strip()
+        out["absorber"] = symbol[:1].upper() + symbol[1:].lower()  # headers write fe and FE too
     edge = spectrum.meta("Element.edge")
     if edge:
         out["edge"] = edge.strip()

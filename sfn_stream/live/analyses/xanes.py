@@ -199,7 +199,8 @@ class XanesAnalysis(BaseAnalysis):
     def _request(self, columns) -> tuple[str | None, Any, list[str]]:
         """The absorber (given, or found from the scanned range), the composition and the run's flags."""
         flags = list(self.metadata_flags)
-        absorber = self.md.get("element")
+        absorber = str(self.md.get("element") or "").strip()
+        absorber = absorber[:1].upper() + absorber[1:].lower() or None  # sfn={"element": "fe"} means Fe
         composition = self.md.get("composition") or None  # None: the predictor asks in its no-composition mode
         if not absorber:
             absorber = _absorber_of_scan(columns, _elements_or_none(composition))
