@@ -134,6 +134,12 @@ def test_xdi_angle_column_becomes_energy_through_the_d_spacing(tmp_path):
         xanes_channels(read_spectrum(path))
 
 
+def test_a_footer_after_the_table_is_not_data(tmp_path):
+    path = tmp_path / "footer.csv"
+    path.write_text((DATA / "fe_synthetic.csv").read_text() + "END OF DATA\n")
+    assert len(read_spectrum(path).columns["mu"]) == len(read_spectrum(DATA / "fe_synthetic.csv").columns["mu"])
+
+
 def test_header_symbols_in_any_case_name_the_absorber(tmp_path):
     path = tmp_path / "lower.xdi"
     path.write_text((DATA / "cu_synthetic.xdi").read_text().replace("Element.symbol: Cu", "Element.symbol: cu"))

@@ -162,6 +162,8 @@ def _read_columns(path: Path, lines: list[str]) -> SpectrumFile:
             data.append((number, stripped))
         else:
             header.append(stripped)
+    while data and not _looks_numeric(data[-1][1]):
+        header.append(data.pop()[1])  # a footer after the table ("END", "*RAS_INT_END")
     if not data:
         raise SpectrumFileError(f"{path}: no numeric data lines found")
     if len(data) > 1 and len(_fields(data[0][1])) == 1 < len(_fields(data[1][1])):
