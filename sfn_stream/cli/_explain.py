@@ -84,10 +84,13 @@ def _extra_edges_checked(args) -> dict[str, Path]:
 
 
 def _explain_file(path: Path, args, composition, flags, extra_edges) -> dict:
+    from sfn_stream.core.predict import parse_elements
     from sfn_stream.core.spectra import SpectrumFileError, preprocess_xanes_file
 
+    elements = parse_elements(composition)[0] if composition else None  # checked by _composition already
+    absorber = args.absorber and args.absorber.strip()[:1].upper() + args.absorber.strip()[1:].lower()
     try:
-        window = preprocess_xanes_file(path, absorber=args.absorber)
+        window = preprocess_xanes_file(path, absorber=absorber, elements=elements)
     except (SpectrumFileError, ValueError) as err:
         message = str(err)
         raise CliError(message if str(path) in message else f"{path}: {message}") from err
