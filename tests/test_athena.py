@@ -122,3 +122,12 @@ def test_several_files_and_projects_in_one_call(tmp_path, capsys):
     assert [r["file"] for r in results][2:] == [f"{project}#a", f"{project}#b"]
     assert all(r["status"] in ("ok", "flagged") for i, r in enumerate(results) if i != 1)
     assert main(["predict", "xanes", str(DATA / "fe_synthetic.csv"), str(project), "--edge", "Cr=x.csv"]) == 2
+
+
+def test_a_project_that_unpacks_beyond_the_limit_is_refused(tmp_path, monkeypatch):
+    from sfn_stream.core.spectra import InputTooLargeError
+
+    path = _demeter_project(tmp_path / "fe.prj", [(f"copy {i}", {}) for i in range(60)])  # packs > 8-fold
+    monkeypatch.setenv("SFN_MAX_INPUT_BYTES", str(path.stat().st_size))  # the packed file passes, its text not
+    with pytest.raises(InputTooLargeError, match="unpacks to more than"):
+        read_athena(path)

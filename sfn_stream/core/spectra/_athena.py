@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import SpectrumFile, SpectrumFileError, check_input_size, max_input_bytes
+from ._files import InputTooLargeError, SpectrumFile, SpectrumFileError, check_input_size, max_input_bytes
 
 __all__ = ["is_athena_project", "read_athena"]
 
@@ -34,10 +34,14 @@ def _text(path: Path) -> str | None:
     check_input_size(path)
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        try:  # a decompression bomb stops at the input limit
-            raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, max_input_bytes() * 8)
+        limit = max_input_bytes() * 8
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:  # a decompression bomb stops at the limit
+            raw = inflater.decompress(raw, limit)
         except (zlib.error, EOFError, gzip.BadGzipFile) as exc:
             raise SpectrumFileError(f"{path}: a gzip file that cannot be read ({exc})") from None
+        if inflater.unconsumed_tail:
+            raise InputTooLargeError(f"{path}: unpacks to more than {limit} bytes, more than any project of spectra")
     head = raw[:500].decode("utf-8", errors="replace")
     if _SIGNATURE not in head:
         return None
