@@ -142,3 +142,19 @@ def test_bench_passes_its_own_options_to_the_benchmark(capsys):
     with pytest.raises(SystemExit) as exit_info:  # the benchmark's own parser prints its help
         main(["bench", "xanes-model", "--help"])
     assert exit_info.value.code == 0 and "--bundle" in capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path, monkeypatch, capsys):
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    path = tmp_path / "scan.csv"
+    energy = np.linspace(8800, 9300, 400)
+    path.write_text("energy,mu\n" + "\n".join(f"{e},{np.arctan((e - 8981) / 2)}" for e in energy))
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["predict", "xanes", str(path), "--elements", "Cu,O", "--json"]) == 141
+    assert "Traceback" not in capsys.readouterr().err

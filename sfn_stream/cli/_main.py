@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ._common import EXIT_USAGE, CliError
@@ -54,6 +55,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("sfn-stream: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`... --json | head`): stop quietly, as Unix tools do
+        _silence_stdout()
+        return 141
     except (ValueError, FileNotFoundError) as err:  # bad input that reached a library call
         print(f"sfn-stream: {err}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit does not fail on the closed pipe again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        pass
