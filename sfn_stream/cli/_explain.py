@@ -85,10 +85,10 @@ def _extra_edges_checked(args) -> dict[str, Path]:
 
 def _explain_file(path: Path, args, composition, flags, extra_edges) -> dict:
     from sfn_stream.core.predict import parse_elements
-    from sfn_stream.core.spectra import SpectrumFileError, preprocess_xanes_file
+    from sfn_stream.core.spectra import SpectrumFileError, element_symbol, preprocess_xanes_file
 
     elements = parse_elements(composition)[0] if composition else None  # checked by _composition already
-    absorber = args.absorber and args.absorber.strip()[:1].upper() + args.absorber.strip()[1:].lower()
+    absorber = args.absorber and element_symbol(args.absorber)
     try:
         window = preprocess_xanes_file(path, absorber=absorber, elements=elements)
     except (SpectrumFileError, ValueError) as err:

@@ -78,12 +78,13 @@ def _xanes_scans(args) -> list[tuple[str, dict | Exception]]:
         xanes_channels,
     )
 
-    if args.group and not any(is_athena_project(path) for path in args.files):
-        raise CliError("--group chooses groups of an Athena project; no FILE is one")
     scans: list[tuple[str, dict | Exception]] = []
+    projects = [path for path in args.files if is_athena_project(path)]
+    if args.group and not projects:
+        raise CliError("--group chooses groups of an Athena project; no FILE is one")
     for path in args.files:
         try:
-            if is_athena_project(path):
+            if path in projects:
                 scans += [(s.path, xanes_channels(s)) for s in read_athena(path, args.group)]
             else:
                 scans.append((str(path), xanes_channels(read_spectrum(path))))
@@ -95,8 +96,9 @@ def _xanes_scans(args) -> list[tuple[str, dict | Exception]]:
 
 
 def _predict_xanes(args, name: str, channels: dict, registry) -> dict:
-    absorber = args.absorber or channels.pop("absorber", None) or _absorber_of_scan(args, name, channels)
-    absorber = absorber and absorber.strip()[:1].upper() + absorber.strip()[1:].lower()  # --absorber fe is Fe
+    from sfn_stream.core.spectra import element_symbol, find_absorber
+
+    absorber = element_symbol(args.absorber) if args.absorber else find_absorber(channels, name, _candidates(args))[0]
     channels.pop("absorber", None)
     channels.pop("edge", None)
     if not absorber:
@@ -123,17 +125,14 @@ def _predict_xanes(args, name: str, channels: dict, registry) -> dict:
     return result
 
 
-def _absorber_of_scan(args, name: str, channels: dict):
-    """The K edge the energies show (among the sample's elements when given), else the one the file name names."""
+def _candidates(args) -> list[str] | None:
+    """The sample's elements, which narrow the absorber the energies may show."""
     from sfn_stream.core.predict import CompositionError
-    from sfn_stream.core.spectra import absorber_from_filename, absorber_from_scan
 
     try:
-        candidates = _elements(args.elements) if args.elements else None
+        return _elements(args.elements) if args.elements else None
     except CompositionError:
-        candidates = None  # the predictor says what is wrong with --elements
-    arrays = {k: channels.get(k) for k in ("mu", "i0", "it", "ifluor")}
-    return absorber_from_scan(channels["energy"], candidates=candidates, **arrays) or absorber_from_filename(name)
+        return None  # the predictor says what is wrong with --elements
 
 
 def _extra_edges(items: list[str], absorber: str) -> dict[str, Path]:

@@ -21,6 +21,8 @@ def parse_elements(composition: str | Sequence[str]) -> tuple[list[str], dict[st
     """
     from pymatgen.core import Composition, Element
 
+    from sfn_stream.core.spectra import element_symbol
+
     if isinstance(composition, str):
         text = composition.strip()
         if not text:
@@ -37,7 +39,7 @@ def parse_elements(composition: str | Sequence[str]) -> tuple[list[str], dict[st
             return list(fractions), fractions
     else:
         symbols = [str(s).strip() for s in composition]
-    symbols = [s[:1].upper() + s[1:].lower() if s.isalpha() else s for s in symbols]  # in a list, 'fe' can only be Fe
+    symbols = [element_symbol(s) if s.isalpha() else s for s in symbols]  # in a list, 'fe' can only be Fe
     unknown = [s for s in symbols if not Element.is_valid_symbol(s)]
     if unknown:
         raise CompositionError(f"unknown element symbol(s): {', '.join(unknown)}")

@@ -9,19 +9,23 @@ from ._edges import (
     TRANSITION_METALS_3D,
     UnknownEdgeError,
     edge_energy,
+    element_symbol,
     k_edge_energy,
 )
 from ._athena import is_athena_project, read_athena
 from ._powder import CU_K_ALPHA1, PowderFile, read_powder_file
-from ._readers import (
+from ._files import (
     MAX_INPUT_BYTES,
     MAX_INPUT_BYTES_VARIABLE,
     InputTooLargeError,
     SpectrumFile,
     SpectrumFileError,
-    absorber_from_filename,
     check_input_size,
     max_input_bytes,
+)
+from ._readers import (
+    absorber_from_filename,
+    find_absorber,
     preprocess_xanes_file,
     read_spectrum,
     read_xy,

@@ -14,6 +14,7 @@ __all__ = [
     "TRANSITION_METALS_3D",
     "UnknownEdgeError",
     "edge_energy",
+    "element_symbol",
     "k_edge_energy",
 ]
 
@@ -52,7 +53,9 @@ K_EDGE_ENERGIES: dict[str, float] = {
 TRANSITION_METALS_3D: tuple[str, ...] = ("Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn")
 
 
-def _normalise_symbol(element: str) -> str:
+def element_symbol(element: str) -> str:
+    """A chemical symbol as the periodic table writes it, from any case ('fe', 'FE' -> 'Fe'): headers, options and
+    start documents write them all ways."""
     if not isinstance(element, str) or not element.strip():
         raise UnknownEdgeError(f"element must be a chemical symbol such as 'Cu', got {element!r}")
     text = element.strip()
@@ -61,7 +64,7 @@ def _normalise_symbol(element: str) -> str:
 
 def k_edge_energy(element: str) -> float:
     """Tabulated K-edge energy (eV) of ``element`` (symbol, case-insensitive)."""
-    symbol = _normalise_symbol(element)
+    symbol = element_symbol(element)
     try:
         return K_EDGE_ENERGIES[symbol]
     except KeyError:

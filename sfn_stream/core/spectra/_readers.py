@@ -15,14 +15,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "MAX_INPUT_BYTES",
-    "MAX_INPUT_BYTES_VARIABLE",
-    "InputTooLargeError",
-    "SpectrumFile",
-    "SpectrumFileError",
     "absorber_from_filename",
-    "check_input_size",
-    "max_input_bytes",
+    "find_absorber",
     "preprocess_xanes_file",
     "read_spectrum",
     "read_xy",
@@ -31,16 +25,8 @@ __all__ = [
 
 
 from ._athena import is_athena_project, read_athena
-from ._files import (
-    MAX_INPUT_BYTES,
-    MAX_INPUT_BYTES_VARIABLE,
-    InputTooLargeError,
-    SpectrumFile,
-    SpectrumFileError,
-    check_input_size,
-    max_input_bytes,
-    read_lines,
-)
+from ._edges import TRANSITION_METALS_3D, element_symbol
+from ._files import SpectrumFile, SpectrumFileError, read_lines
 
 
 _FIELD = re.compile(r"^([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)\s*:\s*(.*)$")
@@ -288,7 +274,7 @@ def xanes_channels(spectrum: SpectrumFile) -> dict[str, Any]:
             out["it"], out["iref"] = found["it"], found["iref"]
     symbol = (spectrum.meta("Element.symbol") or "").strip()
     if symbol:
-        out["absorber"] = symbol[:1].upper() + symbol[1:].lower()  # headers write fe and FE too
+        out["absorber"] = element_symbol(symbol)  # headers write fe and FE too
     edge = spectrum.meta("Element.edge")
     if edge:
         out["edge"] = edge.strip()
@@ -318,8 +304,6 @@ def absorber_from_filename(name: str | Path) -> str | None:
     A token matches when it is the symbol itself (any case), or starts with the symbol followed
     by a digit, an upper-case letter or nothing else (CuHERFD, Fe3O4, mn2s).
     """
-    from ._edges import TRANSITION_METALS_3D
-
     stem = Path(name).name.rsplit(".", 1)[0]
     for token in re.split(r"[^A-Za-z0-9]+", stem):
         for symbol in TRANSITION_METALS_3D:
@@ -333,23 +317,34 @@ def absorber_from_filename(name: str | Path) -> str | None:
     return None
 
 
+def find_absorber(channels: dict[str, Any], name: str | Path, elements: Any = None) -> tuple[str | None, str | None]:
+    """``(absorber, source)`` of a file's scan, given its :func:`xanes_channels`: the header's ``Element.symbol``
+    ("header"), else the 3d-metal K edge the energies show, among ``elements`` when given
+    (:func:`absorber_from_scan`, "energies"), else the one the file name names ("file_name"); ``(None, None)``."""
+    from ._xanes import absorber_from_scan
+
+    if channels.get("absorber"):
+        return channels["absorber"], "header"
+    scanned = {k: channels.get(k) for k in ("mu", "i0", "it", "ifluor")}
+    found = absorber_from_scan(channels["energy"], candidates=elements, **scanned)
+    if found:
+        return found, "energies"
+    found = absorber_from_filename(name)
+    return (found, "file_name") if found else (None, None)
+
+
 def preprocess_xanes_file(path: str | Path, absorber: str | None = None, *, elements: Any = None, **options: Any):
     """Read a spectrum file and run :func:`preprocess_xanes` on it.
 
-    The absorber is ``absorber`` if given, else the XDI ``Element.symbol``, else the 3d-metal K edge
-    the energies show (:func:`absorber_from_scan`; among ``elements`` when given), else the one the file name names
-    (:func:`absorber_from_filename`). Raises :class:`SpectrumFileError` for an unreadable file or
-    when no absorber can be determined.
+    The absorber is ``absorber`` if given, else :func:`find_absorber` (header, energies among ``elements``, file
+    name). Raises :class:`SpectrumFileError` for an unreadable file or when no absorber can be determined.
     """
-    from ._xanes import absorber_from_scan, preprocess_xanes
+    from ._xanes import preprocess_xanes
 
-    spectrum = read_spectrum(path)
-    arguments = xanes_channels(spectrum)
+    arguments = xanes_channels(read_spectrum(path))
+    chosen = element_symbol(absorber) if absorber else find_absorber(arguments, path, elements)[0]
     arguments.pop("edge", None)
-    named = arguments.pop("absorber", None)
-    scanned = {k: arguments.get(k) for k in ("mu", "i0", "it", "ifluor")}
-    chosen = (absorber or named or absorber_from_scan(arguments["energy"], candidates=elements, **scanned)
-              or absorber_from_filename(path))
+    arguments.pop("absorber", None)
     if not chosen:
         raise SpectrumFileError(
             f"{path}: no absorber given, none in the header (Element.symbol), no single 3d-metal K edge in "

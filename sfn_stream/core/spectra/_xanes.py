@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sfn_stream.core.serialize import json_safe
-from ._edges import K_EDGE_ENERGIES, edge_energy
+from ._edges import K_EDGE_ENERGIES, TRANSITION_METALS_3D, edge_energy, element_symbol
 
 __all__ = [
     "E0_METHOD",
@@ -438,9 +438,7 @@ def absorber_from_scan(energy: Any, mu: Any = None, *, i0: Any = None, it: Any =
     the scanned range, or, when several are inside, the one nearest the steepest rise (within
     ``XANES_DEFAULTS.e0_max_shift``). ``candidates`` (the sample's elements) limits the choice. None when no
     edge qualifies or the data cannot tell."""
-    from ._edges import TRANSITION_METALS_3D
-
-    allowed = [m for m in TRANSITION_METALS_3D if candidates is None or m in set(candidates)]
+    allowed = [m for m in TRANSITION_METALS_3D if candidates is None or m in candidates]
     energy = _as_1d("energy", energy)
     if energy is None or not allowed:
         return None
@@ -513,7 +511,7 @@ def preprocess_xanes(
     :class:`XanesInputError` for wrong calls and ``UnknownEdgeError`` for an unknown absorber.
     """
     e_ref = edge_energy(absorber, edge)
-    symbol = absorber.strip()[0].upper() + absorber.strip()[1:].lower()
+    symbol = element_symbol(absorber)
     arrays = {name: _as_1d(name, value) for name, value in
               (("energy", energy), ("mu", mu), ("i0", i0), ("it", it), ("ifluor", ifluor), ("iref", iref))}
     energy_arr = arrays["energy"]

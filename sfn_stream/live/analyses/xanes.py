@@ -30,7 +30,7 @@ from sfn_stream.core.predict import (
     summary_fields,
     value_fields,
 )
-from sfn_stream.core.spectra import absorber_from_scan
+from sfn_stream.core.spectra import absorber_from_scan, element_symbol
 from sfn_stream.live.documents import exit_flag, run_summary
 from .base import BaseAnalysis, Insufficient, RunContext, bundle_classes, bundle_id, register_analysis
 from .samples import SAMPLE_STREAM, MeasuredEdge, SampleFusion
@@ -199,8 +199,8 @@ class XanesAnalysis(BaseAnalysis):
     def _request(self, columns) -> tuple[str | None, Any, list[str]]:
         """The absorber (given, or found from the scanned range), the composition and the run's flags."""
         flags = list(self.metadata_flags)
-        absorber = str(self.md.get("element") or "").strip()
-        absorber = absorber[:1].upper() + absorber[1:].lower() or None  # sfn={"element": "fe"} means Fe
+        given = str(self.md.get("element") or "").strip()
+        absorber = element_symbol(given) if given else None  # sfn={"element": "fe"} means Fe
         composition = self.md.get("composition") or None  # None: the predictor asks in its no-composition mode
         if not absorber:
             absorber = _absorber_of_scan(columns, _elements_or_none(composition))

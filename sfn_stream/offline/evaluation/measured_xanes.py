@@ -22,8 +22,7 @@ import numpy as np
 from sfn_stream.core.spectra import (
     K_EDGE_ENERGIES,
     SpectrumFileError,
-    absorber_from_filename,
-    absorber_from_scan,
+    find_absorber,
     find_e0,
     preprocess_xanes,
     read_spectrum,
@@ -86,13 +85,9 @@ def process_file(folder: Path, path: Path, labels: dict[str, dict[str, str]]) ->
         absorber, source = label["absorber"], "labels.csv"
         if header_absorber and header_absorber.lower() != absorber.lower():
             row["absorber_conflict"] = f"labels.csv says {absorber}, header says {header_absorber}"
-    elif header_absorber:
-        absorber, source = header_absorber, "xdi_header"
     else:
-        scanned = {k: arguments.get(k) for k in ("mu", "i0", "it", "ifluor")}
-        absorber, source = absorber_from_scan(arguments["energy"], **scanned), "energies"
-        if not absorber:
-            absorber, source = absorber_from_filename(path), "file_name"
+        absorber, source = find_absorber({**arguments, "absorber": header_absorber}, path)
+        source = {"header": "xdi_header"}.get(source, source)
     row.update(absorber=absorber, absorber_source=source if absorber else None, format=spectrum.format)
     row["foil"] = is_foil(relative, label, absorber)
     if not absorber:

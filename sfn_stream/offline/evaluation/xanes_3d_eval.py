@@ -330,15 +330,17 @@ def evaluate_xanes(bundle_path: str | Path | None = None, *, cu_bundle_path: str
 
     bundle = load_bundle(bundle_path or models_dir() / XANES_3D_BUNDLE)
     ensemble = XanesEnsemble.from_bundle(bundle)
-    cu_bundle = load_bundle(cu_bundle_path or models_dir() / "xanes-specfusion")
-    cu_ensemble = XanesEnsemble.from_bundle(cu_bundle)
     materials, splits = load_training_materials(progress=progress)
     assignment = split_of(splits)
     baselines = CompositionBaselines([m for m in materials if assignment.get(m.material_id) == "train"])
-    units = test_units(materials, splits)
-    report: dict[str, Any] = {"bundle": bundle.id, "cu_bundle": cu_bundle.id, "splits": "data/splits/xanes_3d_splits.json",
+    report: dict[str, Any] = {"bundle": bundle.id, "splits": "data/splits/xanes_3d_splits.json",
                               "corpus_content_hash": snapshot_hash(paths.CORPUS_DIR),
                               "edges": "one edge per example (the absorber's own spectrum)", "results": {}}
+    if simulated:
+        cu_bundle = load_bundle(cu_bundle_path or models_dir() / "xanes-specfusion")
+        cu_ensemble = XanesEnsemble.from_bundle(cu_bundle)
+        report["cu_bundle"] = cu_bundle.id
+        units = test_units(materials, splits)
     for mode in MODES if simulated else ():
         predictions = predict_units(ensemble, units, mode)
         cu_units = [i for i, u in enumerate(units) if u.absorber == "Cu"]
@@ -516,7 +518,7 @@ def _best(prediction: Mapping[str, Any]) -> tuple[Any, float]:
 
 
 def format_report(report: Mapping[str, Any]) -> list[str]:
-    lines = [f"model {report['bundle']}   Cu bundle {report['cu_bundle']}   splits {report['splits']}",
+    lines = [f"model {report['bundle']}   Cu bundle {report.get('cu_bundle', '-')}   splits {report['splits']}",
              f"{report['edges']}; acc = accuracy, F1 = macro-F1; rule = composition-only rule, maj = majority class; "
              "rho: density MAE of the model, the training mean and the composition rule (formula: volume increments; "
              "elements: the element set's training mean)"]
