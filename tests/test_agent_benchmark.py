@@ -14,6 +14,7 @@ from sfn_stream.offline.evaluation.agent_benchmark import (
     load_samples,
     measured_and_unmeasured,
     stop_at,
+    stop_limits,
     stopping_tradeoff,
 )
 
@@ -26,6 +27,24 @@ def test_a_rule_stops_at_the_first_step_confident_enough_or_without_an_edge_wort
     assert stop_at(path, 10.0, 1.01)["edges"] == 1  # the open edges are worth less than 10 bits/h
     assert stop_at(path, 5.0, 1.01)["edges"] == 2
     assert stop_at(path, 0.0, 1.01)["edges"] == 3  # never early: the last step
+
+
+def _step(edges, confidence, best_score, accuracy):
+    return {"edges": edges, "confidence": confidence, "best_score": best_score, "accuracy": accuracy}
+
+
+def test_the_best_possible_stop_spends_only_the_accuracy_the_tolerance_allows():
+    settled = ([_step(1, 0.9, 1.0, 1.0), _step(2, 0.95, -math.inf, 1.0)], 2)  # the first edge says it all
+    open_ = ([_step(1, 0.5, 9.0, 0.5), _step(2, 0.9, -math.inf, 1.0)], 2)  # the second edge corrects half
+    limits = stop_limits([settled, open_])
+    assert limits["need_more_than_one_edge"] == 1
+    assert limits["best_stop_fraction"] == pytest.approx((0.5 + 1.0) / 2)  # stopping open_ early costs 0.25 > 0.01
+    assert limits["best_stop_accuracy"] == pytest.approx(1.0)
+    assert limits["auc"] == {"confidence": 1.0, "bits_per_hour": 1.0}  # both signals single out open_
+    nearly = ([_step(1, 0.8, 2.0, 0.995), _step(2, 0.9, -math.inf, 1.0)], 2)  # 0.005 short: within 1 %
+    assert stop_limits([nearly])["best_stop_fraction"] == pytest.approx(0.5)
+    assert stop_limits([nearly])["auc"]["confidence"] is None  # one kind of sample only: nothing to tell apart
+    assert stop_limits([]) == {}
 
 
 @pytest.fixture(scope="module")

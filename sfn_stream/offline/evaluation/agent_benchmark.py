@@ -333,11 +333,7 @@ def stopping_tradeoff(samples: Sequence[Sample], beliefs: Beliefs, calibration: 
     of the sample's edges at its stop and the accuracy there. A user picks the knobs from this; a target such
     as "within 1 % with at most 60 % of the edges" that lies above both curves is out of reach of the model's
     confidence: it cannot tell which samples still need an edge."""
-    walks = []
-    for sample in samples:
-        path = stop_path(sample, beliefs, calibration, fusion.covered(sample.metals))
-        if path and not math.isnan(path[-1]["accuracy"]):
-            walks.append((path, len(sample.metals)))
+    walks = stop_walks(samples, beliefs, calibration, fusion)
 
     def point(min_bits: float, confidence: float) -> dict[str, float]:
         stops = [(stop_at(path, min_bits, confidence), n) for path, n in walks]
@@ -348,6 +344,71 @@ def stopping_tradeoff(samples: Sequence[Sample], beliefs: Beliefs, calibration: 
 
     return {"target_confidence": [point(0.0, c) for c in TRADEOFF_CONFIDENCES],
             "min_bits_per_hour": [point(b, rule["target_confidence"]) for b in TRADEOFF_BITS_PER_HOUR]}
+
+
+def stop_walks(samples: Sequence[Sample], beliefs: Beliefs, calibration: EdgeCalibration, fusion: ModelFusion
+               ) -> list[tuple[list[dict[str, float]], int]]:
+    """(the agent's never-stopping path, number of edges) of every sample whose labels can be scored."""
+    walks = []
+    for sample in samples:
+        path = stop_path(sample, beliefs, calibration, fusion.covered(sample.metals))
+        if path and not math.isnan(path[-1]["accuracy"]):
+            walks.append((path, len(sample.metals)))
+    return walks
+
+
+def stop_limits(walks: Sequence[tuple[Sequence[Mapping[str, float]], int]]) -> dict[str, Any]:
+    """How far any stopping rule could go with this model, in the agent's order.
+
+    - ``need_more_than_one_edge``: samples whose accuracy after the first edge is below that with every edge;
+    - ``best_stop_fraction``: the share of each sample's edges that a stop knowing the labels would spend
+      while its mean accuracy stays within ``ACCURACY_TOLERANCE`` of the all-edge accuracy (the first edge
+      always measured; greedy): each sample starts at its first step as accurate as every edge, then steps
+      back, cheapest accuracy per edge saved first, while the tolerance allows. A target below it is out of
+      reach of any rule on this model;
+    - ``auc``: how well the signals the rule reads after the first edge (least calibrated confidence, best open
+      edge's bits per hour) tell the samples that need more edges from those that do not (0.5: not at all,
+      1: perfectly)."""
+    if not walks:
+        return {}
+    n = len(walks)
+    full = [path[-1]["accuracy"] for path, _ in walks]
+    chosen = [next(i for i, step in enumerate(path) if step["accuracy"] >= f - 1e-9)
+              for (path, _), f in zip(walks, full)]
+    # accuracy that may still be given up: the stops' total above (all-edge mean - tolerance) x samples
+    budget = (sum(path[i]["accuracy"] for (path, _), i in zip(walks, chosen))
+              - n * (np.mean(full) - ACCURACY_TOLERANCE))
+    moves = []
+    for w, ((path, _), f) in enumerate(zip(walks, full)):
+        for i in range(chosen[w]):
+            moves.append(((f - path[i]["accuracy"]) / (chosen[w] - i), w, i))
+    spent = 0.0
+    for _, w, i in sorted(moves):
+        if i >= chosen[w]:
+            continue
+        cost = walks[w][0][chosen[w]]["accuracy"] - walks[w][0][i]["accuracy"]
+        if spent + cost <= budget + 1e-12:
+            spent += cost
+            chosen[w] = i
+    need = [path[0]["accuracy"] < f - 1e-9 for (path, _), f in zip(walks, full)]
+    first = [path[0] for path, _ in walks]
+    return {"n_samples": n, "need_more_than_one_edge": int(sum(need)),
+            "best_stop_fraction": round(float(np.mean([walks[w][0][i]["edges"] / walks[w][1]
+                                                        for w, i in enumerate(chosen)])), 3),
+            "best_stop_accuracy": round(float(np.mean([walks[w][0][i]["accuracy"] for w, i in enumerate(chosen)])), 4),
+            "all_edge_accuracy": round(float(np.mean(full)), 4),
+            "auc": {"confidence": _auc([-s["confidence"] for s in first], need),
+                    "bits_per_hour": _auc([s["best_score"] for s in first], need)}}
+
+
+def _auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Probability that a positive scores above a negative (ties count half); None without both kinds."""
+    pos = [s for s, p in zip(scores, positive) if p]
+    neg = [s for s, p in zip(scores, positive) if not p]
+    if not pos or not neg:
+        return None
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return round(wins / (len(pos) * len(neg)), 3)
 
 
 # -- strategies ---------------------------------------------------------------------------------------
@@ -440,7 +501,8 @@ def evaluate(samples: Sequence[Sample], fusion: ModelFusion, calibration: EdgeCa
     return {**_summarise(per_sample, curves, latencies, max_k), "skipped_without_labels": unlabelled,
             "measured_and_unmeasured": measured_and_unmeasured(labelled, beliefs, calibration),
             "stopping_tradeoff": stopping_tradeoff(labelled, beliefs, calibration, fusion,
-                                                   options.stopping(calibration))}
+                                                   options.stopping(calibration)),
+            "stop_limits": stop_limits(stop_walks(labelled, beliefs, calibration, fusion))}
 
 
 def _hindsight(sample: Sample, accuracy: _AccuracyOf, full: float) -> dict[str, float]:
@@ -618,6 +680,11 @@ def _plot_tradeoff(ax, result: Mapping[str, Any], tradeoff: Mapping[str, list]) 
                         textcoords="offset points", xytext=(3, -9))
     agent = result["agent"]
     ax.plot([agent["fraction_of_edges_at_stop"]], [agent["accuracy_at_stop"]], "k*", ms=12, label="fitted rule")
+    limits = result.get("stop_limits") or {}
+    if limits:  # no rule reading this model can do better than a stop that knew the labels
+        ax.plot([limits["best_stop_fraction"]], [limits["best_stop_accuracy"]], "X", color="C3", ms=10,
+                label="a stop that knew the labels")
+        ys.append(limits["best_stop_accuracy"])
     lo = min(min(ys), min(random[k] for k in ks)) - 0.01
     hi = max(max(ys), full) + 0.01
     ax.fill_between([0.0, 0.6], full - 0.01, hi, color="0.85", zorder=0,
@@ -750,6 +817,15 @@ def _print(r: Mapping[str, Any]) -> None:
         print("  " + "  ".join(f"k={row['edges']}: " + " / ".join("-" if row[g] is None else f"{row[g]:.3f}"
                                                                for g in ("measured", "unmeasured"))
                               for row in split))
+    limits = r.get("stop_limits") or {}
+    if limits:
+        auc = limits["auc"]
+        print(f"what any stopping rule could do in the agent's order: {limits['need_more_than_one_edge']} of "
+              f"{limits['n_samples']} samples lose accuracy if stopped after their first edge; a stop that knew the "
+              f"labels: {100 * limits['best_stop_fraction']:.0f} % of the edges at {limits['best_stop_accuracy']:.3f} "
+              f"(all edges {limits['all_edge_accuracy']:.3f}); the rule's signals after the first edge tell those "
+              f"samples apart with AUC {_fmt_auc(auc['confidence'])} (confidence), "
+              f"{_fmt_auc(auc['bits_per_hour'])} (bits/h)")
     need = r["edges_to_reach_all_edge_accuracy"]
     print("edges to reach the all-edge accuracy (oracle stop): " + ", ".join(f"{s} {v:.2f}" for s, v in need.items()))
     hindsight = r.get("hindsight")
@@ -778,6 +854,10 @@ def _print(r: Mapping[str, Any]) -> None:
             print(f"  after a PXRD run (the suggestion waits for the PXRD analysis): p50 {pxrd['p50']:.0f} ms, "
                   f"max {pxrd['max']:.0f} ms ({pxrd['n']} decisions)")
     print(f"plot: {r['plot']}")
+
+
+def _fmt_auc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":
