@@ -248,6 +248,8 @@ def test_evaluate_xanes_reports_every_metal_in_both_modes_beside_the_baselines(c
             scores = table[POOLED][head]["model"]
             assert 0 <= scores["ece"] <= 1 and 0 < scores["ece_if_calibrated"] < 1
             assert sum(n for n, _, _ in scores["reliability"]) == table[POOLED][head]["n"]  # every unit in a bin
+    mix = report["results"]["test/elements"]["by_site_mix"]["coordination_number"]  # every labelled unit, once
+    assert mix["one"]["n"] + mix.get("several", {"n": 0})["n"] == table[POOLED]["coordination_number"]["n"]
     assert (tmp_path / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = json.loads((bundle / "card.json").read_text())  # --write-card: the summary with its interval
     summary = card["metrics"]["summary_elements_only_test"]
@@ -463,6 +465,31 @@ def test_bundles_of_one_architecture_combine_into_one_recalibrated_ensemble(tmp_
     different = save_bundle(tmp_path / "other", other, shipped.load_weights())
     with pytest.raises(TrainingDataError, match="architecture"):
         combine_xanes3d_bundles([shipped.path, different.path], tmp_path / "refused", progress=False)
+
+
+def test_site_mix_scores_keep_absorbers_with_one_cn_apart_from_those_whose_sites_differ():
+    from types import SimpleNamespace
+
+    from sfn_stream.offline.evaluation.xanes_3d_eval import Unit, site_mix_scores
+
+    def unit(cn, cn_mixed, ox_mean):
+        labels = {"coordination_number": cn, "cn_mixed": cn_mixed, "oxidation_state": round(ox_mean),
+                  "oxidation_state_mean": ox_mean}
+        return Unit(SimpleNamespace(metal_labels={"Fe": labels}, labels={}), "Fe", "feff10", None, False)
+
+    def said(cn, ox):
+        return {"per_element": {"Fe": {"coordination_number": {"classes": [4, 5, 6], "probabilities": [
+            0.8 if c == cn else 0.1 for c in (4, 5, 6)]}, "oxidation_state": {"classes": [2, 3], "probabilities": [
+            0.9 if c == ox else 0.1 for c in (2, 3)]}}}}
+
+    units = [unit(6, False, 3.0), unit(4, False, 2.0), unit(5, True, 2.67), unit(6, None, 3.0)]
+    predictions = [said(6, 3), said(6, 2), said(4, 2), said(6, 3)]
+    mix = site_mix_scores(units, predictions)
+    assert mix["coordination_number"]["one"] == {"n": 2, "accuracy_mean_over_metals": 0.5, "accuracy_pooled": 0.5}
+    assert mix["coordination_number"]["several"]["n"] == 1  # Fe3O4-like: label 5, no site has it; read 4
+    assert mix["coordination_number"]["several"]["accuracy_pooled"] == 0.0  # the unit without a flag is left out
+    assert mix["oxidation_state"]["one"]["n"] == 3 and mix["oxidation_state"]["several"]["n"] == 1
+    assert mix["oxidation_state"]["several"]["accuracy_pooled"] == 0.0  # label round(2.67) = 3, read 2
 
 
 def test_volume_increments_recover_the_atomic_volumes_the_densities_were_made_from():

@@ -357,12 +357,41 @@ def evaluate_xanes(bundle_path: str | Path | None = None, *, cu_bundle_path: str
                 table[group] = evaluate_group(group_units, [predictions[i] for i in rows], cu, baselines, mode)
             pooled = [i for i in chosen if units[i].source == "feff10"]
             table[POOLED] = evaluate_group([units[i] for i in pooled], [predictions[i] for i in pooled], None, baselines, mode)
-            report["results"][f"{test_set}/{mode}"] = {"per_absorber": table, "mean_over_metals": _means(table)}
+            report["results"][f"{test_set}/{mode}"] = {"per_absorber": table, "mean_over_metals": _means(table),
+                                                       "by_site_mix": site_mix_scores([units[i] for i in pooled],
+                                                                                      [predictions[i] for i in pooled])}
     if simulated:
         report["multi_edge"] = evaluate_multi_edge(ensemble, units, baselines)
     if dev or measured is not None:
         report["measured_dev"] = evaluate_dev(ensemble, baselines, measured)
     return report
+
+
+def site_mix_scores(units: Sequence[Unit], predictions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Accuracy on absorbers whose sites agree against those whose sites differ: CN where the sites have
+    several CNs (the label is their multiplicity-weighted mean, rounded: a class no site may have), oxidation
+    state where the bond-valence mean is not an integer (mixed valence, e.g. Fe3O4). Mean over the metals with
+    units of that kind, and pooled."""
+    kinds = {"coordination_number": lambda labels: labels.get("cn_mixed"),
+             "oxidation_state": lambda labels: _non_integer(labels.get("oxidation_state_mean"))}
+    out: dict[str, Any] = {}
+    for task, mixed_of in kinds.items():
+        hits: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+        for unit, prediction in zip(units, predictions):
+            truth, mixed = unit.label(task), mixed_of(unit.material.metal_labels.get(unit.absorber, {}))
+            if truth is None or mixed is None:
+                continue
+            predicted, _ = _best(prediction["per_element"][unit.absorber][task])
+            hits["several" if mixed else "one"][unit.absorber].append(predicted == truth)
+        out[task] = {kind: {"n": sum(len(v) for v in per_metal.values()),
+                            "accuracy_mean_over_metals": float(np.mean([np.mean(v) for v in per_metal.values()])),
+                            "accuracy_pooled": float(np.mean([x for v in per_metal.values() for x in v]))}
+                     for kind, per_metal in hits.items()}
+    return out
+
+
+def _non_integer(value: float | None) -> bool | None:
+    return None if value is None else abs(value - round(value)) > 0.05
 
 
 def evaluate_multi_edge(ensemble, units: Sequence[Unit], baselines) -> dict[str, Any]:
@@ -546,6 +575,7 @@ def format_report(report: Mapping[str, Any]) -> list[str]:
         lines.append(f"{'':12s}        ECE above what a perfectly calibrated model shows at each metal's n (max over "
                      f"metals): oxidation state {mean.get('oxidation_state_ece_excess_max', math.nan):+.3f}, "
                      f"CN {mean.get('coordination_number_ece_excess_max', math.nan):+.3f}")
+        lines.extend(_site_mix_lines(block.get("by_site_mix") or {}))
         lines.extend(_property_lines(block["per_absorber"]))
     multi = report.get("multi_edge") or {}
     if multi.get("n_units"):
@@ -581,6 +611,19 @@ def format_report(report: Mapping[str, Any]) -> list[str]:
                          f"CN {_s(r['label_cn'])}->{r['cn']} (p {r['cn_p']:.2f}, reg {_s(r.get('registry_cn'))}, "
                          f"rule {_s(r['rule_cn'])})  dE0 {r['e0_shift']:+.1f}  "
                          f"no composition: ox {_s(r.get('unknown_oxidation_state'))} CN {_s(r.get('unknown_cn'))}")
+    return lines
+
+
+def _site_mix_lines(mix: Mapping[str, Any]) -> list[str]:
+    words = {"coordination_number": ("CN", "one CN among the sites", "several"),
+             "oxidation_state": ("oxidation state", "integer valence", "mixed valence")}
+    lines = []
+    for task, kinds in mix.items():
+        name, one, several = words[task]
+        cells = [f"{label} {kinds[kind]['accuracy_mean_over_metals']:.3f} (n {kinds[kind]['n']})"
+                 for kind, label in (("one", one), ("several", several)) if kind in kinds]
+        if cells:
+            lines.append(f"{'':12s}        {name} accuracy, mean over metals: " + ", ".join(cells))
     return lines
 
 
@@ -676,6 +719,11 @@ def card_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
         "ece_max_excess_over_calibrated_floor": {task: _r(mean.get(f"{task}_ece_excess_max")) for task in ELEMENT_TASKS},
         "how": "unweighted mean over the nine metals' FEFF10 test units, one edge each, no stoichiometry",
     }
+    mix = report["results"]["test/elements"].get("by_site_mix")
+    if mix:
+        out["summary_elements_only_test"]["by_site_mix"] = {
+            task: {kind: {k: _r(v) for k, v in entry.items()} for kind, entry in kinds.items()}
+            for task, kinds in mix.items()}
     for key, block in report["results"].items():
         rows = {}
         for group, row in block["per_absorber"].items():

@@ -58,8 +58,8 @@ class CorpusMaterial:
     chemical_system: str  # sorted elements joined by '-'
     corpus_split: str
     labels: dict[str, Any]  # MATERIAL_REGRESSIONS / MATERIAL_CLASSIFICATIONS values (None = missing)
-    # absorber -> {"oxidation_state", "coordination_number"} classes, and "oxidation_state_mean" (the site-averaged
-    # bond-valence state, e.g. 2.67 for Fe3O4) where the corpus has it
+    # absorber -> {"oxidation_state", "coordination_number"} classes, "oxidation_state_mean" (the site-averaged
+    # bond-valence state, e.g. 2.67 for Fe3O4) and "cn_mixed" (its sites differ in CN) where the corpus has them
     metal_labels: dict[str, dict[str, Any]]
     edges: dict[str, EdgeSpectrum] = field(default_factory=dict)
     crystal_system: str = ""
@@ -99,6 +99,7 @@ def read_corpus_materials(corpus_dir: str | Path = paths.CORPUS_DIR, *, omnixas:
             "oxidation_state": _integer(row.oxidation_state_class),
             "coordination_number": _integer(row.cn_class),
             "oxidation_state_mean": _number(getattr(row, "oxidation_state_mean", None)),
+            "cn_mixed": _flag(getattr(row, "cn_mixed", None)),
         }
         if row.spectrum_source == FEFF10 and row.energy is not None and len(row.energy):
             material.edges[row.element] = EdgeSpectrum(row.element, FEFF10, np.asarray(row.energy, float),
