@@ -94,7 +94,7 @@ def test_predict_xrd_json(tmp_path, beamline, capsys):
     result = json.loads(out)
     cs = result["predictions"]["crystal_system"]
     assert cs["value"] in cs["probabilities"] and 0 < cs["confidence"] <= 1
-    assert result["bundle_id"].startswith("xrd-search-match@")
+    assert result["bundle_id"].startswith("xrd-indexed@")
 
 
 @pytest.mark.skipif(not have_shared(), reason="needs ../shared")

@@ -132,11 +132,12 @@ def test_named_bundle_serves_predictions_through_the_registry(bundle, table, tmp
     assert set(xrd_row(prediction, 0, CRYSTAL_SYSTEMS)) == set(xrd_row(network_prediction, 0, CRYSTAL_SYSTEMS))
 
 
-def test_search_match_is_the_default_and_the_network_stays_loadable(bundle, tmp_path):
-    (tmp_path / "xrd-crystal-system").symlink_to(models_dir() / "xrd-crystal-system")
-    (tmp_path / "xrd-search-match").symlink_to(bundle.path)
+def test_search_match_with_indexing_is_the_default_and_the_others_stay_loadable(tmp_path):
+    for name in ("xrd-crystal-system", "xrd-search-match", "xrd-indexed"):
+        (tmp_path / name).symlink_to(models_dir() / name)
     registry = ModelRegistry(tmp_path)
-    assert registry.bundle_path("xrd").name == "xrd-search-match"
+    assert registry.bundle_path("xrd").name == "xrd-indexed"
     kinds = {card.name: type(load_predictor("xrd", card.path).classifier).__name__
              for card in registry.cards() if card.kind == "xrd"}
-    assert kinds == {"xrd-crystal-system": "XrdClassifier", "xrd-search-match": "XrdSearchMatch"}
+    assert kinds == {"xrd-crystal-system": "XrdClassifier", "xrd-search-match": "XrdSearchMatch",
+                     "xrd-indexed": "XrdIndexed"}

@@ -12,7 +12,7 @@ def add_xrd_parser(which) -> None:
     xrd = which.add_parser("xrd", help="PXRD classifier: noisy formula-disjoint, clean, structure-type-disjoint and "
                            "measured patterns, beside 1-NN and majority baselines")
     xrd.add_argument("--bundle", type=Path, action="append", default=[],
-                     help="bundle folder (repeatable; default: the shipped default, models/xrd-search-match)")
+                     help="bundle folder (repeatable; default: the shipped default, models/xrd-indexed)")
     xrd.add_argument("--sticks", type=Path, help="stick table (default: data/xrd_sticks/xrd_sticks.npz)")
     xrd.add_argument("--splits-dir", type=Path,
                      help="folder of xrd_{train,val,test}.txt for --sticks (default: data/splits)")

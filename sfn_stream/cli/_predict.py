@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
                           "writes it (2th_deg, q_nm^-1, q_A^-1), else 2theta)")
     xrd.add_argument("--elements", help="the sample's elements (Mn,O; of a formula only the elements are used): the "
                                         "search-match bundle then ranks its references by chemistry too")
-    xrd.add_argument("--bundle", type=Path, help="a PXRD bundle folder instead of the default (models/xrd-search-match), "
+    xrd.add_argument("--bundle", type=Path, help="a PXRD bundle folder instead of the default (models/xrd-indexed), "
                                                  "e.g. models/xrd-ensemble or models/xrd-crystal-system")
     xrd.add_argument("--json", action="store_true", help="print JSON")
     xrd.set_defaults(run=run_xrd)

@@ -9,10 +9,12 @@ from ._common import CliError, console
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("train", help="train a model bundle (needs ../shared)")
-    parser.add_argument("model", choices=("xanes", "xanes-3d", "xrd", "xrd-search-match", "xrd-ensemble"),
+    parser.add_argument("model", choices=("xanes", "xanes-3d", "xrd", "xrd-search-match", "xrd-ensemble",
+                                          "xrd-indexed"),
                         help="xanes: the Cu bundle; xanes-3d: one model for Ti..Zn from data/corpus; xrd: crystal system; "
                         "xrd-search-match: kNN search-match over the committed stick table (no ../shared needed); "
-                        "xrd-ensemble: search-match and the xrd network mixed, fitted on validation")
+                        "xrd-ensemble: search-match and the xrd network mixed, fitted on validation; "
+                        "xrd-indexed: search-match with metric-indexing evidence, fitted on validation")
     parser.add_argument("--out", type=Path, help="bundle folder (default: models/<bundle name>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
@@ -41,7 +43,7 @@ def run(args) -> int:
 
     if args.model == "xrd-search-match":
         return _build_xrd_search_match(args)
-    if args.model == "xrd-ensemble":
+    if args.model in ("xrd-ensemble", "xrd-indexed"):
         return _build_xrd_ensemble(args)
     options = {"seed": args.seed, "progress": True}
     if args.epochs:
@@ -78,14 +80,22 @@ def _build_xrd_search_match(args) -> int:
 
 
 def _build_xrd_ensemble(args) -> int:
+    """xrd-ensemble or xrd-indexed: a combination fitted on validation over the bundles already in models/."""
     from sfn_stream.core.networks import BundleError
-    from sfn_stream.offline.training import build_xrd_ensemble_bundle
+    from sfn_stream.offline.training import build_xrd_ensemble_bundle, build_xrd_indexed_bundle
 
+    build = build_xrd_indexed_bundle if args.model == "xrd-indexed" else build_xrd_ensemble_bundle
     options = {key: value for key, value in (("sticks", args.sticks), ("splits_dir", args.splits_dir)) if value}
     try:
-        bundle = build_xrd_ensemble_bundle(args.out, seed=args.seed, **options)
+        bundle = build(args.out, seed=args.seed, **options)
     except (FileNotFoundError, ValueError, BundleError) as err:
         raise CliError(str(err)) from err
+    if args.model == "xrd-indexed":
+        noisy = bundle.card["metrics"]["val_noisy_protocol"]
+        console().print(f"wrote {bundle.path} ({bundle.id}); validation, noisy protocol, cross-validated: "
+                        f"{noisy['combined_cross_validated']['accuracy']:.3f} vs search-match "
+                        f"{noisy['search_match']['accuracy']:.3f}")
+        return 0
     fit = bundle.card["calibration"]
     console().print(f"wrote {bundle.path} ({bundle.id}); network weight {fit['network_weight']}, T {fit['temperature']}")
     return 0

@@ -29,6 +29,7 @@ from ._xrd_ensemble import (
     mix_log_linear,
     xrd_model_from_bundle,
 )
+from ._xrd_indexed import INDEXED_CLASS, LogisticCombiner, XrdIndexed, combiner_inputs, indexing_features
 from ._xrd_net import CRYSTAL_SYSTEMS, XrdClassifier, XrdCnnTransformer, architecture_of
 from ._xrd_peaks import N_SPACE_GROUPS, XrdPeakTransformer
 from ._xrd_search import ELEMENT_GROUPS, XrdSearchMatch, element_group_vector
@@ -40,6 +41,7 @@ __all__ = [
     "ELEMENT_GROUPS",
     "ELEMENT_TASK_CLASSES",
     "ENSEMBLE_CLASS",
+    "INDEXED_CLASS",
     "N_SPACE_GROUPS",
     "WEIGHTS_FILE",
     "XANES_CARD_KEYS",
@@ -55,6 +57,10 @@ __all__ = [
     "XrdClassifier",
     "XrdCnnTransformer",
     "XrdEnsemble",
+    "XrdIndexed",
+    "LogisticCombiner",
+    "combiner_inputs",
+    "indexing_features",
     "XrdPeakTransformer",
     "XrdSearchMatch",
     "architecture_of",

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._bundle import BundleError, ModelBundle, load_bundle
+from ._xrd_indexed import INDEXED_CLASS, XrdIndexed
 from ._xrd_search import SEARCH_MATCH_CLASS, XrdSearchMatch, prediction_rows
 
 ENSEMBLE_CLASS = "XrdEnsemble"
@@ -113,13 +114,15 @@ class XrdEnsemble:
 
 
 def xrd_model_from_bundle(bundle: ModelBundle):
-    """The inference object of a PXRD bundle by the card's architecture class: search-match, this ensemble, or
-    a network."""
+    """The inference object of a PXRD bundle by the card's architecture class: search-match, this ensemble,
+    search-match with indexing evidence, or a network."""
     kind = bundle.card.get("architecture", {}).get("class")
     if kind == SEARCH_MATCH_CLASS:
         return XrdSearchMatch.from_bundle(bundle)
     if kind == ENSEMBLE_CLASS:
         return XrdEnsemble.from_bundle(bundle)
+    if kind == INDEXED_CLASS:
+        return XrdIndexed.from_bundle(bundle)
     from ._xrd_net import XrdClassifier
 
     return XrdClassifier.from_bundle(bundle)

@@ -55,7 +55,12 @@ def frame_timing(classifier, n_frames: int) -> dict:
     two_theta = np.arange(10.0, 100.0, 0.01)  # 9,000 points, as a lab scan
     rng = np.random.default_rng(0)
     q = two_theta_to_q(two_theta, 1.5406)
-    y = 300 + sum(5000 * np.exp(-0.5 * ((q - c) / 0.004) ** 2) for c in (1.9, 2.2, 3.1, 3.6, 4.4))
+    # the lines of a tetragonal cell (a 4.59, c 2.96 A: rutile's), about 30 in range: a frame with as many lines
+    # as a real one, since the indexing evidence costs more with more lines
+    centres = sorted({round(2 * np.pi * np.sqrt((h * h + k * k) / 4.59 ** 2 + m * m / 2.96 ** 2), 4)
+                      for h in range(6) for k in range(h + 1) for m in range(4) if h or k or m})
+    y = 300 + sum(5000 / (1 + n % 4) * np.exp(-0.5 * ((q - c) / 0.004) ** 2)
+                  for n, c in enumerate(c for c in centres if c < q.max()))
     scans = [rng.poisson(y).astype(float) for _ in range(n_frames)]
     classifier.predict(preprocess_xrd(two_theta, scans[0], wavelength=1.5406).intensity)  # warm-up
     t_pre, t_pred = [], []

@@ -65,6 +65,7 @@ from ._xrd import (
     train_xrd_bundle,
 )
 from ._xrd_ensemble import build_xrd_ensemble_bundle
+from ._xrd_indexed import build_xrd_indexed_bundle
 from ._xrd_search_match import BUNDLE_NAME as XRD_SEARCH_MATCH_BUNDLE
 from ._xrd_search_match import build_search_match_bundle, formula_elements
 
@@ -96,6 +97,7 @@ __all__ = [
     "build_stick_table",
     "build_xanes_dataset",
     "build_xrd_ensemble_bundle",
+    "build_xrd_indexed_bundle",
     "combine_xanes3d_bundles",
     "compute_omnixas_labels",
     "corpus_sources",

@@ -1,0 +1,129 @@
+"""Metric indexing of powder patterns (cubic, tetragonal, hexagonal, orthorhombic cells) and the search-match
+bundle that uses it as evidence: real structures through the real simulation, a bundle built beside the
+shipped search-match."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
+from sfn_stream.core.networks import BundleError, XrdIndexed, load_bundle, models_dir, save_bundle, xrd_model_from_bundle
+from sfn_stream.core.networks._xrd_indexed import space_group_systems
+from sfn_stream.core.simulation import stick_pattern, synthesize_pattern
+from sfn_stream.core.spectra import XRD_Q_GRID, index_pattern, peak_positions, two_theta_to_q
+from sfn_stream.core.spectra._xrd_indexing import N_FEATURES
+from sfn_stream.offline.training import DEFAULT_STICK_TABLE, build_xrd_indexed_bundle
+
+
+def _pattern(structure: Structure, noise: float = 0.0, fwhm: float = 0.05, seed: int = 0) -> np.ndarray:
+    """A Cu K-alpha1 scan, 10-90 deg 2theta, as the paper's protocol renders it."""
+    rng = np.random.default_rng(seed)
+    q_range = two_theta_to_q(np.array([10.0, 90.0]), 1.5406)
+    conditions = {"source": "lab", "wavelength": 1.5406, "wavelength2": None, "q_range": tuple(q_range),
+                  "instrument_fwhm_deg": fwhm, "crystallite_size_A": 1e6, "microstrain": 0.0, "eta": 0.5,
+                  "zero_shift_deg": 0.0, "displacement_mm": 0.0, "lattice_strain": 0.0, "debye_waller_B": 0.0,
+                  "per_peak_log_sigma": 0.0, "march_dollase_r": None, "background_fraction": 0.0,
+                  "peak_counts": 1e9, "gaussian_noise": noise}
+    return synthesize_pattern(stick_pattern(structure), XRD_Q_GRID, rng, conditions=conditions)
+
+
+ROCK_SALT = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+RUTILE = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"],
+                                   [[0, 0, 0], [0.305, 0.305, 0]])
+WURTZITE = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.25, 5.21), ["Zn", "O"],
+                                     [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]])
+ORTHORHOMBIC = Structure(Lattice.orthorhombic(3.1, 4.3, 5.7), ["Cu", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_each_cell_is_indexed_by_its_own_family_and_not_by_a_higher_one():
+    cubic = index_pattern(_pattern(ROCK_SALT)).merit
+    assert cubic["cubic"] > 0.9  # a cubic cell also indexes as every lower family: those are not asked here
+    tetragonal = index_pattern(_pattern(RUTILE)).merit
+    assert tetragonal["tetragonal"] > 0.9 and tetragonal["cubic"] < 0.5
+    assert max(tetragonal[f] for f in ("hexagonal", "orthorhombic")) < tetragonal["tetragonal"] - 0.2
+    hexagonal = index_pattern(_pattern(WURTZITE)).merit
+    assert hexagonal["hexagonal"] > 0.9 and hexagonal["cubic"] < 0.5 and hexagonal["tetragonal"] < 0.8
+    orthorhombic = index_pattern(_pattern(ORTHORHOMBIC)).merit  # 20 lines: some fit other cells by chance
+    assert orthorhombic["orthorhombic"] > 0.9
+    assert max(orthorhombic[f] for f in ("cubic", "tetragonal", "hexagonal")) < orthorhombic["orthorhombic"] - 0.3
+
+
+def test_noise_at_the_papers_level_leaves_a_tetragonal_cell_indexed():
+    merit = index_pattern(_pattern(RUTILE, noise=0.02, fwhm=0.2, seed=1)).merit
+    assert merit["tetragonal"] > 0.8
+    assert max(merit[f] for f in ("cubic", "hexagonal", "orthorhombic")) < merit["tetragonal"] - 0.2
+
+
+def test_peaks_are_found_where_the_cell_puts_them():
+    q = peak_positions(_pattern(ROCK_SALT))
+    # rock salt's all-even lines (200) ... (422) are strong (Na and Cl add); of the all-odd ones, where they
+    # subtract, only (111) reaches the threshold
+    expected = 2 * np.pi * np.sqrt(np.array([3, 4, 8, 12, 16, 20, 24])) / 5.64
+    assert np.abs(q[:, None] - expected[None, :]).min(axis=0).max() < 0.003
+    assert len(q) == len(expected)
+
+
+def test_a_pattern_with_too_few_lines_gives_no_evidence():
+    few = np.zeros(len(XRD_Q_GRID))
+    few[[200, 400, 600]] = 1.0
+    evidence = index_pattern(few)
+    assert evidence.n_lines == 3 and set(evidence.merit.values()) == {0.0}
+    assert index_pattern(np.zeros(len(XRD_Q_GRID))).n_lines == 0
+    assert evidence.features().shape == (N_FEATURES,)
+
+
+def test_space_groups_map_to_their_crystal_systems():
+    systems = space_group_systems()
+    names = {number: CRYSTAL_SYSTEMS[systems[number - 1]] for number in (1, 2, 14, 62, 136, 166, 194, 225, 230)}
+    assert names == {1: "triclinic", 2: "triclinic", 14: "monoclinic", 62: "orthorhombic", 136: "tetragonal",
+                     166: "trigonal", 194: "hexagonal", 225: "cubic", 230: "cubic"}
+
+
+needs_member = pytest.mark.skipif(
+    not DEFAULT_STICK_TABLE.is_file() or not (models_dir() / "xrd-search-match" / "card.json").is_file(),
+    reason="no committed stick table or search-match bundle")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A copy of the shipped search-match and an indexed bundle built beside it on a few validation structures."""
+    out = tmp_path_factory.mktemp("models")
+    shutil.copytree(models_dir() / "xrd-search-match", out / "xrd-search-match")
+    build_xrd_indexed_bundle(out / "xrd-indexed", models=out, max_val=60, progress=False)
+    return out
+
+
+@needs_member
+def test_the_indexed_bundle_gives_probabilities_and_space_groups_that_agree(folder):
+    bundle = load_bundle(folder / "xrd-indexed")
+    model = xrd_model_from_bundle(bundle)
+    assert isinstance(model, XrdIndexed) and model.has_chemistry
+    patterns = np.stack([_pattern(RUTILE, 0.01, 0.1), _pattern(WURTZITE, 0.01, 0.1)])
+    systems, groups = model.probabilities_and_space_groups(patterns)
+    assert systems.shape == (2, len(CRYSTAL_SYSTEMS)) and np.allclose(systems.sum(1), 1.0)
+    assert np.allclose(groups.sum(1), 1.0)
+    per_system = np.zeros_like(systems)  # the space groups' shares per crystal system follow the combination
+    np.add.at(per_system.T, space_group_systems(), groups.T)
+    assert np.allclose(per_system, systems, atol=0.02)
+    with_elements = model.probabilities(patterns, elements=[["Ti", "O"], ["Zn", "O"]])
+    assert with_elements.shape == systems.shape and not np.allclose(with_elements, systems)
+    row = model.predict(patterns[0], elements=["Ti", "O"])
+    assert len(row["space_group"]["classes"]) == 5
+    metrics = bundle.card["metrics"]["val_noisy_protocol"]
+    assert metrics["combined_cross_validated"]["n"] == metrics["search_match"]["n"] == 60
+
+
+@needs_member
+def test_an_indexed_bundle_refuses_a_search_match_it_was_not_fitted_with(folder, tmp_path):
+    moved = tmp_path / "models"
+    shutil.copytree(folder, moved)
+    member = load_bundle(moved / "xrd-search-match")
+    weights = member.load_weights()
+    weights["temperature"] = weights["temperature"] * 2  # another search-match, as far as the combination can tell
+    save_bundle(moved / "xrd-search-match", {k: v for k, v in member.card.items() if k != "weights_sha256"}, weights)
+    with pytest.raises(BundleError, match="not the one it was"):
+        xrd_model_from_bundle(load_bundle(moved / "xrd-indexed"))
