@@ -24,6 +24,7 @@ triclinic cells are not tried: too many parameters for so few lines to decide.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,19 +172,27 @@ def _screen(cells: np.ndarray, hits, keep: int = SCREEN_KEEP) -> np.ndarray:
 
 def _orthorhombic(s, tol, window):
     first = s[:6]
-    cells = []
-    for i in range(6):
-        for j in range(i + 1, 6):
-            for k in range(j + 1, 6):
-                for h2 in (1.0, 4.0):
-                    for k2 in (1.0, 4.0):
-                        for l2 in (1.0, 4.0):
-                            cells.append((first[i] / h2, first[j] / k2, first[k] / l2))
-    cells = np.unique(np.round(np.array(cells), 9), axis=0)
+    axial = np.array([1.0, 4.0])  # an axial line is (100) or (200)
+    i, j, k = np.array([t for t in itertools.combinations(range(6), 3)]).T
+    three = np.stack(np.broadcast_arrays(*(first[n][:, None, None, None] / axial[(slice(None),) + (None,) * m]
+                                             for m, n in ((2, i), (1, j), (0, k)))), -1)  # three axial lines
+    i, j = np.array([t for t in itertools.combinations(range(6), 2)]).T
+    a = first[i][:, None, None] / axial[None, :, None]  # (pair, h2, 1)
+    b = first[j][:, None, None] / axial[None, None, :]  # (pair, 1, k2)
+    a, b = np.broadcast_arrays(a, b)
+    x, y = np.array([0.0, 1.0, 0.0, 1.0]), np.array([0.0, 0.0, 1.0, 1.0])
+    # two axial lines, the third axis from any other line taken as (h k 1), h, k in {0, 1}
+    c = first[None, None, None, :, None] - a[..., None, None] * x - b[..., None, None] * y
+    other = (np.arange(6)[None, :] != i[:, None]) & (np.arange(6)[None, :] != j[:, None])
+    shape = c.shape
+    mixed = np.stack([np.broadcast_to(a[..., None, None], shape), np.broadcast_to(b[..., None, None], shape), c], -1)
+    mixed = mixed[np.broadcast_to(other[:, None, None, :, None], shape)]
+    cells = np.concatenate([three.reshape(-1, 3), mixed.reshape(-1, 3)])
+    cells = np.unique(np.round(cells[cells[:, 2] > 1e-5], 9), axis=0)
 
     def hits(cells, n):
         a, b, c = (cells[:, m, None, None, None] for m in range(3))
-        squares = _SQUARES.values
+        squares = _SQUARES.values if n > SCREEN_LINES else _SQUARES.values[:4]  # the first lines: h, k <= 3
         rest = (s[None, :n, None, None] - a * squares[None, None, :, None] - b * squares[None, None, None, :]) / c
         return (_SQUARES.distance(rest) * c <= tol[None, :n, None, None]).any(axis=(2, 3))
 
