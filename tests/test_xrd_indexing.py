@@ -127,3 +127,20 @@ def test_an_indexed_bundle_refuses_a_search_match_it_was_not_fitted_with(folder,
     save_bundle(moved / "xrd-search-match", {k: v for k, v in member.card.items() if k != "weights_sha256"}, weights)
     with pytest.raises(BundleError, match="not the one it was"):
         xrd_model_from_bundle(load_bundle(moved / "xrd-indexed"))
+
+
+@needs_member
+def test_a_prediction_carries_the_indexing_evidence_and_the_cli_shows_it(tmp_path, capsys):
+    from sfn_stream.cli import main
+    from sfn_stream.core.predict import XrdPredictor
+
+    two_theta = np.arange(10.0, 90.0, 0.02)
+    pattern = _pattern(RUTILE, noise=0.005, fwhm=0.08)
+    counts = 50 + 5000 * np.interp(two_theta_to_q(two_theta, 1.5406), XRD_Q_GRID, pattern)
+    prediction, _ = XrdPredictor(models_dir() / "xrd-indexed").predict_pattern(two_theta, counts, wavelength=1.5406)
+    evidence = prediction.preprocessing["indexing"]
+    assert evidence["merit"]["tetragonal"] > 0.8 and evidence["n_lines"] >= 6
+    path = tmp_path / "rutile.xy"
+    np.savetxt(path, np.column_stack([two_theta, counts]))
+    assert main(["predict", "xrd", str(path), "--bundle", str(models_dir() / "xrd-indexed")]) == 0
+    assert "minus chance): tetragonal 0.9" in " ".join(capsys.readouterr().out.split())  # best-indexing family first

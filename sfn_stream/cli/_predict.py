@@ -273,12 +273,23 @@ def _print_table(result: dict) -> None:
     if result["kind"] == "xanes" and pre.get("e0") is not None:
         out.print(f"E0 {pre['e0']:.2f} eV (E0 - E_ref {pre['e0_shift']:+.2f} eV), edge step {pre['edge_step']:.3g}, "
                   f"calibration: {pre.get('calibration')}")
+    if result["kind"] == "xrd" and pre.get("indexing"):
+        out.print(_indexing_line(pre["indexing"]))
     if result["quality_flags"]:
         out.print("quality flags: " + ", ".join(result["quality_flags"]))
     mode = (result.get("inputs") or {}).get("composition")
     if mode in _NO_COMPOSITION:
         out.print(_NO_COMPOSITION[mode], style="yellow")
     out.print(f"model bundle: {result['bundle_id']}", style="dim")
+
+
+def _indexing_line(evidence: dict) -> str:
+    """'indexing of the first 20 lines (merit: share indexed minus chance): tetragonal 0.92, ...'"""
+    if evidence["n_lines"] < 6:
+        return f"indexing: {evidence['n_lines']} lines found, too few to try cells"
+    ranked = sorted(evidence["merit"].items(), key=lambda item: -item[1])
+    return (f"indexing of the first {evidence['n_lines']} lines (merit: share indexed minus chance): "
+            + ", ".join(f"{family} {merit:.2f}" for family, merit in ranked))
 
 
 # What a prediction made without --elements means, by how the bundle was asked (inputs["composition"]).

@@ -56,10 +56,15 @@ def combiner_inputs(p_search: np.ndarray, features: np.ndarray) -> np.ndarray:
     return np.hstack([np.log(np.maximum(p_search, _FLOOR)), features])
 
 
-def indexing_features(patterns: np.ndarray) -> np.ndarray:
+def indexing_evidence(patterns: np.ndarray) -> list:
+    """One :class:`~sfn_stream.core.spectra.IndexingEvidence` per pattern."""
     from sfn_stream.core.spectra import index_pattern
 
-    return np.stack([index_pattern(row).features() for row in np.asarray(patterns)])
+    return [index_pattern(row) for row in np.asarray(patterns)]
+
+
+def indexing_features(patterns: np.ndarray) -> np.ndarray:
+    return np.stack([evidence.features() for evidence in indexing_evidence(patterns)])
 
 
 class XrdIndexed:
@@ -120,12 +125,17 @@ class XrdIndexed:
 
     def probabilities_and_space_groups(self, patterns: np.ndarray, elements=None) -> tuple[np.ndarray, np.ndarray]:
         """Combined crystal-system probabilities, and search-match's space groups rescaled to them."""
+        return self._predicted(patterns, elements)[:2]
+
+    def _predicted(self, patterns: np.ndarray, elements=None) -> tuple[np.ndarray, np.ndarray, list]:
+        """(combined probabilities, rescaled space groups, indexing evidence per pattern)."""
         with_elements = elements is not None and self.has_chemistry
         p_search, groups = self.search.probabilities_and_space_groups(
             patterns, elements=elements if with_elements else None)
+        evidence = indexing_evidence(patterns)
         combiner = self.chemistry if with_elements else self.combiner
-        combined = combiner.probabilities(combiner_inputs(p_search, indexing_features(patterns)))
-        return combined, self._rescaled(groups, p_search, combined)
+        combined = combiner.probabilities(combiner_inputs(p_search, np.stack([e.features() for e in evidence])))
+        return combined, self._rescaled(groups, p_search, combined), evidence
 
     def _rescaled(self, groups: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """Each space group's probability times (combined / search-match) probability of its crystal system."""
@@ -137,8 +147,13 @@ class XrdIndexed:
         return self.predict_batch(np.asarray(pattern)[None, :], elements)[0]
 
     def predict_batch(self, patterns: np.ndarray, elements=None) -> list[dict[str, Any]]:
-        """Per pattern: crystal-system probabilities (all classes) and the five most probable space groups."""
-        return prediction_rows(self.classes, *self.probabilities_and_space_groups(patterns, elements))
+        """Per pattern: crystal-system probabilities (all classes), the five most probable space groups, and the
+        indexing evidence behind them (``indexing``: lines used, share indexed and merit per lattice family)."""
+        systems, groups, evidence = self._predicted(patterns, elements)
+        rows = prediction_rows(self.classes, systems, groups)
+        for row, found in zip(rows, evidence):
+            row["indexing"] = found.to_dict()
+        return rows
 
 
 _INDEXED: dict[tuple[str, str], XrdIndexed] = {}

@@ -213,10 +213,12 @@ class XrdPredictor:
         symbols = element_set(elements) if elements and self.uses_elements else None
         intensity = np.asarray(pattern.intensity, dtype=np.float32)
         raw = self.classifier.predict(intensity, elements=symbols) if symbols else self.classifier.predict(intensity)
+        evidence = raw.pop("indexing", None)  # which cells index the lines: provenance, not a prediction
         properties = {task: ClassPrediction.from_probabilities(v["classes"], v["probabilities"])
                       for task, v in raw.items()}
+        preprocessing = {**pattern.to_dict(), **({"indexing": evidence} if evidence else {})}
         return Prediction(kind="xrd", status=_status(flags), bundle_id=self.bundle.id, properties=properties,
-                          quality_flags=flags, messages=list(pattern.messages), preprocessing=pattern.to_dict(),
+                          quality_flags=flags, messages=list(pattern.messages), preprocessing=preprocessing,
                           inputs={"elements": symbols} if symbols else {})
 
     def predict_pattern(self, x, intensity, *, axis: str = "2theta", wavelength: float | None = None,
