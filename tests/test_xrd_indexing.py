@@ -11,7 +11,14 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
-from sfn_stream.core.networks import BundleError, XrdIndexed, load_bundle, models_dir, save_bundle, xrd_model_from_bundle
+from sfn_stream.core.networks import (
+    BundleError,
+    XrdIndexed,
+    load_bundle,
+    models_dir,
+    save_bundle,
+    xrd_model_from_bundle,
+)
 from sfn_stream.core.networks._xrd_indexed import space_group_systems
 from sfn_stream.core.simulation import stick_pattern, synthesize_pattern
 from sfn_stream.core.spectra import XRD_Q_GRID, index_pattern, peak_positions, two_theta_to_q

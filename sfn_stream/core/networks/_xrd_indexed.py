@@ -113,7 +113,8 @@ class XrdIndexed:
 
         out = {name: torch.from_numpy(value) for name, value in self.combiner.arrays().items()}
         if self.chemistry is not None:
-            out.update({f"chemistry_{name}": torch.from_numpy(value) for name, value in self.chemistry.arrays().items()})
+            out.update({f"chemistry_{name}": torch.from_numpy(value)
+                        for name, value in self.chemistry.arrays().items()})
         return out
 
     def probabilities(self, patterns: np.ndarray, elements=None) -> np.ndarray:

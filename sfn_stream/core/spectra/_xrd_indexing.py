@@ -12,14 +12,15 @@ stretched along one axis. With s = 1/d^2 = (Q / 2 pi)^2:
 - hexagonal    s = A (h^2 + hk + k^2) + C l^2   (trigonal cells index the same way)
 - orthorhombic s = A h^2 + B k^2 + C l^2
 
-Trial cells come from the first lines taken as low-index reflections (TREOR's idea, coarsely); a line is
-indexed when a calculated line lies within ``tolerance`` (1/A in Q) of it. A cell with many calculated
-lines indexes many observed ones by chance, so each family's merit is the indexed share minus the share
-that many calculated lines would hit at random (de Wolff's M20 weighs a cell the same way): near 1 for a
-cell explaining every line with few spare ones, near 0 for one no better than chance, and low for a dense
-cell that indexes everything by having a line everywhere. Lattice centring is not modelled (a centred cell's absent lines
-count as spare), so merits of centred cells are lower than their indexing is good. Monoclinic and
-triclinic cells are not tried: too many parameters for so few lines to decide.
+Trial cells come from the first lines taken as low-index reflections (TREOR's idea, coarsely: axial lines,
+and for orthorhombic cells also two axial lines and an (h k 1) one); a line is indexed when a calculated line
+lies within ``tolerance`` (1/A in Q) of it. A cell with many calculated lines indexes many observed ones by
+chance, so each family's merit is the indexed share minus the share that many calculated lines would hit at
+random (de Wolff's M20 weighs a cell the same way): near 1 for a cell explaining every line with few spare
+ones, near 0 for one no better than chance, and low for a dense cell that indexes everything by having a line
+everywhere. Lattice centring is not modelled (a centred cell's absent lines count as spare), so merits of
+centred cells are lower than their indexing is good. Monoclinic and triclinic cells are not tried (a
+monoclinic family was measured and added nothing: docs/xrd-search-match.md).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _sums(max_index: int, form) -> np.ndarray:
     return np.array(sorted({form(h, k) for h in r for k in r}), dtype=float)
 
 
-_CUBIC = _Allowed(np.array(sorted({h * h + k * k + m * m for h in range(8) for k in range(8) for m in range(8)} - {0})))
+_CUBIC = _Allowed(np.array(sorted({h * h + k * k + m * m for h, k, m in itertools.product(range(8), repeat=3)} - {0})))
 _TETRAGONAL = _Allowed(_sums(8, lambda h, k: h * h + k * k))
 _HEXAGONAL = _Allowed(_sums(8, lambda h, k: h * h + h * k + k * k))
 _SQUARES = _Allowed(np.arange(6, dtype=float) ** 2)
@@ -118,9 +119,9 @@ def index_pattern(pattern: np.ndarray, tolerance: float = TOLERANCE_Q) -> Indexi
     window = (((q[0] - tolerance) ** 2) / FOUR_PI2, ((q[-1] + tolerance) ** 2) / FOUR_PI2)
     span = window[1] - window[0]
     indexed, merit = {}, {}
-    for family, (hit, lines) in (("cubic", _cubic(s, tol, window)), ("tetragonal", _uniaxial(s, tol, window, _TETRAGONAL)),
-                                 ("hexagonal", _uniaxial(s, tol, window, _HEXAGONAL)),
-                                 ("orthorhombic", _orthorhombic(s, tol, window))):
+    trials = {"cubic": _cubic(s, tol, window), "tetragonal": _uniaxial(s, tol, window, _TETRAGONAL),
+              "hexagonal": _uniaxial(s, tol, window, _HEXAGONAL), "orthorhombic": _orthorhombic(s, tol, window)}
+    for family, (hit, lines) in trials.items():
         share = hit.mean(axis=1)
         chance = np.minimum(1.0, lines * 2 * np.median(tol) / span)
         score = share - chance
