@@ -85,6 +85,17 @@ def _load_bundle_cached(path: Path, _card_mtime: int, _weights_mtime: int) -> Mo
     return ModelBundle(path=path, card=card, weights_sha256=actual)
 
 
+def load_member(bundle: ModelBundle, role: str, rebuild: str) -> ModelBundle:
+    """The member bundle ``role`` that ``bundle``'s card names (a sibling folder), refused when its weights are not
+    the ones ``bundle`` was fitted with (``rebuild``: the command that fits it again)."""
+    entry = bundle.card["architecture"]["members"][role]
+    member = load_bundle(Path(bundle.path).parent / entry["bundle"])
+    if member.weights_sha256 != entry["weights_sha256"]:
+        raise BundleError(f"{bundle.id}: its {role} member {member.id} is not the one it was calibrated with "
+                          f"(weights {entry['weights_sha256'][:12]}): rebuild it ({rebuild})")
+    return member
+
+
 def save_bundle(path: str | os.PathLike, card: dict[str, Any], weights: dict[str, Any]) -> ModelBundle:
     """Write ``weights`` (a dict of tensors / state dicts) and ``card``; return the loaded bundle."""
     import torch

@@ -13,12 +13,11 @@ The bundle holds no weights of its own beyond these numbers: its card names the 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._bundle import BundleError, ModelBundle, load_bundle
+from ._bundle import BundleError, ModelBundle, load_member
 from ._xrd_indexed import INDEXED_CLASS, XrdIndexed
 from ._xrd_search import SEARCH_MATCH_CLASS, XrdSearchMatch, prediction_rows
 
@@ -61,14 +60,8 @@ class XrdEnsemble:
         """The members from the sibling bundle folders the card names, checked against its weight hashes."""
         key = (str(bundle.path), bundle.weights_sha256)
         if key not in _ENSEMBLES:
-            members = {}
-            for role, entry in bundle.card["architecture"]["members"].items():
-                member = load_bundle(Path(bundle.path).parent / entry["bundle"])
-                if member.weights_sha256 != entry["weights_sha256"]:
-                    raise BundleError(f"{bundle.id}: its {role} member {member.id} is not the one it was calibrated "
-                                      f"with (weights {entry['weights_sha256'][:12]}): rebuild it "
-                                      "(sfn-stream train xrd-ensemble)")
-                members[role] = xrd_model_from_bundle(member)
+            members = {role: xrd_model_from_bundle(load_member(bundle, role, "sfn-stream train xrd-ensemble"))
+                       for role in bundle.card["architecture"]["members"]}
             weights = bundle.load_weights()
             chemistry = ({"network_weight": float(weights["chemistry_network_weight"]),
                           "temperature": float(weights["chemistry_temperature"])}

@@ -14,12 +14,11 @@ The bundle's weights are the regression's coefficients only; its card names the 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._bundle import BundleError, ModelBundle, load_bundle
+from ._bundle import BundleError, ModelBundle, load_member
 from ._xrd_peaks import N_SPACE_GROUPS
 from ._xrd_search import SEARCH_MATCH_CLASS, XrdSearchMatch, prediction_rows
 
@@ -88,12 +87,7 @@ class XrdIndexed:
     def from_bundle(cls, bundle: ModelBundle) -> XrdIndexed:
         key = (str(bundle.path), bundle.weights_sha256)
         if key not in _INDEXED:
-            entry = bundle.card["architecture"]["members"]["search_match"]
-            member = load_bundle(Path(bundle.path).parent / entry["bundle"])
-            if member.weights_sha256 != entry["weights_sha256"]:
-                raise BundleError(f"{bundle.id}: its search-match member {member.id} is not the one it was "
-                                  f"calibrated with (weights {entry['weights_sha256'][:12]}): rebuild it "
-                                  "(sfn-stream train xrd-indexed)")
+            member = load_member(bundle, "search_match", "sfn-stream train xrd-indexed")
             if member.card.get("architecture", {}).get("class") != SEARCH_MATCH_CLASS:
                 raise BundleError(f"{bundle.id}: its member {member.id} is not a search-match bundle")
             weights = bundle.load_weights()

@@ -327,13 +327,17 @@ TRADEOFF_BITS_PER_HOUR = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20
 
 
 def stopping_tradeoff(samples: Sequence[Sample], beliefs: Beliefs, calibration: EdgeCalibration,
-                      fusion: ModelFusion, rule: Mapping[str, float]) -> dict[str, list[dict[str, float]]]:
+                      fusion: ModelFusion, rule: Mapping[str, float],
+                      walks: Sequence[tuple[Sequence[Mapping[str, float]], int]] | None = None
+                      ) -> dict[str, list[dict[str, float]]]:
     """What stopping earlier costs, one knob of the stopping rule at a time: ``target_confidence`` (with no
     bits/h rule) and ``min_bits_per_hour`` (at the rule's target confidence), each with the agent's mean share
     of the sample's edges at its stop and the accuracy there. A user picks the knobs from this; a target such
     as "within 1 % with at most 60 % of the edges" that lies above both curves is out of reach of the model's
-    confidence: it cannot tell which samples still need an edge."""
-    walks = stop_walks(samples, beliefs, calibration, fusion)
+    confidence: it cannot tell which samples still need an edge. ``walks``: :func:`stop_walks` of the samples,
+    when already made."""
+    if walks is None:
+        walks = stop_walks(samples, beliefs, calibration, fusion)
 
     def point(min_bits: float, confidence: float) -> dict[str, float]:
         stops = [(stop_at(path, min_bits, confidence), n) for path, n in walks]
@@ -498,11 +502,12 @@ def evaluate(samples: Sequence[Sample], fusion: ModelFusion, calibration: EdgeCa
         record.update(_hindsight(sample, accuracy, full))
         per_sample.append(record)
     labelled = [s for s in samples if s.material_id not in set(unlabelled)]
+    walks = stop_walks(labelled, beliefs, calibration, fusion)  # for the trade-off and the limits alike
     return {**_summarise(per_sample, curves, latencies, max_k), "skipped_without_labels": unlabelled,
             "measured_and_unmeasured": measured_and_unmeasured(labelled, beliefs, calibration),
             "stopping_tradeoff": stopping_tradeoff(labelled, beliefs, calibration, fusion,
-                                                   options.stopping(calibration)),
-            "stop_limits": stop_limits(stop_walks(labelled, beliefs, calibration, fusion))}
+                                                   options.stopping(calibration), walks),
+            "stop_limits": stop_limits(walks)}
 
 
 def _hindsight(sample: Sample, accuracy: _AccuracyOf, full: float) -> dict[str, float]:

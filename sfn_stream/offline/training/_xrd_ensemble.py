@@ -19,8 +19,8 @@ from sfn_stream.core import paths
 from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
 from sfn_stream.offline.metrics import fit_temperature, probability_metrics
 
-from ._xrd import DEFAULT_STICK_TABLE, labels_of, read_split_files
-from ._xrd_search_match import formula_elements, validation_patterns
+from ._xrd import DEFAULT_STICK_TABLE
+from ._xrd_search_match import validation_set
 
 BUNDLE_NAME = "xrd-ensemble"
 VERSION = "0.1.0"
@@ -60,27 +60,13 @@ def build_xrd_ensemble_bundle(out: str | Path | None = None, *, models: str | Pa
         save_bundle,
         xrd_model_from_bundle,
     )
-    from sfn_stream.core.simulation import StickTable
 
     folder = Path(models or models_dir())
     members = {role: load_bundle(folder / name) for role, name in (("search_match", SEARCH_MATCH_MEMBER),
                                                                   ("network", NETWORK_MEMBER))}
     search, network = (xrd_model_from_bundle(members[r]) for r in ("search_match", "network"))
-    table = StickTable.load(sticks)
-    splits = read_split_files(table, splits_dir)
-    if splits is None:
-        raise FileNotFoundError(f"no xrd_{{train,val,test}}.txt split files in {splits_dir}")
-    train_formulas = set(table.formulas[splits["train"]])
-    val = np.array([i for i in splits["val"] if table.formulas[i] not in train_formulas], dtype=int)
-    if max_val and len(val) > max_val:
-        val = np.sort(np.random.default_rng(seed).choice(val, max_val, replace=False))
-    if len(val) == 0:
-        raise ValueError("the splits leave no formula-disjoint validation structure")
-    labels = labels_of(table)
-    renderings = validation_patterns(table, val, seed + 1, progress)
-    patterns = np.concatenate(list(renderings.values()))
-    y = np.tile(labels[val], len(renderings))
-    elements = [formula_elements(f) for f in table.formulas[val]] * len(renderings)
+    data = validation_set(sticks, splits_dir, max_val=max_val, seed=seed, progress=progress)
+    renderings, patterns, y, elements, val = data.renderings, data.patterns, data.labels, data.elements, data.val
     # every member's probabilities once, for the fit and for the figures of each rendering
     probabilities = {"": (search.probabilities(patterns), network.probabilities(patterns))}
     if getattr(search, "has_chemistry", False):

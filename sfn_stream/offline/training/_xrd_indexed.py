@@ -20,8 +20,8 @@ from sfn_stream.core import paths
 from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
 from sfn_stream.offline.metrics import probability_metrics
 
-from ._xrd import DEFAULT_STICK_TABLE, labels_of, read_split_files
-from ._xrd_search_match import formula_elements, validation_patterns
+from ._xrd import DEFAULT_STICK_TABLE
+from ._xrd_search_match import validation_set
 
 BUNDLE_NAME = "xrd-indexed"
 VERSION = "0.1.0"
@@ -59,8 +59,8 @@ def cross_validated(inputs: np.ndarray, labels: np.ndarray, groups: np.ndarray, 
     """Out-of-fold probabilities, folds drawn by structure (``groups``: both renderings of one structure stay
     in one fold) and stratified by class."""
     rng = np.random.default_rng(seed)
-    structures = np.unique(groups)
-    label_of = {g: labels[groups == g][0] for g in structures}
+    structures, first = np.unique(groups, return_index=True)
+    label_of = dict(zip(structures, labels[first]))
     fold_of = {}
     for c in range(len(CRYSTAL_SYSTEMS)):
         members = [g for g in structures if label_of[g] == c]
@@ -86,36 +86,22 @@ def build_xrd_indexed_bundle(out: str | Path | None = None, *, models: str | Pat
         save_bundle,
         xrd_model_from_bundle,
     )
-    from sfn_stream.core.simulation import StickTable
 
     folder = Path(models or models_dir())
     member = load_bundle(folder / SEARCH_MATCH_MEMBER)
     search = xrd_model_from_bundle(member)
-    table = StickTable.load(sticks)
-    splits = read_split_files(table, splits_dir)
-    if splits is None:
-        raise FileNotFoundError(f"no xrd_{{train,val,test}}.txt split files in {splits_dir}")
-    train_formulas = set(table.formulas[splits["train"]])
-    val = np.array([i for i in splits["val"] if table.formulas[i] not in train_formulas], dtype=int)
-    if max_val and len(val) > max_val:
-        val = np.sort(np.random.default_rng(seed).choice(val, max_val, replace=False))
-    if len(val) == 0:
-        raise ValueError("the splits leave no formula-disjoint validation structure")
-    renderings = validation_patterns(table, val, seed + 1, progress)
-    patterns = np.concatenate(list(renderings.values()))
-    y = np.tile(labels_of(table)[val], len(renderings))
-    groups = np.tile(val, len(renderings))
-    elements = [formula_elements(f) for f in table.formulas[val]] * len(renderings)
+    data = validation_set(sticks, splits_dir, max_val=max_val, seed=seed, progress=progress)
+    patterns, y, val = data.patterns, data.labels, data.val
     features = indexing_features(patterns)
     searches = {"": search.probabilities(patterns)}
     if getattr(search, "has_chemistry", False):
-        searches["_with_elements"] = search.probabilities(patterns, elements=elements)
+        searches["_with_elements"] = search.probabilities(patterns, elements=data.elements)
     combiners, metrics = {}, {}
     for suffix, p_search in searches.items():
         inputs = combiner_inputs(p_search, features)
         combiners[suffix] = fit_combiner(inputs, y)
-        held_out = cross_validated(inputs, y, groups, seed)
-        for k, name in enumerate(renderings):
+        held_out = cross_validated(inputs, y, data.structures, seed)
+        for k, name in enumerate(data.renderings):
             rows = slice(k * len(val), (k + 1) * len(val))
             metrics[f"val_{name}{suffix}"] = {
                 "description": f"formula-disjoint val structures, {name} rendering"

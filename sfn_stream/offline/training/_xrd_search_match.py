@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,43 @@ def validation_patterns(table, indices, seed: int, progress: bool = False) -> di
     augmented = [synthesize_pattern(table.sticks(i), XRD_Q_GRID, rng)
                  for i in _progress(indices, progress, "val, augmented")]
     return {"noisy_protocol": np.stack(noisy).astype(np.float32), "augmented": np.stack(augmented).astype(np.float32)}
+
+
+@dataclass
+class ValidationSet:
+    """The formula-disjoint validation structures in both renderings, stacked: pattern i is structure
+    ``structures[i]``, with its label and its element set (what a combination fitted on validation reads)."""
+
+    table: Any  # StickTable
+    val: np.ndarray  # the structures, once
+    renderings: dict[str, np.ndarray]
+    patterns: np.ndarray
+    labels: np.ndarray
+    structures: np.ndarray
+    elements: list[list[str]]
+
+
+def validation_set(sticks: Path, splits_dir: Path, *, max_val: int | None, seed: int,
+                   progress: bool) -> ValidationSet:
+    """Validation structures whose formula is absent from the training split (at most ``max_val``, drawn with
+    ``seed``), rendered by :func:`validation_patterns` with ``seed + 1``."""
+    from sfn_stream.core.simulation import StickTable
+
+    table = StickTable.load(sticks)
+    splits = read_split_files(table, splits_dir)
+    if splits is None:
+        raise FileNotFoundError(f"no xrd_{{train,val,test}}.txt split files in {splits_dir}")
+    train_formulas = set(table.formulas[splits["train"]])
+    val = np.array([i for i in splits["val"] if table.formulas[i] not in train_formulas], dtype=int)
+    if max_val and len(val) > max_val:
+        val = np.sort(np.random.default_rng(seed).choice(val, max_val, replace=False))
+    if len(val) == 0:
+        raise ValueError("the splits leave no formula-disjoint validation structure")
+    renderings = validation_patterns(table, val, seed + 1, progress)
+    n = len(renderings)
+    return ValidationSet(table, val, renderings, np.concatenate(list(renderings.values())),
+                         np.tile(labels_of(table)[val], n), np.tile(val, n),
+                         [formula_elements(f) for f in table.formulas[val]] * n)
 
 
 def fit_calibration(searcher, patterns: np.ndarray, labels: np.ndarray, elements=None,
