@@ -12,27 +12,33 @@ stretched along one axis. With s = 1/d^2 = (Q / 2 pi)^2:
 - hexagonal    s = A (h^2 + hk + k^2) + C l^2   (trigonal cells index the same way)
 - orthorhombic s = A h^2 + B k^2 + C l^2
 
-Trial cells come from the first lines taken as low-index reflections (TREOR's idea, coarsely: axial lines,
-and for orthorhombic cells also two axial lines and an (h k 1) one); a line is indexed when a calculated line
-lies within ``tolerance`` (1/A in Q) of it. A cell with many calculated lines indexes many observed ones by
-chance, so each family's merit is the indexed share minus the share that many calculated lines would hit at
-random (de Wolff's M20 weighs a cell the same way): near 1 for a cell explaining every line with few spare
-ones, near 0 for one no better than chance, and low for a dense cell that indexes everything by having a line
-everywhere. Lattice centring is not modelled (a centred cell's absent lines count as spare), so merits of
-centred cells are lower than their indexing is good. Monoclinic and triclinic cells are not tried (a
-monoclinic family was measured and added nothing: docs/xrd-search-match.md).
+Trial cells (TREOR's idea: solve the metric from a few lines given assumed low indices): the first lines
+taken as axial reflections; and the first line with one (uniaxial) or two (orthorhombic) of the next lines
+taken as any reflection of low index, solved for the metric. Trial cells are screened on the first 8 lines
+(among cells indexing as many, the smallest cell first); the best 48 are scored on all lines.
+
+A line is indexed when a calculated line lies within ``tolerance`` (1/A in Q) of it. A cell with many
+calculated lines indexes many observed ones by chance, so the merit is the indexed share minus the share
+that many calculated lines would hit at random (de Wolff's M20 weighs a cell the same way): near 1 for a cell
+explaining every line with few spare ones, near 0 for one no better than chance. Lattice centring counts:
+each family is scored with its Bravais centrings (cubic P/I/F, tetragonal P/I, hexagonal P and R in the
+hexagonal setting, orthorhombic P/A/B/C/I/F), calculated lines only where the centring allows reflections,
+and keeps the best. Monoclinic and triclinic cells are not tried (a monoclinic family was measured and added
+nothing: docs/xrd-search-match.md).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._xrd import XRD_Q_GRID
 
 FAMILIES = ("cubic", "tetragonal", "hexagonal", "orthorhombic")
+CENTRINGS = {"cubic": "PIF", "tetragonal": "PI", "hexagonal": "PR", "orthorhombic": "PABCIF"}
 FOUR_PI2 = (2 * np.pi) ** 2
 N_LINES = 20  # the first lines used: enough to decide, few enough to be resolved and strong
 PEAK_THRESHOLD = 0.04  # of the tallest (smoothed) peak; the paper's noise is up to 2 % of it
@@ -52,6 +58,15 @@ class _Allowed:
         k = np.searchsorted(self.values, grid, side="left")
         self.above = self.values[np.clip(k, 0, len(self.values) - 1)]  # smallest allowed >= m (else the largest)
         self.top = top
+        fine = np.arange((top + 1) * self.STEPS + 1) / self.STEPS
+        self.table = self.distance(fine).astype(np.float32)
+
+    STEPS = 1024  # grid points per unit of the screening table: its distances are within 1 / 2048 of exact
+
+    def coarse_distance(self, x: np.ndarray) -> np.ndarray:
+        """``distance`` read from a table (for screening many trial cells; beyond the table, the last value)."""
+        near = self.table[np.clip((x * self.STEPS + 0.5).astype(np.intp), 0, len(self.table) - 1)]
+        return np.where(x < 0, self.values[0] - x, near)
 
     def distance(self, x: np.ndarray) -> np.ndarray:
         """|x - the nearest allowed value|."""
@@ -65,19 +80,25 @@ def _sums(max_index: int, form) -> np.ndarray:
 
 
 _CUBIC = _Allowed(np.array(sorted({h * h + k * k + m * m for h, k, m in itertools.product(range(8), repeat=3)} - {0})))
-_TETRAGONAL = _Allowed(_sums(8, lambda h, k: h * h + k * k))
-_HEXAGONAL = _Allowed(_sums(8, lambda h, k: h * h + h * k + k * k))
+_PLANAR = {"tetragonal": _Allowed(_sums(8, lambda h, k: h * h + k * k)),
+           "hexagonal": _Allowed(_sums(8, lambda h, k: h * h + h * k + k * k))}
 _SQUARES = _Allowed(np.arange(6, dtype=float) ** 2)
-_L2 = np.arange(9, dtype=float) ** 2
+_L2_32 = np.arange(16, dtype=np.float32) ** 2  # rhombohedral cells in the hexagonal setting need l up to ~15
+_LOW = np.array([(h * h, k * k, m * m) for h, k, m in itertools.product(range(3), repeat=3) if (h, k, m) != (0, 0, 0)],
+                dtype=float)  # the orthorhombic (h^2, k^2, l^2) of indices <= 2
+_LOW_FIRST = _LOW[(_LOW[:, 0] >= _LOW[:, 1]) & (_LOW[:, 1] >= _LOW[:, 2])]  # axes unordered: one per permutation
 
 
 @dataclass(frozen=True)
 class IndexingEvidence:
-    """Per lattice family: the share of the first lines indexed and the merit (that share minus chance)."""
+    """Per lattice family: the share of the first lines indexed, the merit (that share minus chance), and the
+    best cell's centring and parameters (A)."""
 
     n_lines: int
     indexed: dict[str, float]
     merit: dict[str, float]
+    centring: dict[str, str] = field(default_factory=dict)
+    cell: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def features(self) -> np.ndarray:
         """(N_FEATURES,): share indexed, merit and merit >= 0.8 per family, then lines found / N_LINES."""
@@ -86,7 +107,8 @@ class IndexingEvidence:
                         + [self.n_lines / N_LINES])
 
     def to_dict(self) -> dict:
-        return {"n_lines": self.n_lines, "indexed": dict(self.indexed), "merit": dict(self.merit)}
+        return {"n_lines": self.n_lines, "indexed": dict(self.indexed), "merit": dict(self.merit),
+                "centring": dict(self.centring), "cell_A": {f: list(c) for f, c in self.cell.items()}}
 
 
 N_FEATURES = 3 * len(FAMILIES) + 1
@@ -117,89 +139,201 @@ def index_pattern(pattern: np.ndarray, tolerance: float = TOLERANCE_Q) -> Indexi
     s = q ** 2 / FOUR_PI2
     tol = 2 * q * tolerance / FOUR_PI2  # the tolerance in s at each line
     window = (((q[0] - tolerance) ** 2) / FOUR_PI2, ((q[-1] + tolerance) ** 2) / FOUR_PI2)
-    span = window[1] - window[0]
-    indexed, merit = {}, {}
-    trials = {"cubic": _cubic(s, tol, window), "tetragonal": _uniaxial(s, tol, window, _TETRAGONAL),
-              "hexagonal": _uniaxial(s, tol, window, _HEXAGONAL), "orthorhombic": _orthorhombic(s, tol, window)}
-    for family, (hit, lines) in trials.items():
-        share = hit.mean(axis=1)
-        chance = np.minimum(1.0, lines * 2 * np.median(tol) / span)
-        score = share - chance
-        best = int(np.argmax(score))
-        indexed[family], merit[family] = float(share[best]), float(max(score[best], 0.0))
-    return IndexingEvidence(len(q), indexed, merit)
+    trials = {"cubic": [_cubic_trials(s)], "tetragonal": _uniaxial_trials(s, _PLANAR["tetragonal"]),
+              "hexagonal": _uniaxial_trials(s, _PLANAR["hexagonal"]), "orthorhombic": _orthorhombic_trials(s)}
+    indexed, merit, centring, cell = {}, {}, {}, {}
+    for family, rules in trials.items():  # each rule's cells are screened apart: the best of each go on
+        cells = np.concatenate([_screen(family, _distinct(c, sort_axes=family == "orthorhombic"), s, tol)
+                                for c in rules])
+        indexed[family], merit[family], centring[family], best = _score(family, cells, s, tol, window)
+        cell[family] = _cell_lengths(family, best)
+    return IndexingEvidence(len(q), indexed, merit, centring, cell)
 
 
-def _count_in(calc: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    return ((calc >= window[0]) & (calc <= window[1])).sum(axis=-1)
+# ------------------------------------------------------------------ trial cells
 
 
-def _cubic(s, tol, window):
-    a = np.unique(np.round(np.concatenate([s[:3] / n for n in _CUBIC.values[:8]]), 9))
-    hit = _CUBIC.distance(s[None, :] / a[:, None]) * a[:, None] <= tol[None, :]
-    return hit, _count_in(a[:, None] * _CUBIC.values[None, :], window)
+def _cubic_trials(s):
+    return np.concatenate([s[:3] / n for n in _CUBIC.values[:8]])[:, None]
 
 
-def _uniaxial(s, tol, window, planar):
+def _uniaxial_trials(s, planar):
+    """Two rules' (A, C): A from the first lines as (hk0), C from a line as (00l) or (hkl) with h, k <= 1; and
+    both from the first line and one of the next six as any reflection of low index."""
     first = s[:6]
     nonzero = planar.values[planar.values > 0]
-    a = np.unique(np.round(np.concatenate([s[:4] / p for p in nonzero[:4]]), 9))
-    pairs = [np.stack(np.meshgrid(a, np.concatenate([first / l2 for l2 in (1.0, 4.0, 9.0, 16.0)]),
+    a = np.concatenate([s[:4] / p for p in nonzero[:4]])
+    cells = [np.stack(np.meshgrid(a, np.concatenate([first / l2 for l2 in (1.0, 4.0, 9.0, 16.0)]),
                                   indexing="ij"), -1).reshape(-1, 2)]
     for p in nonzero[:2]:  # c from a mixed line (hk l): (s - A p) / l^2
         for l2 in (1.0, 4.0):
             c = (first[None, :] - a[:, None] * p) / l2
-            pairs.append(np.stack([np.repeat(a, len(first)), c.ravel()], -1))
-    pairs = np.concatenate(pairs)
-    pairs = np.unique(np.round(pairs[pairs[:, 1] > 1e-5], 9), axis=0)
-
-    def hits(cells, n):
-        a, c = cells[:, 0:1, None], cells[:, 1:2, None]
-        ratio = (s[None, :n, None] - c * _L2[None, None, :]) / a  # (cells, lines, l)
-        return (planar.distance(ratio) * a <= tol[None, :n, None]).any(axis=2)
-
-    pairs = _screen(pairs, hits)
-    calc = pairs[:, 0, None, None] * planar.values[None, :, None] + pairs[:, 1, None, None] * _L2[None, None, :]
-    return hits(pairs, len(s)), _count_in(calc.reshape(len(pairs), -1), window)
+            cells.append(np.stack([np.repeat(a, len(first)), c.ravel()], -1))
+    planar_sums = np.concatenate([[0.0], nonzero[:5]])
+    any_low = np.array([(p, m * m) for p in planar_sums for m in range(7) if (p, m) != (0, 0)], dtype=float)
+    return [_positive(np.concatenate(cells)), _positive(_solve_metric(s, any_low, any_low, others=range(1, 7)))]
 
 
-def _screen(cells: np.ndarray, hits, keep: int = SCREEN_KEEP) -> np.ndarray:
-    """The ``keep`` trial cells indexing most of the first SCREEN_LINES lines (all lines are scored after)."""
-    if len(cells) <= keep:
-        return cells
-    share = hits(cells, SCREEN_LINES).mean(axis=1)
-    return cells[np.argpartition(-share, keep - 1)[:keep]]
+def _positive(cells: np.ndarray) -> np.ndarray:
+    return cells[(cells > 1e-5).all(axis=1)]
 
 
-def _orthorhombic(s, tol, window):
+def _orthorhombic_trials(s):
+    """Two rules' (A, B, C): three of the first six lines as axial (h00) with h <= 2, or two axial and the third
+    axis from another line as (h k 1) with h, k <= 1; and all three from the first line and two of the next six
+    as any reflections with indices <= 2."""
     first = s[:6]
     axial = np.array([1.0, 4.0])  # an axial line is (100) or (200)
     i, j, k = np.array([t for t in itertools.combinations(range(6), 3)]).T
     three = np.stack(np.broadcast_arrays(*(first[n][:, None, None, None] / axial[(slice(None),) + (None,) * m]
-                                             for m, n in ((2, i), (1, j), (0, k)))), -1)  # three axial lines
+                                           for m, n in ((2, i), (1, j), (0, k)))), -1)  # three axial lines
     i, j = np.array([t for t in itertools.combinations(range(6), 2)]).T
     a = first[i][:, None, None] / axial[None, :, None]  # (pair, h2, 1)
     b = first[j][:, None, None] / axial[None, None, :]  # (pair, 1, k2)
     a, b = np.broadcast_arrays(a, b)
     x, y = np.array([0.0, 1.0, 0.0, 1.0]), np.array([0.0, 0.0, 1.0, 1.0])
-    # two axial lines, the third axis from any other line taken as (h k 1), h, k in {0, 1}
     c = first[None, None, None, :, None] - a[..., None, None] * x - b[..., None, None] * y
     other = (np.arange(6)[None, :] != i[:, None]) & (np.arange(6)[None, :] != j[:, None])
     shape = c.shape
     mixed = np.stack([np.broadcast_to(a[..., None, None], shape), np.broadcast_to(b[..., None, None], shape), c], -1)
     mixed = mixed[np.broadcast_to(other[:, None, None, :, None], shape)]
-    cells = np.concatenate([three.reshape(-1, 3), mixed.reshape(-1, 3)])
-    cells = np.unique(np.round(cells[cells[:, 2] > 1e-5], 9), axis=0)
+    return [_positive(np.concatenate([three.reshape(-1, 3), mixed.reshape(-1, 3)])),
+            _positive(_solve_metric(s, _LOW_FIRST, _LOW, others=range(1, 7)))]
 
-    def hits(cells, n):
+
+def _solve_metric(s, first_forms, forms, others) -> np.ndarray:
+    """Metric parameters solving s = form . params for the first line (one of ``first_forms``) and
+    ``len(params) - 1`` lines of ``others`` (each one of ``forms``)."""
+    others = [n for n in others if n < len(s)]
+    inverse = _inverse_systems(first_forms.tobytes(), forms.tobytes(), forms.shape[1])
+    lines = np.array(list(itertools.combinations(others, forms.shape[1] - 1)))  # (choices, params - 1)
+    rhs = np.concatenate([np.full((len(lines), 1), s[0]), s[lines]], axis=1)
+    return np.einsum("aij,cj->cai", inverse, rhs).reshape(-1, forms.shape[1])
+
+
+@functools.lru_cache(maxsize=None)
+def _inverse_systems(first_forms: bytes, forms: bytes, n_params: int) -> np.ndarray:
+    """The inverses of every solvable assignment of forms to lines (the same for every pattern: cached)."""
+    rows = [np.frombuffer(first_forms).reshape(-1, n_params)] + [np.frombuffer(forms).reshape(-1, n_params)] * (
+        n_params - 1)
+    grids = np.meshgrid(*[np.arange(len(r)) for r in rows], indexing="ij")
+    systems = np.stack([r[g.ravel()] for r, g in zip(rows, grids)], axis=1)  # (assignments, lines, params)
+    return np.linalg.inv(systems[np.abs(np.linalg.det(systems)) > 1e-9])
+
+
+def _distinct(cells: np.ndarray, sort_axes: bool = False) -> np.ndarray:
+    """Cells with distinct parameters (to 1e-6 1/A^2; with ``sort_axes``, the axes unordered)."""
+    if sort_axes:
+        cells = np.sort(cells, axis=1)
+    key = np.round(cells * 1e6).astype(np.int64)
+    flat = key[:, 0]
+    for column in key.T[1:]:
+        flat = flat * 2_000_003 + column
+    return cells[np.unique(flat, return_index=True)[1]]
+
+
+def _screen(family: str, cells: np.ndarray, s, tol, keep: int = SCREEN_KEEP) -> np.ndarray:
+    """The ``keep`` trial cells indexing most of the first SCREEN_LINES lines (any index, no centring); among
+    cells indexing as many, the smallest (largest reciprocal volume) first."""
+    if len(cells) <= keep:
+        return cells
+    n = SCREEN_LINES
+    hits = _screen_hits(family, cells.astype(np.float32), s[:n].astype(np.float32), tol[:n].astype(np.float32))
+    reciprocal_volume = np.prod(cells, axis=1) * (cells[:, 0] if cells.shape[1] == 2 else 1.0)
+    return cells[np.lexsort((-reciprocal_volume, -hits))[:keep]]
+
+
+def _screen_hits(family: str, cells: np.ndarray, s, tol) -> np.ndarray:
+    """Per trial cell: how many of the lines ``s`` a reflection of any (low) index puts within ``tol``."""
+    if family == "cubic":
+        return (_CUBIC.coarse_distance(s[None, :] / cells) * cells <= tol[None, :]).sum(axis=1)
+    if family == "orthorhombic":
         a, b, c = (cells[:, m, None, None, None] for m in range(3))
-        squares = _SQUARES.values if n > SCREEN_LINES else _SQUARES.values[:4]  # the first lines: h, k <= 3
-        rest = (s[None, :n, None, None] - a * squares[None, None, :, None] - b * squares[None, None, None, :]) / c
-        return (_SQUARES.distance(rest) * c <= tol[None, :n, None, None]).any(axis=(2, 3))
+        squares = _SQUARES.values[:4].astype(np.float32)  # the first lines: h, k <= 3
+        rest = (s[None, :, None, None] - a * squares[None, None, :, None] - b * squares[None, None, None, :]) / c
+        return (_SQUARES.coarse_distance(rest) * c <= tol[None, :, None, None]).any(axis=(2, 3)).sum(axis=1)
+    a, c = cells[:, 0:1, None], cells[:, 1:2, None]
+    ratio = (s[None, :, None] - c * _L2_32[None, None, :]) / a  # (cells, lines, l)
+    return (_PLANAR[family].coarse_distance(ratio) * a <= tol[None, :, None]).any(axis=2).sum(axis=1)
 
-    cells = _screen(cells, hits)
-    squares = _SQUARES.values
-    grid = (cells[:, 0, None, None, None] * squares[None, :, None, None]
-            + cells[:, 1, None, None, None] * squares[None, None, :, None]
-            + cells[:, 2, None, None, None] * squares[None, None, None, :])
-    return hits(cells, len(s)), _count_in(grid.reshape(len(cells), -1), window)
+
+# ------------------------------------------------------------------ scoring with centring
+
+
+def _reflections(family: str) -> np.ndarray:
+    """(n, 3) Miller indices whose lines a cell of ``family`` is scored on."""
+    if family == "cubic":
+        return np.array([t for t in itertools.product(range(8), repeat=3) if any(t)])
+    if family == "tetragonal":
+        return np.array([t for t in itertools.product(range(9), range(9), range(13)) if any(t)])
+    if family == "hexagonal":  # signed h, k: the rhombohedral condition tells (h k l) from (-h -k l)
+        return np.array([t for t in itertools.product(range(-8, 9), range(-8, 9), range(16)) if any(t)])
+    return np.array([t for t in itertools.product(range(8), repeat=3) if any(t)])
+
+
+_ALLOWED = {  # reflection conditions of the centred lattices (International Tables A, table 2.2.13.1)
+    "P": lambda h, k, l: np.ones(len(h), bool),
+    "I": lambda h, k, l: (h + k + l) % 2 == 0,
+    "F": lambda h, k, l: (h % 2 == k % 2) & (k % 2 == l % 2),
+    "A": lambda h, k, l: (k + l) % 2 == 0,
+    "B": lambda h, k, l: (h + l) % 2 == 0,
+    "C": lambda h, k, l: (h + k) % 2 == 0,
+    "R": lambda h, k, l: (-h + k + l) % 3 == 0,  # obverse, hexagonal setting
+}
+
+
+def _metric_forms(family: str, hkl: np.ndarray) -> np.ndarray:
+    """(n, parameters): the coefficients of A (B, C) in s for each reflection."""
+    h, k, l = hkl.T.astype(float)
+    if family == "cubic":
+        return (h * h + k * k + l * l)[:, None]
+    if family == "tetragonal":
+        return np.stack([h * h + k * k, l * l], 1)
+    if family == "hexagonal":
+        return np.stack([h * h + h * k + k * k, l * l], 1)
+    return np.stack([h * h, k * k, l * l], 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _centred_forms(family: str) -> dict[str, np.ndarray]:
+    hkl = _reflections(family)
+    return {c: np.unique(_metric_forms(family, hkl[_ALLOWED[c](*hkl.T)]), axis=0) for c in CENTRINGS[family]}
+
+
+def _score(family: str, cells: np.ndarray, s, tol, window):
+    """(indexed share, merit, centring, cell) of the best trial cell and centring of ``family``."""
+    if not len(cells):
+        return 0.0, 0.0, "P", np.full(cells.shape[1], np.inf)
+    span = window[1] - window[0]
+    best = (0.0, -np.inf, "P", cells[0])
+    for centring, forms in _centred_forms(family).items():
+        share, distinct = _indexed_share(cells @ forms.T, s, tol, window)
+        score = share - np.minimum(1.0, distinct * 2 * np.median(tol) / span)
+        i = int(np.argmax(score))
+        if score[i] > best[1]:
+            best = (float(share[i]), float(score[i]), centring, cells[i])
+    return best[0], max(best[1], 0.0), best[2], best[3]
+
+
+def _indexed_share(calc: np.ndarray, s, tol, window):
+    """Per cell (row of ``calc``): the share of ``s`` within ``tol`` of a calculated line, and the number of
+    distinct calculated lines in ``window``."""
+    inside = (calc >= window[0]) & (calc <= window[1])
+    calc = np.sort(np.where(inside, calc, window[1] + 1.0), axis=1)  # outside lines parked beyond the window
+    n_inside = inside.sum(axis=1)
+    repeated = (np.diff(calc, axis=1) <= 1e-9) & (np.arange(1, calc.shape[1]) < n_inside[:, None])
+    distinct = n_inside - repeated.sum(axis=1)
+    offset = 2.0 * (window[1] + 2.0) * np.arange(len(calc))[:, None]  # rows apart: one sorted flat array
+    flat = (calc + offset).ravel()
+    query = (s[None, :] + offset).ravel()
+    j = np.clip(np.searchsorted(flat, query), 1, len(flat) - 1)
+    near = np.minimum(np.abs(flat[j] - query), np.abs(flat[j - 1] - query)).reshape(len(calc), len(s))
+    return (near <= tol[None, :]).mean(axis=1), distinct
+
+
+def _cell_lengths(family: str, params: np.ndarray) -> tuple[float, ...]:
+    """Cell edges (A) of metric parameters: a = 1 / sqrt(A), hexagonal a = sqrt(4 / (3 A))."""
+    lengths = 1.0 / np.sqrt(np.maximum(params, 1e-12))
+    if family == "hexagonal":
+        lengths[0] *= np.sqrt(4.0 / 3.0)
+    return tuple(round(float(x), 4) for x in lengths)

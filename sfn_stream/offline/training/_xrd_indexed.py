@@ -24,7 +24,7 @@ from ._xrd import DEFAULT_STICK_TABLE
 from ._xrd_search_match import validation_set
 
 BUNDLE_NAME = "xrd-indexed"
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 SEARCH_MATCH_MEMBER = "xrd-search-match"
 L2 = 1.0  # ridge on the standardised coefficients (per example: L2 / n); chosen a priori, not tuned
 FOLDS = 5
@@ -126,7 +126,8 @@ def _card(member, metrics, n_val) -> dict[str, Any]:
         "name": BUNDLE_NAME, "version": VERSION, "kind": "xrd", "created": datetime.date.today().isoformat(),
         "description": "Search-match with metric-indexing evidence: a multinomial logistic regression on the "
                        "search-match log-probabilities and how well cubic, tetragonal, hexagonal and orthorhombic "
-                       "cells index the first 20 lines (core.spectra.index_pattern), fitted on validation (again "
+                       "cells, lattice centring included, index the first 20 lines (core.spectra.index_pattern), "
+                       "fitted on validation (again "
                        "for the ranking with the sample's elements). Space groups: search-match's, rescaled to the "
                        "combined crystal-system probabilities. See docs/xrd-search-match.md.",
         "training_data": {
@@ -158,8 +159,9 @@ def _card(member, metrics, n_val) -> dict[str, Any]:
         ],
         "documentation": "docs/xrd-search-match.md (test figures: sfn-stream evaluate xrd)",
         "limits": [*search.get("limits", []),
-                   "indexing tries cubic, tetragonal, hexagonal and orthorhombic cells only, with trial cells from "
-                   "the first six lines and no lattice centring; trigonal and hexagonal cells index alike",
+                   "indexing tries cubic, tetragonal, hexagonal and orthorhombic cells only (with their Bravais "
+                   "centrings), trial cells from the first seven lines taken as reflections of low index; "
+                   "trigonal and hexagonal cells index alike (a rhombohedral R centring is evidence, not proof)",
                    "monoclinic cells with beta near 90 deg index as orthorhombic, so monoclinic patterns are moved "
-                   "there more often than search-match alone moves them (test, noisy: 0.52 vs 0.70 of them right)"],
+                   "there more often than search-match alone moves them (see docs/xrd-search-match.md)"],
     }
