@@ -68,6 +68,7 @@ def test_demo_runs_from_the_installed_package(installed):
     result = _sfn_stream(installed, "demo")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Cu oxidation state" in result.stdout
+    assert "indexing (cubic to orthorhombic tried):" in " ".join(result.stdout.split())  # the live PXRD line's cell
     summary = json.loads((installed[2] / "sfn-demo" / "summary.json").read_text())
     # the multi-metal part runs from the sample shipped in the package, elements only, to the agent's "done"
     agent = summary["agent"]

@@ -221,6 +221,10 @@ def test_xrd_frames_are_predicted_live(RE, plugin, beamline, client):
     assert set(derived["status"].values) <= {"ok", "flagged"}
     summary = run.metadata["stop"]["sfn"]
     assert summary["frames"] == 3 and summary["crystal_system"] in derived["crystal_system"].values
+    # the default bundle indexes each frame: the run's lattice is the best-indexing frame's, with its cell
+    best = int(np.nanargmax(np.asarray(derived["lattice_merit"])))
+    assert summary["lattice"] == derived["lattice"].values[best] != ""
+    assert summary["lattice_cell_A"] == pytest.approx([float(derived[f"cell_{axis}"].values[best]) for axis in "abc"])
     # each derived event went out before the next raw event (live, not at the stop)
     order = [n for n in seen if n in ("event", "event_page")]
     assert len(order) == 6

@@ -49,7 +49,7 @@ class LiveDisplay:
             return
         if stream == XRD_STREAM:
             text = f"frame {row['frame']}: crystal system [bold]{row['crystal_system']}[/bold] " \
-                   f"({row['crystal_system_confidence']:.0%})"
+                   f"({row['crystal_system_confidence']:.0%})" + _lattice_text(row)
         else:
             text = (f"{row['absorber']}: oxidation state [bold]{row['oxidation_state']}[/bold] "
                     f"({row['oxidation_state_confidence']:.0%}), CN [bold]{row['coordination_number']}[/bold] "
@@ -57,3 +57,12 @@ class LiveDisplay:
                     f"± {row['density_std']:.2f} g/cm3; E0 {row['e0']:.1f} eV ({row['e0_shift']:+.1f} eV)")
         flags = row.get("quality_flags")
         self.console.print(f"[green]prediction[/green] {text}" + (f"  [yellow]flags: {flags}[/yellow]" if flags else ""))
+
+
+def _lattice_text(row: dict) -> str:
+    """'; indexing (cubic to orthorhombic tried): tetragonal I (a 3.784, b 3.784, c 9.504 A, merit 0.91)' when
+    the bundle indexes, else ''."""
+    if not row.get("lattice"):
+        return ""
+    edges = ", ".join(f"{axis} {row[f'cell_{axis}']:.3f}" for axis in "abc")
+    return f"; indexing (cubic to orthorhombic tried): {row['lattice']} ({edges} A, merit {row['lattice_merit']:.2f})"

@@ -283,13 +283,21 @@ def _print_table(result: dict) -> None:
     out.print(f"model bundle: {result['bundle_id']}", style="dim")
 
 
+_EDGES = {"cubic": "a", "tetragonal": "ac", "hexagonal": "ac", "orthorhombic": "abc"}
+
+
 def _indexing_line(evidence: dict) -> str:
-    """'indexing of the first 20 lines (merit: share indexed minus chance): tetragonal 0.92, ...'"""
+    """'indexing of the first 20 lines (merit: share indexed minus chance): tetragonal P 0.92 (a 4.593, c 2.959
+    A), orthorhombic C 0.88, ...': the best family's cell in full."""
     if evidence["n_lines"] < 6:
         return f"indexing: {evidence['n_lines']} lines found, too few to try cells"
     ranked = sorted(evidence["merit"].items(), key=lambda item: -item[1])
-    return (f"indexing of the first {evidence['n_lines']} lines (merit: share indexed minus chance): "
-            + ", ".join(f"{family} {merit:.2f}" for family, merit in ranked))
+    centring, cells = evidence.get("centring", {}), evidence.get("cell_A", {})
+    parts = [f"{family} {centring.get(family, '')} {merit:.2f}".replace("  ", " ") for family, merit in ranked]
+    best = ranked[0][0]
+    if best in cells:
+        parts[0] += " (" + ", ".join(f"{name} {edge:.3f}" for name, edge in zip(_EDGES[best], cells[best])) + " A)"
+    return f"indexing of the first {evidence['n_lines']} lines (merit: share indexed minus chance): " + ", ".join(parts)
 
 
 # What a prediction made without --elements means, by how the bundle was asked (inputs["composition"]).

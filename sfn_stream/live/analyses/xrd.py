@@ -3,6 +3,9 @@
 The run's crystal system is the mean of the usable frames' probabilities. The mean pattern of the
 usable frames is kept for after-stop consumers (structure inference matches candidates against it),
 and so are the space groups a search-match bundle names (structure inference's space-group prior).
+A bundle that indexes the lines (``xrd-indexed``) also gives each frame's best-indexing lattice and cell
+(``lattice``, e.g. ``tetragonal I``, ``lattice_merit``, ``cell_a/b/c`` in A; empty and NaN otherwise), and the
+stop summary the run's best of them (``lattice``, ``lattice_merit``, ``lattice_cell_A``).
 
 The sample's elements, when the start document gives them (``sfn.elements`` or ``sfn.composition``;
 of a formula only the element set is used), go to the predictor: a search-match bundle with a
@@ -66,6 +69,7 @@ class XrdAnalysis(BaseAnalysis):
         self._probabilities: list[np.ndarray] = []
         self._space_groups: list[dict[int, float]] = []  # per usable frame; empty for a crystal-system-only bundle
         self._pattern = _MeanPattern()
+        self._lattice: dict[str, Any] | None = None  # the usable frame whose lattice indexed best
         self._elements = self._sample_elements()
 
     def _sample_elements(self) -> list[str] | None:
@@ -130,6 +134,9 @@ class XrdAnalysis(BaseAnalysis):
             space_groups = _space_group_table(prediction)
             if space_groups:
                 self._space_groups.append(space_groups)
+            if row["lattice"] and (self._lattice is None or row["lattice_merit"] > self._lattice["lattice_merit"]):
+                self._lattice = {"lattice": row["lattice"], "lattice_merit": round(row["lattice_merit"], 4),
+                                 "lattice_cell_A": [row[f"cell_{axis}"] for axis in "abc"]}
         self._classes = classes
 
     def finish(self, stop: dict) -> dict:
@@ -144,6 +151,8 @@ class XrdAnalysis(BaseAnalysis):
             mean = np.mean(self._probabilities, axis=0)
             best = int(np.argmax(mean))
             summary.update(crystal_system=self._classes[best], crystal_system_confidence=round(float(mean[best]), 4))
+        if self._lattice:
+            summary.update(self._lattice)
         if exit_flag(stop):
             summary["quality_flags"] = [*summary.get("quality_flags", []), exit_flag(stop)]
         return summary
@@ -221,4 +230,23 @@ def xrd_row(prediction: Prediction, frame: int, classes: Sequence[str]) -> dict[
     for name in ("q_min", "q_max", "coverage_fraction"):
         value = pre.get(name)
         row[name] = math.nan if value is None else float(value)
+    row.update(lattice_fields(pre.get("indexing")))
     return row
+
+
+def lattice_fields(indexing: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The best-indexing lattice of a frame: ``lattice`` ('tetragonal I'), ``lattice_merit`` and the
+    conventional cell edges ``cell_a/b/c`` (A); '' and NaN when the bundle does not index or no family scored."""
+    fields = {"lattice": "", "lattice_merit": math.nan, "cell_a": math.nan, "cell_b": math.nan, "cell_c": math.nan}
+    merits = (indexing or {}).get("merit") or {}
+    if not merits:
+        return fields
+    family, merit = max(merits.items(), key=lambda item: item[1])
+    edges = list((indexing.get("cell_A") or {}).get(family) or [])
+    if merit <= 0 or not edges:
+        return fields
+    a, b, c = {1: lambda e: (e[0], e[0], e[0]), 2: lambda e: (e[0], e[0], e[1])}.get(len(edges), tuple)(edges)
+    centring = (indexing.get("centring") or {}).get(family, "")
+    fields.update(lattice=f"{family} {centring}".strip(), lattice_merit=float(merit),
+                  cell_a=float(a), cell_b=float(b), cell_c=float(c))
+    return fields
