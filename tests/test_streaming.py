@@ -225,6 +225,7 @@ def test_xrd_frames_are_predicted_live(RE, plugin, beamline, client):
     best = int(np.nanargmax(np.asarray(derived["lattice_merit"])))
     assert summary["lattice"] == derived["lattice"].values[best] != ""
     assert summary["lattice_cell_A"] == pytest.approx([float(derived[f"cell_{axis}"].values[best]) for axis in "abc"])
+    assert uid in runs_where(client, lattice=summary["lattice"])
     # each derived event went out before the next raw event (live, not at the stop)
     order = [n for n in seen if n in ("event", "event_page")]
     assert len(order) == 6
