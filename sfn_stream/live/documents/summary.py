@@ -6,7 +6,8 @@ structure inference ``empty``) and ``reason`` (None when all went well). A run's
 ``derived_stream`` (the stream it wrote), ``bundle_id``, ``quality_flags`` (``run_abort`` and the like
 when the run did not succeed) and its predictions as flat fields (``oxidation_state``,
 ``oxidation_state_confidence``, ``species``, ``crystal_system`` ... see
-``sfn_stream.core.predict.summary_fields``); ``errors`` lists documents whose analysis failed.
+``sfn_stream.core.predict.summary_fields``; a PXRD run whose bundle indexes also ``lattice``, ``lattice_merit``
+and ``lattice_cell_A``); ``errors`` lists documents whose analysis failed.
 
 A XANES run of a multi-metal sample adds the sample-level result (``sample_species``, ``sample_edges``,
 ``sample_runs``, ``sample_per_metal`` ...: ``sfn_stream.live.analyses.xanes.sample_summary``); the list
