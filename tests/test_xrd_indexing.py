@@ -21,7 +21,7 @@ from sfn_stream.core.networks import (
 )
 from sfn_stream.core.networks._xrd_indexed import space_group_systems
 from sfn_stream.core.simulation import stick_pattern, synthesize_pattern
-from sfn_stream.core.spectra import XRD_Q_GRID, index_pattern, peak_positions, two_theta_to_q
+from sfn_stream.core.spectra import XRD_Q_GRID, index_pattern, lattice_lines, peak_positions, two_theta_to_q
 from sfn_stream.core.spectra._xrd_indexing import N_FEATURES
 from sfn_stream.offline.training import DEFAULT_STICK_TABLE, build_xrd_indexed_bundle
 
@@ -71,6 +71,20 @@ def test_a_lower_family_indexes_a_higher_symmetry_pattern_only_with_the_higher_m
     assert np.isclose(a, b, rtol=0.002) or np.isclose(b, c, rtol=0.002)
     orthorhombic = index_pattern(_pattern(ORTHORHOMBIC)).merit  # 20 lines: some fit other cells by chance
     assert max(orthorhombic[f] for f in ("cubic", "tetragonal", "hexagonal")) < orthorhombic["orthorhombic"] - 0.3
+
+
+def test_the_lines_of_an_indexed_cell_are_its_centrings_lines_and_cover_the_peaks():
+    a = 5.64
+    face_centred = (lattice_lines("cubic", "F", (a,), 5.0) * a / (2 * np.pi)) ** 2
+    assert np.allclose(face_centred, [3, 4, 8, 11, 12, 16, 19, 20], atol=1e-6)  # no (100), (110), (210) ...
+    assert len(lattice_lines("cubic", "P", (a,), 5.0)) > len(face_centred)
+    for structure in (CORUNDUM, ORTHORHOMBIC):
+        pattern = _pattern(structure)
+        evidence, peaks = index_pattern(pattern), peak_positions(pattern)
+        family = max(evidence.merit, key=evidence.merit.get)
+        lines = lattice_lines(family, evidence.centring[family], evidence.cell[family], peaks[-1] + 0.1)
+        indexed = np.abs(peaks[:, None] - lines[None, :]).min(axis=1) <= 0.006
+        assert indexed.mean() == pytest.approx(evidence.indexed[family])  # the ticks are what was scored
 
 
 def test_noise_at_the_papers_level_leaves_a_tetragonal_cell_indexed():

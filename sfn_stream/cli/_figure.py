@@ -53,6 +53,7 @@ def demo_figure(path: Path, xanes_run, xrd_run, sample) -> None:
 
     ax = axes[1, 0]
     ax.plot(tth, pattern, color="k", lw=0.8)
+    _lattice_ticks(ax, tth, pattern, stop_d, sample.wavelength)
     ax.set(xlabel="2$\\theta$ (deg, $\\lambda$ = %.4f $\\AA$)" % sample.wavelength, ylabel="counts",
            title=f"PXRD frame: predicted {stop_d.get('crystal_system')} "
                  f"({(stop_d.get('crystal_system_confidence') or 0):.0%})")
@@ -63,6 +64,27 @@ def demo_figure(path: Path, xanes_run, xrd_run, sample) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _lattice_ticks(ax, tth, pattern, summary: dict, wavelength: float) -> None:
+    """Tick marks under the pattern where the run's best-indexing cell puts its lines (when it has one)."""
+    from sfn_stream.core.spectra import lattice_lines
+
+    lattice, edges = summary.get("lattice"), summary.get("lattice_cell_A")
+    if not lattice or not edges:
+        return
+    family, _, centring = lattice.partition(" ")
+    n_edges = {"cubic": 1, "tetragonal": 2, "hexagonal": 2}.get(family, 3)
+    unique_edges = [edges[0], edges[2]] if n_edges == 2 else edges[:n_edges]
+    q_max = 4 * np.pi * np.sin(np.radians(float(np.max(tth))) / 2) / wavelength
+    lines = 2 * np.degrees(np.arcsin(lattice_lines(family, centring or "P", unique_edges, q_max) * wavelength
+                                     / (4 * np.pi)))
+    low = -0.06 * float(np.max(pattern))
+    cell = ", ".join(f"{e:.3f}" for e in unique_edges)
+    ax.plot(lines, np.full(len(lines), low), "|", color="tab:green", ms=9,
+            label=f"lines of the best-indexing cell\n{lattice}, {cell} $\\AA$ (merit {summary.get('lattice_merit', 0):.2f})")
+    ax.set_ylim(top=1.3 * float(np.max(pattern)))  # room for the legend above the peaks
+    ax.legend(fontsize=7, loc="upper right")
 
 
 def _probability_bars(ax, xanes, xrd, stop_x, sample) -> None:

@@ -57,7 +57,7 @@ from ._xrd import (
     two_theta_to_q,
 )
 from ._xrd import BACKGROUND
-from ._xrd_indexing import IndexingEvidence, index_pattern, peak_positions
+from ._xrd_indexing import IndexingEvidence, index_pattern, lattice_lines, peak_positions
 from ._xrd import XRD_Q_MIN
 from ._xrd import XRD_Q_POINTS
 from ._xrd import XRD_Q_STEP

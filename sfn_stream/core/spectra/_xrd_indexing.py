@@ -331,6 +331,18 @@ def _indexed_share(calc: np.ndarray, s, tol, window):
     return (near <= tol[None, :]).mean(axis=1), distinct
 
 
+def lattice_lines(family: str, centring: str, edges, q_max: float) -> np.ndarray:
+    """Q (1/A, ascending, distinct) of the lines a cell of ``family`` with ``centring`` and conventional ``edges``
+    (A, as ``IndexingEvidence.cell`` gives them) allows up to ``q_max``: the tick marks under a pattern."""
+    edges = np.asarray(edges, dtype=float)
+    params = 1.0 / edges ** 2
+    if family == "hexagonal":
+        params[0] *= 4.0 / 3.0
+    s = _centred_forms(family)[centring] @ params
+    q = np.sqrt(np.unique(np.round(s[(s > 0) & (s <= (q_max ** 2) / FOUR_PI2)], 10)) * FOUR_PI2)
+    return q
+
+
 def _cell_lengths(family: str, params: np.ndarray) -> tuple[float, ...]:
     """Cell edges (A) of metric parameters: a = 1 / sqrt(A), hexagonal a = sqrt(4 / (3 A))."""
     lengths = 1.0 / np.sqrt(np.maximum(params, 1e-12))
