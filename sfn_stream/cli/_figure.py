@@ -68,14 +68,13 @@ def demo_figure(path: Path, xanes_run, xrd_run, sample) -> None:
 
 def _lattice_ticks(ax, tth, pattern, summary: dict, wavelength: float) -> None:
     """Tick marks under the pattern where the run's best-indexing cell puts its lines (when it has one)."""
-    from sfn_stream.core.spectra import lattice_lines
+    from sfn_stream.core.spectra import family_edges, lattice_lines
 
     lattice, edges = summary.get("lattice"), summary.get("lattice_cell_A")
     if not lattice or not edges:
         return
     family, _, centring = lattice.partition(" ")
-    n_edges = {"cubic": 1, "tetragonal": 2, "hexagonal": 2}.get(family, 3)
-    unique_edges = [edges[0], edges[2]] if n_edges == 2 else edges[:n_edges]
+    unique_edges = family_edges(family, edges)
     q_max = 4 * np.pi * np.sin(np.radians(float(np.max(tth))) / 2) / wavelength
     lines = 2 * np.degrees(np.arcsin(lattice_lines(family, centring or "P", unique_edges, q_max) * wavelength
                                      / (4 * np.pi)))

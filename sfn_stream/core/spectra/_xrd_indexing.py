@@ -331,11 +331,26 @@ def _indexed_share(calc: np.ndarray, s, tol, window):
     return (near <= tol[None, :]).mean(axis=1), distinct
 
 
+_N_EDGES = {"cubic": 1, "tetragonal": 2, "hexagonal": 2, "orthorhombic": 3}
+
+
+def family_edges(family: str, edges) -> list[float]:
+    """The family's independent edges (cubic a; tetragonal, hexagonal a, c; orthorhombic a, b, c) of ``edges``
+    given either so (``IndexingEvidence.cell``) or as the conventional a, b, c."""
+    edges = [float(e) for e in edges]
+    return {1: edges[:1], 2: [edges[0], edges[-1]]}.get(_N_EDGES[family], edges[:3])
+
+
+def conventional_cell(family: str, edges) -> tuple[float, float, float]:
+    """(a, b, c) in A of the family's independent ``edges``."""
+    e = family_edges(family, edges)
+    return {1: (e[0], e[0], e[0]), 2: (e[0], e[0], e[1])}.get(len(e), tuple(e))
+
+
 def lattice_lines(family: str, centring: str, edges, q_max: float) -> np.ndarray:
-    """Q (1/A, ascending, distinct) of the lines a cell of ``family`` with ``centring`` and conventional ``edges``
-    (A, as ``IndexingEvidence.cell`` gives them) allows up to ``q_max``: the tick marks under a pattern."""
-    edges = np.asarray(edges, dtype=float)
-    params = 1.0 / edges ** 2
+    """Q (1/A, ascending, distinct) of the lines a cell of ``family`` with ``centring`` and ``edges`` (A: the
+    family's own, or a, b, c) allows up to ``q_max``: the tick marks under a pattern."""
+    params = 1.0 / np.asarray(family_edges(family, edges)) ** 2
     if family == "hexagonal":
         params[0] *= 4.0 / 3.0
     s = _centred_forms(family)[centring] @ params

@@ -31,6 +31,7 @@ from sfn_stream.core.predict import (
     status_fields,
     summary_fields,
 )
+from sfn_stream.core.spectra import conventional_cell
 from sfn_stream.live.documents import exit_flag, run_summary
 from .base import BaseAnalysis, Insufficient, RunContext, bundle_classes, bundle_id, register_analysis
 
@@ -245,7 +246,7 @@ def lattice_fields(indexing: Mapping[str, Any] | None) -> dict[str, Any]:
     edges = list((indexing.get("cell_A") or {}).get(family) or [])
     if merit <= 0 or not edges:
         return fields
-    a, b, c = {1: lambda e: (e[0], e[0], e[0]), 2: lambda e: (e[0], e[0], e[1])}.get(len(edges), tuple)(edges)
+    a, b, c = conventional_cell(family, edges)
     centring = (indexing.get("centring") or {}).get(family, "")
     fields.update(lattice=f"{family} {centring}".strip(), lattice_merit=float(merit),
                   cell_a=float(a), cell_b=float(b), cell_c=float(c))
