@@ -183,3 +183,28 @@ def test_a_prediction_carries_the_indexing_evidence_and_the_cli_shows_it(tmp_pat
     shown = " ".join(capsys.readouterr().out.split())
     assert "minus chance): tetragonal P 0.9" in shown  # the best-indexing family first, with its cell
     assert "(a 4.59" in shown and ", c 2.9" in shown
+
+
+def test_a_structures_own_cell_is_fitted_from_its_sticks_and_refused_in_another_setting():
+    from sfn_stream.offline.evaluation.xrd_indexing_eval import own_cell
+
+    sticks = stick_pattern(RUTILE)
+    params = own_cell("tetragonal", sticks.hkl, sticks.q)
+    assert np.allclose(params, [1 / 4.594 ** 2, 1 / 2.959 ** 2], rtol=1e-4)
+    assert own_cell("cubic", sticks.hkl, sticks.q) is None  # rutile's lines are no cubic cell's
+
+
+def test_evaluate_indexing_prints_per_system_figures(capsys):
+    import json
+
+    from sfn_stream.cli import main
+
+    assert main(["evaluate", "indexing", "--max", "40", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_structures"] == 40
+    for protocol in ("noisy", "clean"):
+        by_class = report["protocols"][protocol]
+        assert sum(m["n"] for m in by_class.values()) == 40
+        shares = [m[k] for m in by_class.values() for k in ("own_cell_indexes", "search_finds") if m[k] is not None]
+        assert shares and all(0.0 <= v <= 1.0 for v in shares)
+    assert main(["evaluate", "indexing", "--max", "0"]) == 2

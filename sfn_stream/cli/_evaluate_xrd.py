@@ -34,6 +34,39 @@ def add_xrd_parser(which) -> None:
     xrd.set_defaults(run=run_xrd)
 
 
+def add_indexing_parser(which) -> None:
+    """``indexing`` under ``sfn-stream evaluate``: does the powder indexing find each structure's own cell?"""
+    indexing = which.add_parser("indexing", help="PXRD indexing diagnostic: per crystal system, how often a "
+                                "structure's own cell indexes its peaks and how often the search finds such a cell")
+    indexing.add_argument("--split", choices=("val", "test"), default="val",
+                          help="formula-disjoint structures of this split (default val)")
+    indexing.add_argument("--max", type=int, help="at most this many structures (drawn with a fixed seed)")
+    indexing.add_argument("--sticks", type=Path, help="stick table (default: data/xrd_sticks/xrd_sticks.npz)")
+    indexing.add_argument("--splits-dir", type=Path,
+                          help="folder of xrd_{train,val,test}.txt for --sticks (default: data/splits)")
+    indexing.add_argument("--json", action="store_true", help="print one JSON object")
+    indexing.set_defaults(run=run_indexing)
+
+
+def run_indexing(args) -> int:
+    from sfn_stream.core import paths
+    from sfn_stream.offline.evaluation.xrd_indexing_eval import evaluate_indexing, format_indexing_report
+    from sfn_stream.offline.training import DEFAULT_STICK_TABLE
+
+    if args.max is not None and args.max < 1:
+        raise CliError("--max must be at least 1")
+    try:
+        report = evaluate_indexing(args.sticks or DEFAULT_STICK_TABLE, args.splits_dir or paths.SPLITS_DIR,
+                                   split=args.split, max_structures=args.max, progress=not args.json)
+    except FileNotFoundError as err:
+        raise CliError(str(err)) from err
+    if args.json:
+        print_json(report)
+    else:
+        print("\n".join(format_indexing_report(report)))
+    return 0
+
+
 def run_xrd(args) -> int:
     from sfn_stream.core import paths
     from sfn_stream.core.networks import BundleError, models_dir

@@ -43,9 +43,10 @@ def add_parser(sub) -> None:
     from ._evaluate import add_xanes_parser  # sfn-stream evaluate xanes
 
     add_xanes_parser(which)
-    from ._evaluate_xrd import add_xrd_parser  # sfn-stream evaluate xrd
+    from ._evaluate_xrd import add_indexing_parser, add_xrd_parser  # sfn-stream evaluate xrd, indexing
 
     add_xrd_parser(which)
+    add_indexing_parser(which)
     from ._evaluate_ablation import add_ablation_parser  # evaluate xanes-ablation
 
     add_ablation_parser(which)

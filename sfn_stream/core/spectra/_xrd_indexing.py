@@ -146,7 +146,7 @@ def index_pattern(pattern: np.ndarray, tolerance: float = TOLERANCE_Q) -> Indexi
         cells = np.concatenate([_screen(family, _distinct(c, sort_axes=family == "orthorhombic"), s, tol)
                                 for c in rules])
         indexed[family], merit[family], centring[family], best = _score(family, cells, s, tol, window)
-        cell[family] = _cell_lengths(family, best)
+        cell[family] = cell_edges(family, best)
     return IndexingEvidence(len(q), indexed, merit, centring, cell)
 
 
@@ -358,7 +358,7 @@ def lattice_lines(family: str, centring: str, edges, q_max: float) -> np.ndarray
     return q
 
 
-def _cell_lengths(family: str, params: np.ndarray) -> tuple[float, ...]:
+def cell_edges(family: str, params: np.ndarray) -> tuple[float, ...]:
     """Cell edges (A) of metric parameters: a = 1 / sqrt(A), hexagonal a = sqrt(4 / (3 A))."""
     lengths = 1.0 / np.sqrt(np.maximum(params, 1e-12))
     if family == "hexagonal":
