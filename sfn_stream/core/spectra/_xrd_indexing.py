@@ -92,7 +92,7 @@ _LOW_FIRST = _LOW[(_LOW[:, 0] >= _LOW[:, 1]) & (_LOW[:, 1] >= _LOW[:, 2])]  # ax
 @dataclass(frozen=True)
 class IndexingEvidence:
     """Per lattice family: the share of the first lines indexed, the merit (that share minus chance), and the
-    best cell's centring and parameters (A)."""
+    best cell's centring and edges (A: cubic a; tetragonal, hexagonal a, c; orthorhombic a, b, c)."""
 
     n_lines: int
     indexed: dict[str, float]
