@@ -234,9 +234,23 @@ def test_failed_items_are_recorded_and_not_rerun_unless_asked(tmp_path):
     assert summary.failed == 1 and not record["ok"] and record["error"].startswith("ItemTimeout")
     again = run_campaign(materials, [], config, scheduler="serial", progress=False)
     assert (again.ran, again.skipped_failed) == (0, 1)
-    config.retry_failed, config.timeouts["labels"] = True, 120.0
+    config.retry_failed, config.timeouts["labels"] = frozenset({"labels/not-this-one"}), 120.0
+    named_other = run_campaign(materials, [], config, scheduler="serial", progress=False)
+    assert (named_other.ran, named_other.skipped_failed) == (0, 1)  # only the items named are retried
+    config.retry_failed = frozenset({record["key"]})
     retried = run_campaign(materials, [], config, scheduler="serial", progress=False)
     assert (retried.ran, retried.succeeded) == (1, 1)
+
+
+def test_retry_failed_takes_every_item_or_the_keys_given():
+    from sfn_stream.cli._dataset import retry_option
+    from sfn_stream.cli._main import _parser
+
+    parse = _parser().parse_args
+    assert retry_option(parse(["dataset", "build"]).retry_failed) is False
+    assert retry_option(parse(["dataset", "build", "--retry-failed"]).retry_failed) is True
+    keys = ["feff/mp-1/000_Cu@v", "feff/mp-2/001_Fe@v"]
+    assert retry_option(parse(["dataset", "build", "--retry-failed", *keys]).retry_failed) == frozenset(keys)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,9 @@ def add_parser(sub) -> None:
                        help="local Dask worker processes (default: half the CPUs)")
     build.add_argument("--max-items", type=int, help="stop after this many items (a partial run)")
     build.add_argument("--max-per-metal", type=int, help="at most this many materials per metal")
-    build.add_argument("--retry-failed", action="store_true", help="run failed items again")
+    build.add_argument("--retry-failed", nargs="*", metavar="KEY",
+                       help="run failed items again: all of them, or only those whose keys are given "
+                            "(as results.jsonl names them, e.g. feff/mp-22515/018_Cu@f5881637c4)")
     build.add_argument("--refresh-structures", action="store_true", help="screen the sources again")
     build.add_argument("--assemble-only", action="store_true",
                        help="only write the corpus from what the campaign has finished so far")
@@ -87,7 +89,8 @@ def add_parser(sub) -> None:
     export.add_argument("--sites", type=int, required=True, help="FEFF items in the batch")
     export.add_argument("--skip", type=int, default=0,
                         help="leave out the first this many pending FEFF items (the local campaign's next ones)")
-    export.add_argument("--retry-failed", action="store_true", help="count failed items as pending, as build does")
+    export.add_argument("--retry-failed", nargs="*", metavar="KEY",
+                        help="count failed items (all, or those whose keys are given) as pending, as build does")
     export.add_argument("--out", type=Path, required=True, help="batch file (.json.gz)")
     export.add_argument("--json", action="store_true")
     export.set_defaults(run=run_batch_export)
@@ -208,7 +211,7 @@ def run_build(args) -> int:
 
     config = _config(args)
     config.max_materials_per_metal = args.max_per_metal
-    config.retry_failed = args.retry_failed
+    config.retry_failed = retry_option(args.retry_failed)
     out_dir = args.out or CORPUS_DIR
     entries = described = None
     if args.plan_only and args.assemble_only:
@@ -410,7 +413,7 @@ def run_batch_export(args) -> int:
     if args.sites < 1 or args.skip < 0:
         raise CliError("--sites must be at least 1 and --skip at least 0")
     config = _config(args)
-    config.retry_failed = args.retry_failed
+    config.retry_failed = retry_option(args.retry_failed)
     materials, references, _ = _campaign_plan(config)
     batch = export_batch(materials, references, config, args.sites, args.skip)
     write_batch(batch, args.out)
@@ -661,3 +664,10 @@ def run_teacher_audit(args) -> int:
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def retry_option(values: list[str] | None) -> bool | frozenset[str]:
+    """``--retry-failed`` absent: False; given alone: True (every failed item); with keys: those items only."""
+    if values is None:
+        return False
+    return frozenset(values) if values else True

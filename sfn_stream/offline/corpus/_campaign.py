@@ -95,7 +95,7 @@ class CampaignConfig:
     # ``held_out`` tier), because the held-out sets, ~25 materials per metal each, now limit what the
     # figures can show (a 0.85 target, an ECE of 0.05) more than training data does (docs/corpus.md)
     held_out: frozenset[str] = frozenset()
-    retry_failed: bool = False
+    retry_failed: bool | frozenset[str] = False  # True: every failed item; a set: the failed items with these keys
     nice: int = 0  # niceness of the sandbox processes that do the work
 
     @property
@@ -330,9 +330,10 @@ def _covered_by_seed(item: Item, seeded: dict[tuple[str, str], set[int]]) -> boo
     return item.kind == "feff" and item.site in seeded.get((item.material_id, item.element), ())
 
 
-def pending_items(plan: Sequence[Item], store: ResultStore | None, retry_failed: bool,
+def pending_items(plan: Sequence[Item], store: ResultStore | None, retry_failed: bool | frozenset[str],
                   latest: dict[str, dict] | None = None) -> tuple[list[Item], int, int]:
-    """Items without a record; done counts FEFF sites covered by a seeded material spectrum too.
+    """Items without a record, and failed ones that ``retry_failed`` names (True: all of them; a set: those with
+    these keys); done counts FEFF sites covered by a seeded material spectrum too.
     ``latest``: the records to go by instead of the store's (a plan-only preview with a seed in memory)."""
     latest = store.latest() if latest is None else latest
     seeded = {key: seeded_sites(latest, key) for key in {i.version for i in plan if i.kind == "feff"}}
@@ -345,7 +346,7 @@ def pending_items(plan: Sequence[Item], store: ResultStore | None, retry_failed:
             pending.append(item)
         elif record.get("ok"):
             done += 1
-        elif retry_failed:
+        elif retry_failed is True or (retry_failed and item.key in retry_failed):
             pending.append(item)
         else:
             failed += 1
