@@ -59,6 +59,7 @@ def test_each_cell_is_indexed_by_its_own_family_with_its_cell_and_centring():
         assert evidence.merit[family] > 0.85, (structure.formula, evidence.merit)
         assert evidence.centring[family] == centring
         assert np.allclose(evidence.cell[family], edges, rtol=0.005), (evidence.cell[family], edges)
+        assert set(evidence.cell) == set(evidence.centring) == {f for f, m in evidence.merit.items() if m > 0}
         if family != "cubic":
             assert evidence.merit["cubic"] < 0.5
 
@@ -106,7 +107,7 @@ def test_a_pattern_with_too_few_lines_gives_no_evidence():
     few = np.zeros(len(XRD_Q_GRID))
     few[[200, 400, 600]] = 1.0
     evidence = index_pattern(few)
-    assert evidence.n_lines == 3 and set(evidence.merit.values()) == {0.0}
+    assert evidence.n_lines == 3 and set(evidence.merit.values()) == {0.0} and evidence.cell == {}
     assert index_pattern(np.zeros(len(XRD_Q_GRID))).n_lines == 0
     assert evidence.features().shape == (N_FEATURES,)
 

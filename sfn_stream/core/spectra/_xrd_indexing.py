@@ -91,8 +91,9 @@ _LOW_FIRST = _LOW[(_LOW[:, 0] >= _LOW[:, 1]) & (_LOW[:, 1] >= _LOW[:, 2])]  # ax
 
 @dataclass(frozen=True)
 class IndexingEvidence:
-    """Per lattice family: the share of the first lines indexed, the merit (that share minus chance), and the
-    best cell's centring and edges (A: cubic a; tetragonal, hexagonal a, c; orthorhombic a, b, c)."""
+    """Per lattice family: the share of the first lines indexed, the merit (that share minus chance), and, where
+    the merit is positive, the best cell's centring and edges (A: cubic a; tetragonal, hexagonal a, c;
+    orthorhombic a, b, c)."""
 
     n_lines: int
     indexed: dict[str, float]
@@ -145,8 +146,9 @@ def index_pattern(pattern: np.ndarray, tolerance: float = TOLERANCE_Q) -> Indexi
     for family, rules in trials.items():  # each rule's cells are screened apart: the best of each go on
         cells = np.concatenate([_screen(family, _distinct(c, sort_axes=family == "orthorhombic"), s, tol)
                                 for c in rules])
-        indexed[family], merit[family], centring[family], best = _score(family, cells, s, tol, window)
-        cell[family] = cell_edges(family, best)
+        indexed[family], merit[family], lattice, best = _score(family, cells, s, tol, window)
+        if merit[family] > 0:  # a cell no better than chance is no cell to show
+            centring[family], cell[family] = lattice, cell_edges(family, best)
     return IndexingEvidence(len(q), indexed, merit, centring, cell)
 
 
