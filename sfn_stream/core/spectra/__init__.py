@@ -58,7 +58,8 @@ from ._xrd import (
 )
 from ._xrd import BACKGROUND
 from ._xrd_indexing import (TOLERANCE_Q, IndexingEvidence, cell_edges, conventional_cell,
-                            family_edges, index_pattern, lattice_lines, peak_positions)
+                            family_edges, index_pattern, lattice_lines, metric_forms,
+                            peak_positions)
 from ._xrd import XRD_Q_MIN
 from ._xrd import XRD_Q_POINTS
 from ._xrd import XRD_Q_STEP

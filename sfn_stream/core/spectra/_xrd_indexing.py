@@ -284,7 +284,7 @@ _ALLOWED = {  # reflection conditions of the centred lattices (International Tab
 }
 
 
-def _metric_forms(family: str, hkl: np.ndarray) -> np.ndarray:
+def metric_forms(family: str, hkl: np.ndarray) -> np.ndarray:
     """(n, parameters): the coefficients of A (B, C) in s for each reflection."""
     h, k, l = hkl.T.astype(float)
     if family == "cubic":
@@ -299,7 +299,7 @@ def _metric_forms(family: str, hkl: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _centred_forms(family: str) -> dict[str, np.ndarray]:
     hkl = _reflections(family)
-    return {c: np.unique(_metric_forms(family, hkl[_ALLOWED[c](*hkl.T)]), axis=0) for c in CENTRINGS[family]}
+    return {c: np.unique(metric_forms(family, hkl[_ALLOWED[c](*hkl.T)]), axis=0) for c in CENTRINGS[family]}
 
 
 def _score(family: str, cells: np.ndarray, s, tol, window):

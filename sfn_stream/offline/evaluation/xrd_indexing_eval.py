@@ -27,16 +27,14 @@ from sfn_stream.core.chemistry import CRYSTAL_SYSTEMS
 FULLY_INDEXED = 0.95
 FAMILY_OF = {"cubic": "cubic", "tetragonal": "tetragonal", "trigonal": "hexagonal", "hexagonal": "hexagonal",
              "orthorhombic": "orthorhombic"}
-_MAX_INDEX = {"cubic": (7, 7, 7), "tetragonal": (8, 8, 12), "hexagonal": (8, 8, 15), "orthorhombic": (7, 7, 7)}
 
 
 def own_cell(family: str, hkl: np.ndarray, q: np.ndarray) -> np.ndarray | None:
     """The family's metric parameters fitted to a stick pattern's indices (None when the sticks are not in the
     family's conventional setting: a relative misfit above 1e-3)."""
-    h, k, l = np.asarray(hkl, dtype=float).T
-    forms = {"cubic": np.stack([h * h + k * k + l * l], 1), "tetragonal": np.stack([h * h + k * k, l * l], 1),
-             "hexagonal": np.stack([h * h + h * k + k * k, l * l], 1),
-             "orthorhombic": np.stack([h * h, k * k, l * l], 1)}[family]
+    from sfn_stream.core.spectra import metric_forms
+
+    forms = metric_forms(family, np.asarray(hkl, dtype=float))
     s = (np.asarray(q, dtype=float) / (2 * np.pi)) ** 2
     params, *_ = np.linalg.lstsq(forms, s, rcond=None)
     if np.any(params <= 0) or np.max(np.abs(forms @ params - s) / s) > 1e-3:
