@@ -18,7 +18,7 @@ def test_import_linter_contracts_hold():
 
 
 @pytest.mark.parametrize("module, forbidden", [
-    ("sfn_stream.core.spectra", ["torch", "bluesky", "tiled", "event_model", "ophyd"]),
+    ("sfn_stream.core.spectra", ["torch", "bluesky", "tiled", "event_model", "ophyd", "numba"]),
     ("sfn_stream.core.chemistry", ["torch", "bluesky", "tiled"]),
     ("sfn_stream.core.predict", ["bluesky", "tiled", "event_model", "ophyd"]),
     ("sfn_stream.live.catalog", ["torch", "bluesky"]),

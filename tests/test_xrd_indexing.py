@@ -103,6 +103,67 @@ def test_peaks_are_found_where_the_cell_puts_them():
     assert len(q) == len(expected)
 
 
+def _broadcast_hits(family, cells, s, tol, allowed, indices):
+    """The screen written as one NumPy broadcast over (cells, lines, indices): the reference the compiled
+    kernels must equal."""
+    def distance(x):
+        near = allowed.table[np.clip((x * 1024 + 0.5).astype(np.intp), 0, len(allowed.table) - 1)]
+        return np.where(x < 0, allowed.values[0] - x, near)
+
+    if family == "cubic":
+        return (distance(s[None, :] / cells) * cells <= tol[None, :]).sum(axis=1)
+    if family == "orthorhombic":
+        a, b, c = (cells[:, m, None, None, None] for m in range(3))
+        rest = (s[None, :, None, None] - a * indices[None, None, :, None] - b * indices[None, None, None, :]) / c
+        return (distance(rest) * c <= tol[None, :, None, None]).any(axis=(2, 3)).sum(axis=1)
+    a, c = cells[:, 0:1, None], cells[:, 1:2, None]
+    return (distance((s[None, :, None] - c * indices[None, None, :]) / a) * a <= tol[None, :, None]).any(
+        axis=2).sum(axis=1)
+
+
+def test_the_compiled_screen_counts_and_ranks_exactly_as_a_broadcast_and_a_lexsort_do():
+    from sfn_stream.core.spectra import _xrd_indexing as ix
+
+    checked = 0
+    for structure, fwhm in ((ROCK_SALT, 0.05), (RUTILE, 0.2), (CORUNDUM, 0.1), (ORTHORHOMBIC, 0.2)):
+        q = peak_positions(_pattern(structure, noise=0.02, fwhm=fwhm, seed=3))
+        s, tol = q ** 2 / ix.FOUR_PI2, 2 * q * ix.TOLERANCE_Q / ix.FOUR_PI2
+        trials = {"cubic": ([ix._cubic_trials(s)], ix._CUBIC, None),
+                  "tetragonal": (ix._uniaxial_trials(s, ix._PLANAR["tetragonal"]), ix._PLANAR["tetragonal"], ix._L2_32),
+                  "hexagonal": (ix._uniaxial_trials(s, ix._PLANAR["hexagonal"]), ix._PLANAR["hexagonal"], ix._L2_32),
+                  "orthorhombic": (ix._orthorhombic_trials(s), ix._SQUARES,
+                                   ix._SQUARES.values[:4].astype(np.float32))}
+        n = ix.SCREEN_LINES
+        for family, (rules, allowed, indices) in trials.items():
+            for cells in rules:
+                lines = (s[:n].astype(np.float32), tol[:n].astype(np.float32))
+                expected = _broadcast_hits(family, cells.astype(np.float32), *lines, allowed, indices)
+                hits = ix._screen_hits(family, cells, *lines)
+                assert np.array_equal(hits, expected), family
+                volume = np.prod(cells, axis=1) * (cells[:, 0] if cells.shape[1] == 2 else 1.0)
+                assert np.array_equal(ix._xrd_screen.best_cells(hits, cells, 48),
+                                      np.lexsort((-volume, -hits))[:48]), family
+                checked += len(cells)
+    assert checked > 10_000
+
+
+def test_trial_cells_are_solved_bit_for_bit_as_einsum_solves_them():
+    """The compiled solve keeps np.einsum's order of summation: the cells the bundle was fitted with."""
+    import itertools
+
+    from sfn_stream.core.spectra import _xrd_indexing as ix
+
+    q = peak_positions(_pattern(ORTHORHOMBIC, noise=0.02, fwhm=0.2, seed=4))
+    s = q ** 2 / ix.FOUR_PI2
+    any_low = np.array([(p, m * m) for p in (0.0, 1.0, 2.0, 4.0) for m in range(4) if (p, m) != (0, 0)])
+    for first, forms in ((ix._LOW_FIRST, ix._LOW), (any_low, any_low)):
+        inverse = ix._inverse_systems(first.tobytes(), forms.tobytes(), forms.shape[1])
+        lines = np.array(list(itertools.combinations(range(1, 7), forms.shape[1] - 1)))
+        rhs = np.concatenate([np.full((len(lines), 1), s[0]), s[lines]], axis=1)
+        expected = np.einsum("aij,cj->cai", inverse, rhs).reshape(-1, forms.shape[1])
+        assert np.array_equal(ix._solve_metric(s, first, forms, range(1, 7)), expected)
+
+
 def test_a_pattern_with_too_few_lines_gives_no_evidence():
     few = np.zeros(len(XRD_Q_GRID))
     few[[200, 400, 600]] = 1.0

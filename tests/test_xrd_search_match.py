@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -89,6 +91,20 @@ def test_the_shipped_bundle_gives_a_reference_structure_its_own_class(table):
         if CRYSTAL_SYSTEMS[int(np.argmax(probabilities))] != table.crystal_systems[structure]:
             wrong.append(str(table.ids[structure]))
     assert len(wrong) <= 3, wrong  # a mislabelled or misaligned library gets most of them wrong
+
+
+def test_norms_kept_from_one_q_range_are_not_used_for_another(bundle, table, tmp_path):
+    """A frame of another measured Q range after one of the full range scores as a fresh searcher (one loaded
+    from a copy of the bundle: searchers are kept per bundle folder) scores it."""
+    rng = np.random.default_rng(5)
+    full = _lab_scan(table.sticks(0), rng)
+    part = full.copy()
+    part[: len(part) // 3] = 0.0  # measured from a higher angle only
+    searcher = xrd_model_from_bundle(bundle)
+    searcher.similarities(full[None, :])
+    fresh = xrd_model_from_bundle(load_bundle(shutil.copytree(bundle.path, tmp_path / "copy")))
+    assert fresh is not searcher
+    np.testing.assert_array_equal(searcher.similarities(part[None, :]), fresh.similarities(part[None, :]))
 
 
 def test_probabilities_sum_to_one(bundle, table):

@@ -113,6 +113,7 @@ class XrdSearchMatch:
         # cumulative squared intensity: a reference's norm over any Q interval in O(1)
         squares = np.cumsum(references.astype(float) ** 2, axis=1)
         self._cumulative = np.concatenate([np.zeros((len(references), 1)), squares], axis=1)
+        self._norms: dict[tuple[bytes, bytes], np.ndarray] = {}
         self.prior = np.bincount(self.labels, minlength=len(self.classes)) / len(self.labels)
         self.sg_prior = np.bincount(self.spacegroups - 1, minlength=N_SPACE_GROUPS) / len(self.spacegroups)
         self._grid = np.arange(references.shape[1], dtype=float)
@@ -254,13 +255,26 @@ class XrdSearchMatch:
         lo = np.clip(np.ceil((first + self._origin) / scale - self._origin), 0, len(self._grid) - 1).astype(int)
         hi = np.maximum(np.clip(np.floor((last + self._origin) / scale - self._origin), 0,
                                 len(self._grid) - 1).astype(int), lo)
-        cumulative = self._cumulative if rows is None else self._cumulative[rows]
-        reference_norms = np.sqrt(np.maximum(cumulative[:, hi + 1] - cumulative[:, lo], 1e-12))  # (n_ref, n_dil)
+        reference_norms = self._reference_norms(lo, hi)  # (n_ref, n_dil)
+        if rows is not None:
+            reference_norms = reference_norms[rows]
         query_norms = np.maximum(np.linalg.norm(dilated, axis=1), 1e-12)
         references = self._references if rows is None else self._references[torch.from_numpy(rows)]
         with torch.inference_mode():
             dots = (references @ torch.from_numpy(dilated.astype(np.float32)).T).numpy()  # (n_ref, n_dil)
         return (dots / reference_norms / query_norms[None, :]).max(axis=1)
+
+    def _reference_norms(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Every reference's norm over each dilation's interval [lo, hi]: kept for the next frame, which at a
+        beamline nearly always covers the same Q range (a few frames' worth of ranges are kept)."""
+        key = (lo.tobytes(), hi.tobytes())
+        norms = self._norms.get(key)
+        if norms is None:
+            norms = np.sqrt(np.maximum(self._cumulative[:, hi + 1] - self._cumulative[:, lo], 1e-12))
+            if len(self._norms) >= 8:
+                self._norms.clear()
+            self._norms[key] = norms
+        return norms
 
     # --- probabilities ---------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _xrd_screen
 from ._xrd import XRD_Q_GRID
 
 FAMILIES = ("cubic", "tetragonal", "hexagonal", "orthorhombic")
@@ -61,12 +62,7 @@ class _Allowed:
         fine = np.arange((top + 1) * self.STEPS + 1) / self.STEPS
         self.table = self.distance(fine).astype(np.float32)
 
-    STEPS = 1024  # grid points per unit of the screening table: its distances are within 1 / 2048 of exact
-
-    def coarse_distance(self, x: np.ndarray) -> np.ndarray:
-        """``distance`` read from a table (for screening many trial cells; beyond the table, the last value)."""
-        near = self.table[np.clip((x * self.STEPS + 0.5).astype(np.intp), 0, len(self.table) - 1)]
-        return np.where(x < 0, self.values[0] - x, near)
+    STEPS = int(_xrd_screen.STEPS)  # grid points per unit of the screening table: within 1 / 2048 of exact
 
     def distance(self, x: np.ndarray) -> np.ndarray:
         """|x - the nearest allowed value|."""
@@ -177,7 +173,10 @@ def _uniaxial_trials(s, planar):
 
 
 def _positive(cells: np.ndarray) -> np.ndarray:
-    return cells[(cells > 1e-5).all(axis=1)]
+    positive = cells[:, 0] > 1e-5
+    for column in cells.T[1:]:  # column by column: a reduce over the short axis costs more than the test
+        positive &= column > 1e-5
+    return cells[positive]
 
 
 def _orthorhombic_trials(s):
@@ -210,7 +209,7 @@ def _solve_metric(s, first_forms, forms, others) -> np.ndarray:
     inverse = _inverse_systems(first_forms.tobytes(), forms.tobytes(), forms.shape[1])
     lines = np.array(list(itertools.combinations(others, forms.shape[1] - 1)))  # (choices, params - 1)
     rhs = np.concatenate([np.full((len(lines), 1), s[0]), s[lines]], axis=1)
-    return np.einsum("aij,cj->cai", inverse, rhs).reshape(-1, forms.shape[1])
+    return _xrd_screen.solve_systems(inverse, rhs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -225,8 +224,11 @@ def _inverse_systems(first_forms: bytes, forms: bytes, n_params: int) -> np.ndar
 
 def _distinct(cells: np.ndarray, sort_axes: bool = False) -> np.ndarray:
     """Cells with distinct parameters (to 1e-6 1/A^2; with ``sort_axes``, the axes unordered)."""
-    if sort_axes:
-        cells = np.sort(cells, axis=1)
+    if sort_axes:  # three axes, sorted by a network of minima and maxima (np.sort over a short axis is slow)
+        a, b, c = cells.T
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        middle, high = np.minimum(high, c), np.maximum(high, c)
+        cells = np.stack([np.minimum(low, middle), np.maximum(low, middle), high], axis=1)
     key = np.round(cells * 1e6).astype(np.int64)
     flat = key[:, 0]
     for column in key.T[1:]:
@@ -240,23 +242,18 @@ def _screen(family: str, cells: np.ndarray, s, tol, keep: int = SCREEN_KEEP) -> 
     if len(cells) <= keep:
         return cells
     n = SCREEN_LINES
-    hits = _screen_hits(family, cells.astype(np.float32), s[:n].astype(np.float32), tol[:n].astype(np.float32))
-    reciprocal_volume = np.prod(cells, axis=1) * (cells[:, 0] if cells.shape[1] == 2 else 1.0)
-    return cells[np.lexsort((-reciprocal_volume, -hits))[:keep]]
+    hits = _screen_hits(family, cells, s[:n].astype(np.float32), tol[:n].astype(np.float32))
+    return cells[_xrd_screen.best_cells(hits, cells, keep)]
 
 
 def _screen_hits(family: str, cells: np.ndarray, s, tol) -> np.ndarray:
-    """Per trial cell: how many of the lines ``s`` a reflection of any (low) index puts within ``tol``."""
+    """Per trial cell: how many of the lines ``s`` a reflection of any (low) index puts within ``tol`` (compiled:
+    ``_xrd_screen``; the cells are taken in float32, as ``s`` and ``tol``)."""
     if family == "cubic":
-        return (_CUBIC.coarse_distance(s[None, :] / cells) * cells <= tol[None, :]).sum(axis=1)
-    if family == "orthorhombic":
-        a, b, c = (cells[:, m, None, None, None] for m in range(3))
-        squares = _SQUARES.values[:4].astype(np.float32)  # the first lines: h, k <= 3
-        rest = (s[None, :, None, None] - a * squares[None, None, :, None] - b * squares[None, None, None, :]) / c
-        return (_SQUARES.coarse_distance(rest) * c <= tol[None, :, None, None]).any(axis=(2, 3)).sum(axis=1)
-    a, c = cells[:, 0:1, None], cells[:, 1:2, None]
-    ratio = (s[None, :, None] - c * _L2_32[None, None, :]) / a  # (cells, lines, l)
-    return (_PLANAR[family].coarse_distance(ratio) * a <= tol[None, :, None]).any(axis=2).sum(axis=1)
+        return _xrd_screen.cubic_hits(cells, s, tol, _CUBIC)
+    if family == "orthorhombic":  # the first lines: h, k <= 3
+        return _xrd_screen.orthorhombic_hits(cells, s, tol, _SQUARES, _SQUARES.values[:4].astype(np.float32))
+    return _xrd_screen.uniaxial_hits(cells, s, tol, _PLANAR[family], _L2_32)
 
 
 # ------------------------------------------------------------------ scoring with centring
@@ -307,10 +304,11 @@ def _score(family: str, cells: np.ndarray, s, tol, window):
     if not len(cells):
         return 0.0, 0.0, "P", np.full(cells.shape[1], np.inf)
     span = window[1] - window[0]
+    width = 2 * np.median(tol)
     best = (0.0, -np.inf, "P", cells[0])
     for centring, forms in _centred_forms(family).items():
         share, distinct = _indexed_share(cells @ forms.T, s, tol, window)
-        score = share - np.minimum(1.0, distinct * 2 * np.median(tol) / span)
+        score = share - np.minimum(1.0, distinct * width / span)
         i = int(np.argmax(score))
         if score[i] > best[1]:
             best = (float(share[i]), float(score[i]), centring, cells[i])
@@ -319,18 +317,9 @@ def _score(family: str, cells: np.ndarray, s, tol, window):
 
 def _indexed_share(calc: np.ndarray, s, tol, window):
     """Per cell (row of ``calc``): the share of ``s`` within ``tol`` of a calculated line, and the number of
-    distinct calculated lines in ``window``."""
-    inside = (calc >= window[0]) & (calc <= window[1])
-    calc = np.sort(np.where(inside, calc, window[1] + 1.0), axis=1)  # outside lines parked beyond the window
-    n_inside = inside.sum(axis=1)
-    repeated = (np.diff(calc, axis=1) <= 1e-9) & (np.arange(1, calc.shape[1]) < n_inside[:, None])
-    distinct = n_inside - repeated.sum(axis=1)
-    offset = 2.0 * (window[1] + 2.0) * np.arange(len(calc))[:, None]  # rows apart: one sorted flat array
-    flat = (calc + offset).ravel()
-    query = (s[None, :] + offset).ravel()
-    j = np.clip(np.searchsorted(flat, query), 1, len(flat) - 1)
-    near = np.minimum(np.abs(flat[j] - query), np.abs(flat[j - 1] - query)).reshape(len(calc), len(s))
-    return (near <= tol[None, :]).mean(axis=1), distinct
+    distinct calculated lines in ``window`` (compiled: ``_xrd_screen.lines_matched``)."""
+    matched, distinct = _xrd_screen.lines_matched(calc, s, tol, window)
+    return matched / len(s), distinct
 
 
 _N_EDGES = {"cubic": 1, "tetragonal": 2, "hexagonal": 2, "orthorhombic": 3}
