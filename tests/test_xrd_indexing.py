@@ -141,7 +141,7 @@ def test_the_compiled_screen_counts_and_ranks_exactly_as_a_broadcast_and_a_lexso
                 hits = ix._screen_hits(family, cells, *lines)
                 assert np.array_equal(hits, expected), family
                 volume = np.prod(cells, axis=1) * (cells[:, 0] if cells.shape[1] == 2 else 1.0)
-                assert np.array_equal(ix._xrd_screen.best_cells(hits, cells, 48),
+                assert np.array_equal(ix._xrd_kernels.best_cells(hits, cells, 48),
                                       np.lexsort((-volume, -hits))[:48]), family
                 checked += len(cells)
     assert checked > 10_000

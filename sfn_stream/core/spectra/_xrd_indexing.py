@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _xrd_screen
+from . import _xrd_kernels
 from ._xrd import XRD_Q_GRID
 
 FAMILIES = ("cubic", "tetragonal", "hexagonal", "orthorhombic")
@@ -62,7 +62,7 @@ class _Allowed:
         fine = np.arange((top + 1) * self.STEPS + 1) / self.STEPS
         self.table = self.distance(fine).astype(np.float32)
 
-    STEPS = int(_xrd_screen.STEPS)  # grid points per unit of the screening table: within 1 / 2048 of exact
+    STEPS = int(_xrd_kernels.STEPS)  # grid points per unit of the screening table: within 1 / 2048 of exact
 
     def distance(self, x: np.ndarray) -> np.ndarray:
         """|x - the nearest allowed value|."""
@@ -209,7 +209,7 @@ def _solve_metric(s, first_forms, forms, others) -> np.ndarray:
     inverse = _inverse_systems(first_forms.tobytes(), forms.tobytes(), forms.shape[1])
     lines = np.array(list(itertools.combinations(others, forms.shape[1] - 1)))  # (choices, params - 1)
     rhs = np.concatenate([np.full((len(lines), 1), s[0]), s[lines]], axis=1)
-    return _xrd_screen.solve_systems(inverse, rhs)
+    return _xrd_kernels.solve_systems(inverse, rhs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -243,17 +243,17 @@ def _screen(family: str, cells: np.ndarray, s, tol, keep: int = SCREEN_KEEP) -> 
         return cells
     n = SCREEN_LINES
     hits = _screen_hits(family, cells, s[:n].astype(np.float32), tol[:n].astype(np.float32))
-    return cells[_xrd_screen.best_cells(hits, cells, keep)]
+    return cells[_xrd_kernels.best_cells(hits, cells, keep)]
 
 
 def _screen_hits(family: str, cells: np.ndarray, s, tol) -> np.ndarray:
     """Per trial cell: how many of the lines ``s`` a reflection of any (low) index puts within ``tol`` (compiled:
-    ``_xrd_screen``; the cells are taken in float32, as ``s`` and ``tol``)."""
+    ``_xrd_kernels``; the cells are taken in float32, as ``s`` and ``tol``)."""
     if family == "cubic":
-        return _xrd_screen.cubic_hits(cells, s, tol, _CUBIC)
+        return _xrd_kernels.cubic_hits(cells, s, tol, _CUBIC)
     if family == "orthorhombic":  # the first lines: h, k <= 3
-        return _xrd_screen.orthorhombic_hits(cells, s, tol, _SQUARES, _SQUARES.values[:4].astype(np.float32))
-    return _xrd_screen.uniaxial_hits(cells, s, tol, _PLANAR[family], _L2_32)
+        return _xrd_kernels.orthorhombic_hits(cells, s, tol, _SQUARES, _SQUARES.values[:4].astype(np.float32))
+    return _xrd_kernels.uniaxial_hits(cells, s, tol, _PLANAR[family], _L2_32)
 
 
 # ------------------------------------------------------------------ scoring with centring
@@ -317,8 +317,8 @@ def _score(family: str, cells: np.ndarray, s, tol, window):
 
 def _indexed_share(calc: np.ndarray, s, tol, window):
     """Per cell (row of ``calc``): the share of ``s`` within ``tol`` of a calculated line, and the number of
-    distinct calculated lines in ``window`` (compiled: ``_xrd_screen.lines_matched``)."""
-    matched, distinct = _xrd_screen.lines_matched(calc, s, tol, window)
+    distinct calculated lines in ``window`` (compiled: ``_xrd_kernels.lines_matched``)."""
+    matched, distinct = _xrd_kernels.lines_matched(calc, s, tol, window)
     return matched / len(s), distinct
 
 

@@ -1,11 +1,12 @@
-"""Compiled screening of trial cells: per cell, how many of the first lines some low-index reflection indexes.
+"""Compiled kernels of the powder indexing (``_xrd_indexing``): the screen of trial cells, the choice of the best,
+the solve of trial metrics and the line matching of the scoring.
 
-The same arithmetic as a NumPy broadcast over (cells, lines, indices) would do, in the same float32 order, so
-the counts are identical to it, but each line stops at its first indexing reflection, or where the indices have
-gone past it (beyond the line the distance only grows), and nothing of size cells x lines x indices is
-allocated. The screen was most of the indexing time (~17,000 trial cells a pattern).
-
-Distances to the nearest allowed index sum come from the table of ``_Allowed`` (1,024 points per unit).
+Each keeps the arithmetic of the NumPy code it replaced (float32 in the screen, float64 elsewhere, the same order of
+operations), so the evidence is bit for bit what the xrd-indexed bundles were fitted with; the tests compare each
+kernel with that NumPy code. What they save is work, not precision: a line's search stops at its first indexing
+reflection, or where the indices have gone past it (beyond the line the distance only grows), and nothing of size
+cells x lines x indices is allocated (~17,000 trial cells a pattern). Distances to the nearest allowed index sum come
+from the table of ``_Allowed`` (1,024 points per unit).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def _kernels():
     from numba import njit
 
     @njit(cache=True, nogil=True, inline="always")
-    def distance(x, table, least):
+    def distance(x, table, least):  # x float32: the table index is taken in float32, as NumPy takes it
         if x < 0:
             return least - np.float64(x)
         i = np.intp(x * STEPS + HALF)
@@ -156,7 +157,8 @@ def _kernels():
                         out[c, a, i] = inverse[a, i, 0] * rhs[c, 0] + inverse[a, i, 1] * rhs[c, 1]
         return out.reshape(-1, p)
 
-    return {"solve": solve, "best": best, "cubic": cubic, "uniaxial": uniaxial, "orthorhombic": orthorhombic, "lines_matched": lines_matched}
+    return {"solve": solve, "best": best, "cubic": cubic, "uniaxial": uniaxial, "orthorhombic": orthorhombic,
+            "lines_matched": lines_matched}
 
 
 def cubic_hits(cells, s, tol, allowed) -> np.ndarray:
