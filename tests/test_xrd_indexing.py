@@ -147,6 +147,23 @@ def test_the_compiled_screen_counts_and_ranks_exactly_as_a_broadcast_and_a_lexso
     assert checked > 10_000
 
 
+def test_indexing_works_where_numba_has_nowhere_to_cache(tmp_path):
+    """A read-only install without a writable home: numba finds no cache locator and the kernels compile per process
+    (the locator list is cut to one that never applies, as such an install would leave it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "pattern.npy", _pattern(RUTILE))
+    code = ("import json, sys, numpy as np; from sfn_stream.core.spectra import index_pattern; "
+            f"print(json.dumps(index_pattern(np.load({str(tmp_path / 'pattern.npy')!r})).to_dict()))")
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == json.loads(json.dumps(index_pattern(_pattern(RUTILE)).to_dict()))
+
+
 def test_trial_cells_are_solved_bit_for_bit_as_einsum_solves_them():
     """The compiled solve keeps np.einsum's order of summation: the cells the bundle was fitted with."""
     import itertools

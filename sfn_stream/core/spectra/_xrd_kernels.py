@@ -24,14 +24,22 @@ def _kernels():
     """Compile on first use: numba is imported only by processes that index patterns."""
     from numba import njit
 
-    @njit(cache=True, nogil=True, inline="always")
+    def jit(**options):
+        def compile_(function):
+            try:
+                return njit(cache=True, nogil=True, **options)(function)
+            except RuntimeError:  # no writable place for numba's cache (read-only install, no home): compile anew
+                return njit(nogil=True, **options)(function)
+        return compile_
+
+    @jit(inline="always")
     def distance(x, table, least):  # x float32: the table index is taken in float32, as NumPy takes it
         if x < 0:
             return least - np.float64(x)
         i = np.intp(x * STEPS + HALF)
         return np.float64(table[min(max(i, 0), len(table) - 1)])
 
-    @njit(cache=True, nogil=True)
+    @jit()
     def cubic(cells, s, tol, table, least):
         hits = np.zeros(len(cells), np.int64)
         for n in range(len(cells)):
@@ -41,7 +49,7 @@ def _kernels():
                     hits[n] += 1
         return hits
 
-    @njit(cache=True, nogil=True)
+    @jit()
     def uniaxial(cells, s, tol, table, least, l2):
         hits = np.zeros(len(cells), np.int64)
         for n in range(len(cells)):
@@ -56,7 +64,7 @@ def _kernels():
                         break
         return hits
 
-    @njit(cache=True, nogil=True)
+    @jit()
     def orthorhombic(cells, s, tol, table, least, squares):
         hits = np.zeros(len(cells), np.int64)
         for n in range(len(cells)):
@@ -77,7 +85,7 @@ def _kernels():
                     hits[n] += 1
         return hits
 
-    @njit(cache=True, nogil=True)
+    @jit()
     def lines_matched(calc, s, tol, low, high):
         """Per row of ``calc``: how many of ``s`` lie within ``tol`` of a calculated line in [low, high], and how
         many distinct calculated lines lie there. Distances are taken as a search over the rows laid end to end
@@ -117,7 +125,7 @@ def _kernels():
                     matched[r] += 1
         return matched, distinct
 
-    @njit(cache=True, nogil=True)
+    @jit()
     def best(hits, cells, keep):
         """Indices of the ``keep`` cells with most hits; among as many, the largest reciprocal volume first; then
         the first given (the order of a stable sort on those two keys)."""
@@ -140,7 +148,7 @@ def _kernels():
         by_hits = np.argsort(-hits[candidates[by_volume]], kind="mergesort")
         return candidates[by_volume[by_hits]][:keep]
 
-    @njit(cache=True, nogil=True)
+    @jit()
     def solve(inverse, rhs):
         """(choices * systems, parameters): inverse[a] @ rhs[c] for every choice c and system a, each sum taken
         in the order np.einsum takes it (terms 0 and 2 first), so that the trial cells are bit for bit those the
