@@ -223,7 +223,7 @@ def _inverse_systems(first_forms: bytes, forms: bytes, n_params: int) -> np.ndar
 
 
 def _distinct(cells: np.ndarray, sort_axes: bool = False) -> np.ndarray:
-    """Cells with distinct parameters (to 1e-6 1/A^2; with ``sort_axes``, the axes unordered)."""
+    """Cells with distinct parameters (to 1e-6 1/A^2; with ``sort_axes``, three axes taken unordered)."""
     if sort_axes:  # three axes, sorted by a network of minima and maxima (np.sort over a short axis is slow)
         a, b, c = cells.T
         low, high = np.minimum(a, b), np.maximum(a, b)
