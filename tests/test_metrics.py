@@ -71,3 +71,17 @@ def test_the_interval_of_a_mean_accuracy_narrows_with_more_units_and_holds_the_e
     assert mean_accuracy_interval([(5, 5), (0, 0)]) == (1.0, 1.0)  # an empty group is left out
     lo, hi = bootstrap_interval([0.0, 1.0] * 50)
     assert lo < 0.5 < hi and hi - lo < 0.25
+
+
+def test_an_interval_over_groups_redraws_whole_groups_and_so_is_wider_when_groups_agree_within():
+    from sfn_stream.offline.metrics import bootstrap_interval, group_mean
+
+    values = [1.0] * 30 + [0.0] * 10 + [1.0, 0.0] * 20  # two uniform groups (30 right, 10 wrong), 40 singletons
+    groups = ["a"] * 30 + ["b"] * 10 + [f"s{i}" for i in range(40)]
+    lo, hi = bootstrap_interval(values)
+    glo, ghi = bootstrap_interval(values, groups=groups)
+    assert glo < 0.625 < ghi and lo < 0.625 < hi
+    assert ghi - glo > 1.5 * (hi - lo)  # 42 groups, two of them heavy: far less information than 80 samples
+    singletons = bootstrap_interval(values, groups=list(range(len(values))), seed=3)
+    assert abs((singletons[1] - singletons[0]) - (hi - lo)) < 0.03  # one sample per group: the plain bootstrap
+    assert group_mean(values, groups) == (1.0 + 0.0 + 20 * 1.0) / 42  # the mean over samples is 0.625

@@ -116,6 +116,11 @@ def test_evaluate_xrd_reports_every_model_on_every_set(trained):
     for by_model in report["sets"].values():
         assert set(by_model) == {bundle.id, "1-NN blurred clean profiles", "majority class"}
         assert "space_group_top5" in by_model[bundle.id]
+        mine = by_model[bundle.id]  # intervals over the groups the set is disjoint by, and each group counted once
+        assert 1 <= mine["n_groups"] <= mine["n"] and 0.0 <= mine["accuracy_group_mean"] <= 1.0
+        assert mine["accuracy_ci95"][0] <= mine["accuracy"] <= mine["accuracy_ci95"][1]
+    sets = report["sets"]
+    assert sets["clean"][bundle.id]["n_groups"] == sets["noisy_formula_disjoint"][bundle.id]["n_groups"]
 
 
 def test_cli_evaluate_xrd_rejects_bad_input(tmp_path, capsys):

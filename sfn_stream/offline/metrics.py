@@ -218,12 +218,29 @@ def mean_accuracy_interval(groups: Sequence[tuple[int, int]], level: float = INT
 
 
 def bootstrap_interval(values: Sequence[float], level: float = INTERVAL_LEVEL, draws: int = INTERVAL_DRAWS,
-                       seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of per-sample ``values`` (NaNs left out)."""
-    values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+                       seed: int = 0, groups: Sequence | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-sample ``values`` (NaNs left out). With ``groups`` (one
+    label per value), whole groups are redrawn (a cluster bootstrap, Davison & Hinkley 1997, sec. 3.8): samples of
+    one group are not independent (polymorphs and pressure series of one formula), so an interval drawn sample by
+    sample would be too narrow."""
+    keep = [i for i, v in enumerate(values) if v is not None and not math.isnan(v)]
+    values = np.asarray([values[i] for i in keep], dtype=float)
     if values.size == 0:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(draws, values.size))].mean(axis=1)
+    if groups is None:
+        means = values[rng.integers(0, values.size, size=(draws, values.size))].mean(axis=1)
+    else:
+        which = np.unique(np.asarray([groups[i] for i in keep]), return_inverse=True)[1]
+        sums, counts = np.bincount(which, values), np.bincount(which)
+        drawn = rng.integers(0, len(sums), size=(draws, len(sums)))
+        means = sums[drawn].sum(axis=1) / counts[drawn].sum(axis=1)
     alpha = (1 - level) / 2
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def group_mean(values: Sequence[float], groups: Sequence) -> float:
+    """The mean over groups of each group's mean: every group counted once, however many samples it has."""
+    which = np.unique(np.asarray(groups), return_inverse=True)[1]
+    values = np.asarray(values, dtype=float)
+    return float(np.mean(np.bincount(which, values) / np.bincount(which)))
