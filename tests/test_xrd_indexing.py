@@ -21,8 +21,17 @@ from sfn_stream.core.networks import (
 )
 from sfn_stream.core.networks._xrd_indexed import space_group_systems
 from sfn_stream.core.simulation import stick_pattern, synthesize_pattern
-from sfn_stream.core.spectra import XRD_Q_GRID, index_pattern, lattice_lines, peak_positions, two_theta_to_q
-from sfn_stream.core.spectra._xrd_indexing import N_FEATURES
+from sfn_stream.core.spectra import (
+    TOLERANCE_Q,
+    XRD_Q_GRID,
+    index_pattern,
+    lattice_lines,
+    metric_forms,
+    noise_sigma,
+    peak_positions,
+    two_theta_to_q,
+)
+from sfn_stream.core.spectra._xrd_indexing import N_FEATURES, NO_FIT, refined_fit
 from sfn_stream.offline.training import DEFAULT_STICK_TABLE, build_xrd_indexed_bundle
 
 
@@ -181,13 +190,42 @@ def test_trial_cells_are_solved_bit_for_bit_as_einsum_solves_them():
         assert np.array_equal(ix._solve_metric(s, first, forms, range(1, 7)), expected)
 
 
+def test_the_noise_is_read_from_the_pattern_and_keeps_noise_maxima_out_of_the_lines():
+    clean, noisy = _pattern(ROCK_SALT), _pattern(ROCK_SALT, noise=0.02, fwhm=0.05, seed=3)
+    assert noise_sigma(clean) < 0.003  # smooth peaks barely move a second difference
+    assert 0.01 < noise_sigma(noisy) < 0.04  # 2 % of the tallest peak added
+    expected = 2 * np.pi * np.sqrt(np.array([3, 4, 8, 11, 12, 16, 19, 20, 24])) / 5.64
+    def false_lines(q):
+        return int((np.abs(q[:, None] - expected[None, :]).min(axis=1) > 0.006).sum())
+    four_percent = peak_positions(noisy, noise_sigmas=0.0)
+    assert false_lines(four_percent) >= 2  # noise maxima above 4 % of the tallest: the lines a cell cannot index
+    assert false_lines(peak_positions(noisy)) == 0
+    assert np.array_equal(peak_positions(clean), peak_positions(clean, noise_sigmas=0.0))
+
+
+def test_the_true_cell_fits_after_refinement_and_a_chance_cell_does_not():
+    evidence = index_pattern(_pattern(RUTILE))
+    true = evidence.fit["tetragonal"]
+    assert true.indexed == 1.0 and true.deviation < 0.1 and true.log10_m > 1.5  # de Wolff M > 30
+    s = (peak_positions(_pattern(RUTILE)) / (2 * np.pi)) ** 2
+    tol = 2 * np.sqrt(s) * 2 * np.pi * TOLERANCE_Q / (2 * np.pi) ** 2
+    window = (0.0, s[-1] + tol[-1])
+    forms = metric_forms("cubic", np.array([(h, k, l) for h in range(8) for k in range(8) for l in range(8)
+                                            if h or k or l]))
+    chance = refined_fit(s, tol, window, forms, np.array([s[0] / 7.0]))  # a cell seven times too large
+    assert chance.deviation > 3 * true.deviation and chance.log10_m < true.log10_m - 1
+    assert evidence.to_dict()["fit"]["tetragonal"]["log10_m"] == true.log10_m
+    features = evidence.features()
+    assert features.shape == (N_FEATURES,) and features[13 + 3:13 + 6].tolist() == list(true)
+
+
 def test_a_pattern_with_too_few_lines_gives_no_evidence():
     few = np.zeros(len(XRD_Q_GRID))
     few[[200, 400, 600]] = 1.0
     evidence = index_pattern(few)
     assert evidence.n_lines == 3 and set(evidence.merit.values()) == {0.0} and evidence.cell == {}
     assert index_pattern(np.zeros(len(XRD_Q_GRID))).n_lines == 0
-    assert evidence.features().shape == (N_FEATURES,)
+    assert evidence.features().shape == (N_FEATURES,) and evidence.features()[13:].tolist() == list(NO_FIT) * 4
 
 
 def test_space_groups_map_to_their_crystal_systems():
@@ -244,6 +282,20 @@ def test_an_indexed_bundle_refuses_a_search_match_it_was_not_fitted_with(folder,
 
 
 @needs_member
+def test_an_indexed_bundle_fitted_on_another_feature_layout_is_refused_with_the_fix(folder, tmp_path):
+    moved = tmp_path / "models"
+    shutil.copytree(folder, moved)
+    bundle = load_bundle(moved / "xrd-indexed")
+    weights = bundle.load_weights()
+    for prefix in ("", "chemistry_"):  # a regression of the 0.2.0 layout: 7 + 13 inputs
+        weights[f"{prefix}coef"] = weights[f"{prefix}coef"][:20]
+        weights[f"{prefix}mean"], weights[f"{prefix}scale"] = weights[f"{prefix}mean"][:20], weights[f"{prefix}scale"][:20]
+    save_bundle(moved / "xrd-indexed", {k: v for k, v in bundle.card.items() if k != "weights_sha256"}, weights)
+    with pytest.raises(BundleError, match="takes 20 inputs.*train xrd-indexed"):
+        xrd_model_from_bundle(load_bundle(moved / "xrd-indexed"))
+
+
+@needs_member
 def test_a_prediction_carries_the_indexing_evidence_and_the_cli_shows_it(tmp_path, capsys):
     from sfn_stream.cli import main
     from sfn_stream.core.predict import XrdPredictor
@@ -262,6 +314,8 @@ def test_a_prediction_carries_the_indexing_evidence_and_the_cli_shows_it(tmp_pat
     shown = " ".join(capsys.readouterr().out.split())
     assert "minus chance): tetragonal P 0.9" in shown  # the best-indexing family first, with its cell
     assert "(a 4.59" in shown and ", c 2.9" in shown
+    m = 10 ** evidence["fit"]["tetragonal"]["log10_m"]
+    assert m > 20 and f"refined fit M {m:.0f})" in shown  # de Wolff's M of the refined cell, as indexing programs give it
 
 
 def test_a_structures_own_cell_is_fitted_from_its_sticks_and_refused_in_another_setting():

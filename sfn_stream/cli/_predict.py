@@ -288,7 +288,8 @@ _EDGES = {"cubic": "a", "tetragonal": "ac", "hexagonal": "ac", "orthorhombic": "
 
 def _indexing_line(evidence: dict) -> str:
     """'indexing of the first 20 lines (merit: share indexed minus chance): tetragonal P 0.92 (a 4.593, c 2.959
-    A), orthorhombic C 0.88, ...': the best family's cell in full."""
+    A; refined fit M 278), orthorhombic C 0.88, ...': the best family's cell in full, with de Wolff's M of its
+    refined fit where the bundle's indexing reports one."""
     if evidence["n_lines"] < 6:
         return f"indexing: {evidence['n_lines']} lines found, too few to try cells"
     ranked = sorted(evidence["merit"].items(), key=lambda item: -item[1])
@@ -296,7 +297,9 @@ def _indexing_line(evidence: dict) -> str:
     parts = [f"{family} {centring.get(family, '')} {merit:.2f}".replace("  ", " ") for family, merit in ranked]
     best = ranked[0][0]
     if best in cells:
-        parts[0] += " (" + ", ".join(f"{name} {edge:.3f}" for name, edge in zip(_EDGES[best], cells[best])) + " A)"
+        fit = (evidence.get("fit") or {}).get(best)
+        m = f"; refined fit M {10 ** fit['log10_m']:.0f}" if fit else ""
+        parts[0] += " (" + ", ".join(f"{name} {edge:.3f}" for name, edge in zip(_EDGES[best], cells[best])) + f" A{m})"
     return f"indexing of the first {evidence['n_lines']} lines (merit: share indexed minus chance): " + ", ".join(parts)
 
 

@@ -98,6 +98,7 @@ class XrdIndexed:
                 return LogisticCombiner(*(weights[f"{prefix}{name}"].numpy()
                                           for name in ("coef", "intercept", "mean", "scale")))
 
+            _check_inputs(bundle, weights["mean"].numel())
             _INDEXED[key] = cls(XrdSearchMatch.from_bundle(member), combiner(""), combiner("chemistry_"),
                                 bundle_id=bundle.id)
         return _INDEXED[key]
@@ -152,3 +153,14 @@ class XrdIndexed:
 
 
 _INDEXED: dict[tuple[str, str], XrdIndexed] = {}
+
+
+def _check_inputs(bundle: ModelBundle, n_inputs: int) -> None:
+    """A bundle's regression fits one layout of the indexing features: refuse one fitted on another."""
+    from sfn_stream.core.spectra import N_INDEXING_FEATURES
+
+    expected = len(_FIRST_SPACE_GROUP) + N_INDEXING_FEATURES  # one search-match log-probability per system
+    if n_inputs != expected:
+        raise BundleError(f"{bundle.id}: its regression takes {n_inputs} inputs, but this version's indexing gives "
+                          f"{expected} (7 search-match + {N_INDEXING_FEATURES}); rebuild it with "
+                          "'sfn-stream train xrd-indexed'")

@@ -57,8 +57,9 @@ from ._xrd import (
     two_theta_to_q,
 )
 from ._xrd import BACKGROUND
-from ._xrd_indexing import (TOLERANCE_Q, IndexingEvidence, cell_edges, conventional_cell,
-                            family_edges, index_pattern, lattice_lines, metric_forms,
+from ._xrd_indexing import N_FEATURES as N_INDEXING_FEATURES
+from ._xrd_indexing import (TOLERANCE_Q, CellFit, IndexingEvidence, cell_edges, conventional_cell,
+                            family_edges, index_pattern, lattice_lines, metric_forms, noise_sigma,
                             peak_positions)
 from ._xrd import XRD_Q_MIN
 from ._xrd import XRD_Q_POINTS

@@ -24,7 +24,7 @@ from ._xrd import DEFAULT_STICK_TABLE
 from ._xrd_search_match import validation_set
 
 BUNDLE_NAME = "xrd-indexed"
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 SEARCH_MATCH_MEMBER = "xrd-search-match"
 L2 = 1.0  # ridge on the standardised coefficients (per example: L2 / n); chosen a priori, not tuned
 FOLDS = 5
@@ -126,7 +126,8 @@ def _card(member, metrics, n_val) -> dict[str, Any]:
         "name": BUNDLE_NAME, "version": VERSION, "kind": "xrd", "created": datetime.date.today().isoformat(),
         "description": "Search-match with metric-indexing evidence: a multinomial logistic regression on the "
                        "search-match log-probabilities and how well cubic, tetragonal, hexagonal and orthorhombic "
-                       "cells, lattice centring included, index the first 20 lines (core.spectra.index_pattern), "
+                       "cells, lattice centring included, index the first 20 lines and how well their best cells "
+                       "fit after refinement (core.spectra.index_pattern), "
                        "fitted on validation (again "
                        "for the ranking with the sample's elements). Space groups: search-match's, rescaled to the "
                        "combined crystal-system probabilities. See docs/xrd-search-match.md.",
@@ -143,8 +144,11 @@ def _card(member, metrics, n_val) -> dict[str, Any]:
         "architecture": {"class": "XrdIndexed",
                          "members": {"search_match": {"bundle": member.path.name, "id": member.id,
                                                       "weights_sha256": member.weights_sha256}},
-                         "inputs": "log search-match probabilities (7) + indexing features (13: indexed share, "
-                                   "merit (share minus chance) and merit >= 0.8 per lattice family; lines found / 20)",
+                         "inputs": "log search-match probabilities (7) + indexing features (25: indexed share, "
+                                   "merit (share minus chance) and merit >= 0.8 per lattice family; lines found / 20; "
+                                   "per family the best cell's fit after least-squares refinement: share indexed, "
+                                   "mean deviation in tolerances, log10 de Wolff M). Lines: local maxima above 4 % "
+                                   "of the tallest and 3.5 noise sigmas (core.spectra.noise_sigma)",
                          "l2": L2},
         "tasks": search["tasks"],
         "calibration": {"method": "the regression's own maximum likelihood on validation (it is its calibration)"},
@@ -163,5 +167,9 @@ def _card(member, metrics, n_val) -> dict[str, Any]:
                    "centrings), trial cells from the first seven lines taken as reflections of low index; "
                    "trigonal and hexagonal cells index alike (a rhombohedral R centring is evidence, not proof)",
                    "monoclinic cells with beta near 90 deg index as orthorhombic, so monoclinic patterns are moved "
-                   "there more often than search-match alone moves them (see docs/xrd-search-match.md)"],
+                   "there more often than search-match alone moves them (see docs/xrd-search-match.md)",
+                   "lines are the local maxima above 4 % of the tallest and above 3.5 times the pattern's own "
+                   "noise sigma (core.spectra.noise_sigma): on a noisy pattern a weak true line can be left out, "
+                   "and a pattern whose noise is not white (a smoothed or interpolated scan) has its noise "
+                   "underestimated"],
     }
