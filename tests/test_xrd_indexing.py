@@ -5,6 +5,7 @@ shipped search-match."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,28 +270,35 @@ def test_the_indexed_bundle_gives_probabilities_and_space_groups_that_agree(fold
     assert metrics["combined_cross_validated"]["n"] == metrics["search_match"]["n"] == 60
 
 
-@needs_member
-def test_an_indexed_bundle_refuses_a_search_match_it_was_not_fitted_with(folder, tmp_path):
+def _copy_with_changed_weights(folder, tmp_path, name: str, change) -> Path:
+    """A copy of ``folder``'s bundles in which bundle ``name`` is saved again with ``change(weights)`` applied."""
     moved = tmp_path / "models"
     shutil.copytree(folder, moved)
-    member = load_bundle(moved / "xrd-search-match")
-    weights = member.load_weights()
-    weights["temperature"] = weights["temperature"] * 2  # another search-match, as far as the combination can tell
-    save_bundle(moved / "xrd-search-match", {k: v for k, v in member.card.items() if k != "weights_sha256"}, weights)
+    bundle = load_bundle(moved / name)
+    weights = bundle.load_weights()
+    change(weights)
+    save_bundle(moved / name, {k: v for k, v in bundle.card.items() if k != "weights_sha256"}, weights)
+    return moved
+
+
+@needs_member
+def test_an_indexed_bundle_refuses_a_search_match_it_was_not_fitted_with(folder, tmp_path):
+    def hotter(weights):  # another search-match, as far as the combination can tell
+        weights["temperature"] = weights["temperature"] * 2
+
+    moved = _copy_with_changed_weights(folder, tmp_path, "xrd-search-match", hotter)
     with pytest.raises(BundleError, match="not the one it was"):
         xrd_model_from_bundle(load_bundle(moved / "xrd-indexed"))
 
 
 @needs_member
 def test_an_indexed_bundle_fitted_on_another_feature_layout_is_refused_with_the_fix(folder, tmp_path):
-    moved = tmp_path / "models"
-    shutil.copytree(folder, moved)
-    bundle = load_bundle(moved / "xrd-indexed")
-    weights = bundle.load_weights()
-    for prefix in ("", "chemistry_"):  # a regression of the 0.2.0 layout: 7 + 13 inputs
-        weights[f"{prefix}coef"] = weights[f"{prefix}coef"][:20]
-        weights[f"{prefix}mean"], weights[f"{prefix}scale"] = weights[f"{prefix}mean"][:20], weights[f"{prefix}scale"][:20]
-    save_bundle(moved / "xrd-indexed", {k: v for k, v in bundle.card.items() if k != "weights_sha256"}, weights)
+    def old_layout(weights):  # a regression of the 0.2.0 layout: 7 + 13 inputs
+        for prefix in ("", "chemistry_"):
+            for name in ("coef", "mean", "scale"):
+                weights[f"{prefix}{name}"] = weights[f"{prefix}{name}"][:20]
+
+    moved = _copy_with_changed_weights(folder, tmp_path, "xrd-indexed", old_layout)
     with pytest.raises(BundleError, match="takes 20 inputs.*train xrd-indexed"):
         xrd_model_from_bundle(load_bundle(moved / "xrd-indexed"))
 
@@ -315,7 +323,7 @@ def test_a_prediction_carries_the_indexing_evidence_and_the_cli_shows_it(tmp_pat
     assert "minus chance): tetragonal P 0.9" in shown  # the best-indexing family first, with its cell
     assert "(a 4.59" in shown and ", c 2.9" in shown
     m = 10 ** evidence["fit"]["tetragonal"]["log10_m"]
-    assert m > 20 and f"refined fit M {m:.0f})" in shown  # de Wolff's M of the refined cell, as indexing programs give it
+    assert m > 20 and f"refined fit M {m:.0f})" in shown  # de Wolff's M of the refined cell, as indexers give it
 
 
 def test_a_structures_own_cell_is_fitted_from_its_sticks_and_refused_in_another_setting():

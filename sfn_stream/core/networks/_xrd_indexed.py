@@ -161,6 +161,6 @@ def _check_inputs(bundle: ModelBundle, n_inputs: int) -> None:
 
     expected = len(_FIRST_SPACE_GROUP) + N_INDEXING_FEATURES  # one search-match log-probability per system
     if n_inputs != expected:
-        raise BundleError(f"{bundle.id}: its regression takes {n_inputs} inputs, but this version's indexing gives "
-                          f"{expected} (7 search-match + {N_INDEXING_FEATURES}); rebuild it with "
-                          "'sfn-stream train xrd-indexed'")
+        raise BundleError(f"{bundle.id}: its regression takes {n_inputs} inputs, but this version's indexing "
+                          f"gives {expected} ({len(_FIRST_SPACE_GROUP)} search-match + {N_INDEXING_FEATURES}); "
+                          "rebuild it with 'sfn-stream train xrd-indexed'")

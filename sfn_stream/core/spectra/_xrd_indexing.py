@@ -106,8 +106,8 @@ _LOW_FIRST = _LOW[(_LOW[:, 0] >= _LOW[:, 1]) & (_LOW[:, 1] >= _LOW[:, 2])]  # ax
 @dataclass(frozen=True)
 class IndexingEvidence:
     """Per lattice family: the share of the first lines indexed, the merit (that share minus chance), and, where
-    the merit is positive, the best cell's centring and edges (A: cubic a; tetragonal, hexagonal a, c;
-    orthorhombic a, b, c)."""
+    the merit is positive, the best cell's centring, edges (A: cubic a; tetragonal, hexagonal a, c; orthorhombic
+    a, b, c; the trial cell's, as scored) and fit after refinement (:class:`CellFit`)."""
 
     n_lines: int
     indexed: dict[str, float]

@@ -266,8 +266,8 @@ def evaluate_xrd(
 
 
 GROUP_UNITS = {"noisy_formula_disjoint": "formula", "clean": "formula", "structure_type_disjoint": "structure type"}
-CARD_KEYS = ("n", "accuracy", "accuracy_ci95", "n_groups", "accuracy_group_mean", "macro_f1", "ece_15_bins", "mean_confidence", "space_group_top1",
-             "space_group_top5", "per_class_accuracy")
+CARD_KEYS = ("n", "accuracy", "accuracy_ci95", "n_groups", "accuracy_group_mean", "macro_f1", "ece_15_bins",
+             "mean_confidence", "space_group_top1", "space_group_top5", "per_class_accuracy")
 
 
 def write_card_metrics(bundle_path: str | Path, report: dict[str, Any]) -> None:
@@ -339,8 +339,9 @@ def format_report(report: dict[str, Any], *, details: bool = True) -> list[str]:
             sg = "".join(f"  {m[k]:8.3f}" if k in m else "         -" for k in ("space_group_top1", "space_group_top5"))
             ci = m.get("accuracy_ci95")
             ci_text = f"({ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
-            lines.append(f"  {name:<{width}}  {_f(m.get('accuracy'))}  {ci_text:>15}  {_f(m.get('accuracy_group_mean'), 9)}"
-                         f"  {_f(m.get('macro_f1'))}  {_f(m.get('ece_15_bins'), 5)}{sg}")
+            once = _f(m.get("accuracy_group_mean"), 9)
+            lines.append(f"  {name:<{width}}  {_f(m.get('accuracy'))}  {ci_text:>15}  {once}  {_f(m.get('macro_f1'))}  "
+                         f"{_f(m.get('ece_15_bins'), 5)}{sg}")
         if details:
             lines += _details(report["models"], by_model)
     for name, t in report.get("timing", {}).items():
