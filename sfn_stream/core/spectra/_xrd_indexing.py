@@ -202,11 +202,12 @@ def refined_fit(s, tol, window, forms: np.ndarray, params: np.ndarray, rounds: i
     for _ in range(rounds):
         calc = forms @ params
         kept = (calc > 0) & (calc <= window[1])
-        nearest = np.abs(s[:, None] - calc[kept][None, :]).argmin(1)
-        hit = np.abs(s - calc[kept][nearest]) <= tol
+        calc, kept_forms = calc[kept], forms[kept]
+        nearest = np.abs(s[:, None] - calc[None, :]).argmin(1)
+        hit = np.abs(s - calc[nearest]) <= tol
         if hit.sum() < forms.shape[1] + 1:  # no more lines than parameters: nothing to judge a fit by
             return NO_FIT
-        refined = np.linalg.lstsq(forms[kept][nearest[hit]], s[hit], rcond=None)[0]
+        refined = np.linalg.lstsq(kept_forms[nearest[hit]], s[hit], rcond=None)[0]
         if np.any(refined <= 0):
             break
         params = refined
